@@ -1,0 +1,46 @@
+"""Distillation methods. Importing this package registers every method (one module each)."""
+
+from . import kd  # noqa: F401  (registers the method)
+from .base import (
+    DataInfo,
+    DistillationLoss,
+    FeatureNeeds,
+    Features,
+    FeatureSpec,
+    InitStage,
+    MethodNeeds,
+    StepInfo,
+    resolve_selectors,
+)
+from .objective import DistillationObjective
+from .registry import (
+    METHODS,
+    PRESETS,
+    Preset,
+    get_method,
+    known_names,
+    register_method,
+    register_preset,
+    resolve_objective,
+)
+
+__all__ = [
+    "DataInfo",
+    "DistillationLoss",
+    "DistillationObjective",
+    "FeatureNeeds",
+    "FeatureSpec",
+    "Features",
+    "InitStage",
+    "METHODS",
+    "MethodNeeds",
+    "PRESETS",
+    "Preset",
+    "StepInfo",
+    "get_method",
+    "known_names",
+    "register_method",
+    "register_preset",
+    "resolve_objective",
+    "resolve_selectors",
+]

@@ -1,0 +1,328 @@
+"""The contract between the trainer and a distillation method.
+
+A method is a small ``nn.Module`` (subclass of :class:`DistillationLoss`) that
+
+* declares what it reads from the student and the teacher (:meth:`DistillationLoss.needs`), so the trainer
+  extracts only that and runs the teacher once per batch under ``torch.no_grad()``;
+* builds its trainable parts (regressors, embedding heads) and buffers (memory banks) in :meth:`setup`, from the
+  shapes seen on a dry run, so it works for any teacher/student pair;
+* returns a dict of named loss terms from :meth:`forward` (each is logged on its own);
+* may ask for an initialization stage run before the main training (:class:`InitStage`).
+
+The trainer puts every method inside the module that Accelerate/DDP wraps, next to the student, so parameters are
+optimized, synchronized and checkpointed with it, and buffers travel in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+# A map selector names which intermediate feature maps a method wants. Resolved against the names a model offers
+# (zoo: "stem", "stage1", ...; timm: feature_info module names; HF: "hidden_states.<i>"):
+#   "stages" -> every map after the stem (RepDistiller's feat[1:-1])
+#   "last"   -> the deepest map (feat[-2])
+#   "all"    -> stem and every stage (feat[:-1])
+#   an int   -> that position in the list (negative counts from the end)
+#   any other string -> that exact layer name
+MapSelector = str | int
+_GROUP_SELECTORS = ("stages", "last", "all")
+
+
+@dataclass(frozen=True)
+class FeatureNeeds:
+    """What a method reads from one network.
+
+    Args:
+        logits: the class scores.
+        embedding: the penultimate (pooled, flattened) vector that feeds the classifier.
+        maps: selectors of intermediate feature maps (see ``MapSelector``).
+        preact: take the maps before their final activation (only AB needs it; zoo models support it).
+    """
+
+    logits: bool = False
+    embedding: bool = False
+    maps: tuple[MapSelector, ...] = ()
+    preact: bool = False
+
+    def __or__(self, other: FeatureNeeds) -> FeatureNeeds:
+        maps = tuple(dict.fromkeys(self.maps + other.maps))
+        return FeatureNeeds(
+            logits=self.logits or other.logits,
+            embedding=self.embedding or other.embedding,
+            maps=maps,
+            preact=self.preact or other.preact,
+        )
+
+    @property
+    def anything(self) -> bool:
+        return self.logits or self.embedding or bool(self.maps)
+
+
+@dataclass(frozen=True)
+class MethodNeeds:
+    """Everything a method needs for one batch.
+
+    Args:
+        student: what it reads from the student.
+        teacher: what it reads from the teacher (nothing at all means the teacher is not run for it).
+        index: the dataset row index of every sample (memory banks).
+    """
+
+    student: FeatureNeeds = field(default_factory=FeatureNeeds)
+    teacher: FeatureNeeds = field(default_factory=FeatureNeeds)
+    index: bool = False
+
+    def __or__(self, other: MethodNeeds) -> MethodNeeds:
+        return MethodNeeds(
+            self.student | other.student, self.teacher | other.teacher, self.index or other.index
+        )
+
+
+@dataclass
+class Features:
+    """What one network produced for one batch.
+
+    Args:
+        logits: (B, num_classes) or None.
+        embedding: (B, D) penultimate vector or None.
+        maps: layer name -> (B, C, H, W) map (or (B, N, D) tokens for transformers), in depth order.
+    """
+
+    logits: Tensor | None = None
+    embedding: Tensor | None = None
+    maps: dict[str, Tensor] = field(default_factory=dict)
+
+    def map_list(self, names: Sequence[str]) -> list[Tensor]:
+        return [self.maps[n] for n in names]
+
+    def detach(self) -> Features:
+        return Features(
+            logits=None if self.logits is None else self.logits.detach(),
+            embedding=None if self.embedding is None else self.embedding.detach(),
+            maps={k: v.detach() for k, v in self.maps.items()},
+        )
+
+    def float(self) -> Features:
+        """Float32 copy: loss math (softmax with temperature, cosines, NCE) is unstable in half precision."""
+
+        def f(t: Tensor | None) -> Tensor | None:
+            return t.float() if t is not None and t.is_floating_point() else t
+
+        return Features(
+            logits=f(self.logits), embedding=f(self.embedding), maps={k: f(v) for k, v in self.maps.items()}
+        )
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Shapes (without the batch dimension) that one network produces, seen on the dry run.
+
+    Args:
+        names: every map name the network offers, shallow to deep.
+        maps: shape of each map the methods asked for.
+        logits: shape of the logits, e.g. ``(100,)``.
+        embedding: shape of the penultimate vector, e.g. ``(64,)``.
+    """
+
+    names: tuple[str, ...]
+    maps: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    logits: tuple[int, ...] | None = None
+    embedding: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """Facts about the training set that stateful methods need.
+
+    Args:
+        num_samples: rows in the training set (size of a per-sample memory bank).
+        num_classes: number of classes.
+        labels: the label of every training row, in row-index order (for class-aware negative sampling).
+    """
+
+    num_samples: int
+    num_classes: int
+    labels: Tensor | None = None
+
+
+@dataclass
+class StepInfo:
+    """Per-batch context handed to every method.
+
+    Args:
+        labels: (B,) ground-truth classes.
+        index: (B,) dataset row indices, when a method asked for them.
+        epoch: training progress in (fractional) epochs, as the trainer counts it.
+        global_step: optimizer steps done so far.
+        max_steps: optimizer steps of the whole run.
+        num_epochs: epochs of the whole run.
+    """
+
+    labels: Tensor
+    index: Tensor | None = None
+    epoch: float = 0.0
+    global_step: int = 0
+    max_steps: int = 0
+    num_epochs: float = 0.0
+
+
+@dataclass(frozen=True)
+class InitStage:
+    """A short stage run before the main training (RepDistiller does this for AB, FT and FSP).
+
+    During the stage the trainer optimizes only :meth:`DistillationLoss.init_stage_loss`, over the method's own
+    trainable parameters and, if ``train_student``, the student's parameters that receive gradients from it.
+
+    Args:
+        epochs: length of the stage.
+        learning_rate: SGD learning rate of the stage (None: the main run's learning rate).
+        train_student: whether the student is updated too (AB, FSP) or only the method's parts (FT).
+    """
+
+    epochs: float = 30.0
+    learning_rate: float | None = None
+    train_student: bool = False
+
+
+def resolve_selectors(
+    selectors: Sequence[MapSelector], names: Sequence[str], who: str = "model"
+) -> list[str]:
+    """Turn map selectors into concrete layer names.
+
+    Args:
+        selectors: see ``MapSelector``.
+        names: the layer names the network offers, shallow to deep (first = stem).
+        who: "student"/"teacher", for the error message.
+
+    Returns:
+        The layer names, in selector order, without duplicates.
+
+    Raises:
+        ValueError: a selector names no layer; the message lists the valid names.
+    """
+    names = list(names)
+    out: list[str] = []
+    for sel in selectors:
+        if sel == "stages":
+            picked = names[1:]
+        elif sel == "last":
+            picked = names[-1:]
+        elif sel == "all":
+            picked = names
+        elif isinstance(sel, int):
+            if not -len(names) <= sel < len(names):
+                raise ValueError(
+                    f"Feature layer index {sel} is out of range for the {who}, which has {len(names)} feature "
+                    f"layers: {', '.join(names)}. Use an index in [{-len(names)}, {len(names) - 1}] or a name."
+                )
+            picked = [names[sel]]
+        elif sel in names:
+            picked = [sel]
+        else:
+            raise ValueError(
+                f"Feature layer {sel!r} does not exist in the {who}. Valid layer names: {', '.join(names)} "
+                f"(or the groups {', '.join(_GROUP_SELECTORS)}, or an integer position)."
+            )
+        if not picked:
+            raise ValueError(
+                f"Selector {sel!r} selects no feature layer of the {who} (layers: {', '.join(names)})."
+            )
+        out.extend(p for p in picked if p not in out)
+    return out
+
+
+class DistillationLoss(nn.Module):
+    """Base class of every distillation method.
+
+    Subclasses set the class attributes, implement :meth:`needs` and :meth:`forward`, and optionally
+    :meth:`setup` (lazy trainable parts / buffers) and the init-stage hooks. Hyperparameters are the keyword
+    arguments of ``__init__`` (they become command-line flags ``--<method>-<name>`` in ``recipes/distill.py``).
+
+    Class attributes:
+        name: registry key.
+        paper: short citation shown in the README table and model cards.
+        default_weight: the weight of the method's loss when it is used alone (RepDistiller's ``-b``, or ``-a``
+            for KD).
+        default_ce_weight: the cross-entropy weight when the method is used alone (RepDistiller's ``-r``).
+        combo_weight: the method's weight inside a combination (None: ``default_weight``); KD uses 1.0, as in
+            RepDistiller's "CRD+KD" runs.
+    """
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    citation: ClassVar[str] = ""
+    default_weight: ClassVar[float] = 1.0
+    default_ce_weight: ClassVar[float] = 1.0
+    combo_weight: ClassVar[float | None] = None
+
+    #: set by subclasses that want an initialization stage (an instance attribute so it can be configured).
+    init_stage: InitStage | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.student_layers: list[str] = []
+        self.teacher_layers: list[str] = []
+        self._is_set_up = False
+
+    # -- declaration -------------------------------------------------------------------------------------------
+    def needs(self) -> MethodNeeds:
+        """What this method reads. Map selectors are resolved by :meth:`resolve_layers`."""
+        raise NotImplementedError
+
+    def resolve_layers(self, student_names: Sequence[str], teacher_names: Sequence[str]) -> None:
+        """Resolve this method's map selectors into layer names (``self.student_layers``/``teacher_layers``).
+
+        Called by the trainer before the dry run; raises a clear error for a layer that does not exist.
+        """
+        n = self.needs()
+        self.student_layers = resolve_selectors(n.student.maps, student_names, "student")
+        self.teacher_layers = resolve_selectors(n.teacher.maps, teacher_names, "teacher")
+
+    # -- lazy construction -------------------------------------------------------------------------------------
+    def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
+        """Create trainable parts and buffers from the shapes seen on the dry run. Default: nothing."""
+
+    def build(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
+        """Run :meth:`setup` once (the trainer calls this)."""
+        if not self._is_set_up:
+            self.setup(student, teacher, data)
+            self._is_set_up = True
+
+    # -- the loss ------------------------------------------------------------------------------------------------
+    def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
+        """Return named loss terms (already combined with the method's own internal weights).
+
+        The trainer multiplies their sum by the method's weight in the objective.
+        """
+        raise NotImplementedError
+
+    # -- optional initialization stage ---------------------------------------------------------------------------
+    def init_stage_loss(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
+        """Loss terms of the initialization stage (only called when ``init_stage`` is set)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no initialization stage")
+
+    def on_init_stage_end(self) -> None:
+        """Called once the initialization stage is over (e.g. to freeze a pretrained paraphraser)."""
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+    @classmethod
+    def hyperparameters(cls) -> dict[str, Any]:
+        """The keyword arguments of ``__init__`` with their defaults (the method's configurable knobs)."""
+        sig = inspect.signature(cls.__init__)
+        return {
+            k: p.default
+            for k, p in sig.parameters.items()
+            if k != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+
+    def hparams(self) -> dict[str, Any]:
+        """Current values of the hyperparameters (for logs and model cards)."""
+        return {k: getattr(self, k, v) for k, v in self.hyperparameters().items()}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.hparams().items())

@@ -1,0 +1,64 @@
+"""Test-only building blocks (not part of the library)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+from hf_distill.losses import DistillationLoss, FeatureNeeds, InitStage, MethodNeeds, register_method
+from hf_distill.losses.registry import METHODS
+from hf_distill.models.normalization import InputSpec
+
+CIFAR_SPEC = InputSpec((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261), 32)
+
+
+def timm_model(
+    arch: str = "test_resnet", num_labels: int = 10, seed: int = 0
+) -> TimmWrapperForImageClassification:
+    torch.manual_seed(seed)
+    cfg = TimmWrapperConfig(architecture=arch, num_labels=num_labels)
+    return TimmWrapperForImageClassification(cfg)
+
+
+class StatefulProbe(DistillationLoss):
+    """Has a trainable head and a buffer that the loss depends on: what a resume must restore exactly."""
+
+    def __init__(self, momentum: float = 0.5) -> None:
+        super().__init__()
+        self.momentum = momentum
+
+    def needs(self) -> MethodNeeds:
+        return MethodNeeds(
+            student=FeatureNeeds(embedding=True), teacher=FeatureNeeds(embedding=True), index=True
+        )
+
+    def setup(self, student, teacher, data) -> None:
+        self.head = nn.Linear(student.embedding[0], teacher.embedding[0])
+        self.register_buffer("center", torch.zeros(teacher.embedding[0]))
+        self.register_buffer("seen", torch.zeros(data.num_samples))
+
+    def forward(self, student, teacher, step):
+        t = teacher.embedding
+        with torch.no_grad():
+            self.center.mul_(self.momentum).add_((1 - self.momentum) * t.mean(0))
+            self.seen[step.index] += 1
+        return {"probe": F.mse_loss(self.head(student.embedding), t - self.center)}
+
+
+class InitStageProbe(StatefulProbe):
+    """Like StatefulProbe, with an initialization stage that trains only its head."""
+
+    init_stage = InitStage(epochs=1, learning_rate=0.05, train_student=False)
+
+    def init_stage_loss(self, student, teacher, step):
+        return {"probe": F.mse_loss(self.head(student.embedding), teacher.embedding)}
+
+    def on_init_stage_end(self) -> None:
+        self.ended = True
+
+
+for _name, _cls in (("test_probe", StatefulProbe), ("test_init_probe", InitStageProbe)):
+    if _name not in METHODS:
+        register_method(_name)(_cls)

@@ -1,0 +1,229 @@
+import os
+
+import pytest
+import safetensors.torch
+import torch
+from transformers import AutoModelForImageClassification, TrainerCallback, TrainingArguments
+
+from hf_distill import DistillationTrainer
+from hf_distill.data import prepare_split
+from hf_distill.trainer import DISTILL_STATE_NAME
+from tests.helpers import CIFAR_SPEC, timm_model
+
+
+@pytest.fixture(scope="module")
+def tiny(subset_train, subset_test):
+    tr = prepare_split(subset_train, CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, True, max_samples=64)
+    te = prepare_split(subset_test, CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, False, max_samples=32)
+    return tr, te
+
+
+def _args(tmp_path, **kw):
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=32,
+        max_steps=4,
+        learning_rate=0.05,
+        optim="sgd",
+        optim_args="momentum=0.9",
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        data_seed=0,
+    )
+    base.update(kw)
+    return TrainingArguments(**base)
+
+
+def _trainer(tmp_path, tiny, method="kd", seed=0, teacher=None, **kw):
+    tr, te = tiny
+    return DistillationTrainer(
+        model=timm_model(seed=seed),
+        teacher=teacher if teacher is not None else timm_model(seed=100),
+        objective=method,
+        args=_args(tmp_path, **kw),
+        train_dataset=tr.dataset,
+        eval_dataset=te.dataset,
+        student_input=CIFAR_SPEC,
+        teacher_input=CIFAR_SPEC,
+    )
+
+
+def test_teacher_is_frozen_outside_optimizer_and_unchanged(tmp_path, tiny):
+    t = _trainer(tmp_path, tiny)
+    before = {k: v.clone() for k, v in t.teacher.state_dict().items()}
+    t.train()
+    opt_ids = {id(p) for g in t.optimizer.param_groups for p in g["params"]}
+    for p in t.teacher.parameters():
+        assert not p.requires_grad and p.grad is None and id(p) not in opt_ids
+    assert not t.teacher.training
+    for k, v in t.teacher.state_dict().items():  # BN running statistics included
+        assert torch.equal(v, before[k]), k
+    student_ids = {id(p) for p in t.model.student.parameters()}
+    assert student_ids <= opt_ids
+    logs = [h for h in t.state.log_history if "loss" in h]
+    assert all("loss_kd" in h and "loss_ce" in h for h in logs)
+
+
+def test_loss_parts_are_optimized_and_checkpointed(tmp_path, tiny):
+    t = _trainer(tmp_path, tiny, method="test_probe", save_strategy="steps", save_steps=2)
+    probe = t.model.objective.methods["test_probe"]
+    head_before = probe.head.weight.detach().clone()
+    t.train()
+    opt_ids = {id(p) for g in t.optimizer.param_groups for p in g["params"]}
+    assert {id(p) for p in probe.head.parameters()} <= opt_ids
+    assert not torch.equal(head_before, probe.head.weight)
+    ckpt = tmp_path / "out" / "checkpoint-4"
+    state = safetensors.torch.load_file(str(ckpt / DISTILL_STATE_NAME))
+    assert torch.equal(state["objective.methods.test_probe.center"], probe.center)
+    assert torch.equal(state["objective.methods.test_probe.head.weight"], probe.head.weight.detach())
+    assert state["objective.methods.test_probe.seen"].sum() == 4 * 16  # every sample of 4 batches counted
+    # the checkpoint's model files are the student alone, loadable with from_pretrained
+    files = set(os.listdir(ckpt))
+    assert {"model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "rng_state.pth"} <= files
+    assert not any(n.startswith("tmp-") for n in os.listdir(tmp_path / "out"))
+    reloaded = AutoModelForImageClassification.from_pretrained(str(ckpt))
+    x = torch.randn(2, 3, 32, 32)
+    t.model.student.eval()
+    assert torch.allclose(reloaded(x).logits, t.model.student(x).logits, atol=1e-6)
+
+
+class _StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def _flat_state(trainer):
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, tiny):
+    kw = dict(
+        method="test_probe", max_steps=8, save_strategy="steps", save_steps=4, lr_scheduler_type="linear"
+    )
+    full = _trainer(tmp_path / "a", tiny, **kw)
+    full.train()
+    ref = _flat_state(full)
+
+    part = _trainer(tmp_path / "b", tiny, **kw)
+    part.add_callback(_StopAt(4))
+    part.train()
+    assert part.state.global_step == 4
+    resumed = _trainer(
+        tmp_path / "b", tiny, seed=7, **kw
+    )  # other init: everything must come from the checkpoint
+    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "out" / "checkpoint-4"))
+    got = _flat_state(resumed)
+    assert ref.keys() == got.keys()
+    assert any("test_probe.center" in k for k in got) and any("test_probe.seen" in k for k in got)
+    for k in ref:
+        assert torch.allclose(ref[k].float(), got[k].float(), atol=1e-6, rtol=0), k
+
+
+def test_interrupted_save_leaves_no_checkpoint(tmp_path, tiny, monkeypatch):
+    t = _trainer(tmp_path, tiny, method="test_probe", save_strategy="steps", save_steps=2, max_steps=2)
+
+    def boom(output_dir):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(t, "_save_rng_state", boom)
+    with pytest.raises(OSError, match="disk full"):
+        t.train()
+    names = os.listdir(tmp_path / "out")
+    assert "checkpoint-2" not in names  # only the staging folder, which resume ignores
+    from transformers.trainer_utils import get_last_checkpoint
+
+    assert get_last_checkpoint(str(tmp_path / "out")) is None
+
+
+def test_evaluation_reports_student_and_teacher_accuracy_once(tmp_path, tiny):
+    t = _trainer(tmp_path, tiny, max_steps=2)
+    t.train()
+    m1 = t.evaluate()
+    m2 = t.evaluate()
+    assert 0 <= m1["eval_accuracy"] <= 1 and "eval_top5_accuracy" in m1
+    assert m1["eval_teacher_accuracy"] == m2["eval_teacher_accuracy"]
+    assert sum("eval_teacher_accuracy" in h for h in t.state.log_history) == 1
+
+
+def test_save_model_writes_the_student_alone(tmp_path, tiny):
+    t = _trainer(tmp_path, tiny, method="test_probe", max_steps=1)
+    t.train()
+    out = tmp_path / "export"
+    t.save_model(str(out))
+    assert not (out / DISTILL_STATE_NAME).exists()
+    sd = safetensors.torch.load_file(str(out / "model.safetensors"))
+    assert all(k.startswith("timm_model.") for k in sd)
+
+
+def test_gradient_accumulation_keeps_working(tmp_path, tiny):
+    t = _trainer(tmp_path, tiny, max_steps=2, gradient_accumulation_steps=2, per_device_train_batch_size=8)
+    t.train()
+    assert t.state.global_step == 2
+    losses = [h["loss"] for h in t.state.log_history if "loss" in h]
+    assert len(losses) == 2 and all(0 < v < 10 for v in losses)
+
+
+def test_init_stage_runs_before_training_and_is_recorded(tmp_path, tiny):
+    t = _trainer(tmp_path, tiny, method="test_init_probe", max_steps=2, save_strategy="steps", save_steps=2)
+    probe = t.model.objective.methods["test_init_probe"]
+    student_before = {k: v.clone() for k, v in t.model.student.state_dict().items()}
+    head_before = probe.head.weight.detach().clone()
+    t.run_init_stage()
+    assert getattr(probe, "ended", False) and bool(t.model.init_stage_done)
+    assert not torch.equal(head_before, probe.head.weight)  # the stage trained the head...
+    for k, v in t.model.student.state_dict().items():  # ...and left the student (BN statistics too) alone
+        assert torch.equal(v, student_before[k]), k
+    rec = [h for h in t.state.log_history if "init_stage_loss" in h]
+    assert len(rec) == 1 and rec[0]["init_stage_steps"] == 4  # 64 samples / 16 per batch, 1 epoch
+    t.train()  # the main run does not repeat it
+    assert sum("init_stage_loss" in h for h in t.state.log_history) == 1
+    state = safetensors.torch.load_file(str(tmp_path / "out" / "checkpoint-2" / DISTILL_STATE_NAME))
+    assert bool(state["init_stage_done"])
+
+
+def test_class_count_mismatch_is_a_clear_error(tmp_path, tiny):
+    with pytest.raises(ValueError, match="teacher predicts 100 classes but the student 10"):
+        _trainer(tmp_path, tiny, teacher=timm_model(num_labels=100))
+
+
+def test_teacherless_method_needs_no_teacher_and_kd_does(tmp_path, tiny):
+    tr, _ = tiny
+    with pytest.raises(ValueError, match="need a teacher"):
+        DistillationTrainer(
+            model=timm_model(), objective="kd", args=_args(tmp_path), train_dataset=tr.dataset
+        )
+    t = DistillationTrainer(
+        model=timm_model(), objective="none", args=_args(tmp_path, max_steps=1), train_dataset=tr.dataset
+    )
+    t.train()
+    assert t.state.global_step == 1
+
+
+def test_method_needing_row_index_without_index(tmp_path, tiny):
+    from hf_distill.data import collate
+
+    def collate_no_index(rows):
+        batch = collate(rows)
+        batch.pop("index")
+        return batch
+
+    with pytest.raises(ValueError, match="need the dataset row index"):
+        DistillationTrainer(
+            model=timm_model(),
+            teacher=timm_model(seed=1),
+            objective="test_probe",
+            args=_args(tmp_path),
+            train_dataset=tiny[0].dataset,
+            data_collator=collate_no_index,
+            student_input=CIFAR_SPEC,
+            teacher_input=CIFAR_SPEC,
+        )
