@@ -368,6 +368,7 @@ class DistillationTrainer(Trainer):
         self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
     ) -> dict[str, float]:
         """Evaluate the student; the first call also evaluates the teacher once and logs its accuracy."""
+        self._sync_student_buffers()
         metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         if self.report_teacher_accuracy and eval_dataset is None:
             first = self._teacher_metrics is None
@@ -378,6 +379,17 @@ class DistillationTrainer(Trainer):
                 self.log(teacher)
             metrics.update(teacher)
         return metrics
+
+    @torch.no_grad()
+    def _sync_student_buffers(self) -> None:
+        """Give every process rank 0's student buffers (BN running statistics) before evaluating.
+
+        DDP broadcasts buffers at the start of each training forward, so after the last step each process holds
+        statistics updated on its own shard; evaluation shards would otherwise see slightly different students.
+        """
+        if self.accelerator.num_processes > 1 and torch.distributed.is_initialized():
+            for b in self.accelerator.unwrap_model(self.model).student.buffers():
+                torch.distributed.broadcast(b, src=0)
 
     @torch.no_grad()
     def evaluate_teacher(self, eval_dataset=None) -> dict[str, float]:

@@ -245,6 +245,7 @@ class DistillationLoss(nn.Module):
 
     Class attributes:
         name: registry key.
+        summary: one line saying what is matched (README table, ``--help``).
         paper: short citation shown in the README table and model cards.
         default_weight: the weight of the method's loss when it is used alone (RepDistiller's ``-b``, or ``-a``
             for KD).
@@ -254,6 +255,7 @@ class DistillationLoss(nn.Module):
     """
 
     name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     citation: ClassVar[str] = ""
     default_weight: ClassVar[float] = 1.0

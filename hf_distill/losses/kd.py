@@ -37,6 +37,7 @@ class KD(DistillationLoss):
         temperature: softmax temperature T (RepDistiller ``--kd_T 4``).
     """
 
+    summary = "KL divergence of temperature-softened class probabilities"
     paper = "Hinton et al., Distilling the Knowledge in a Neural Network, NIPS-W 2015"
     citation = (
         "@article{hinton2015distilling,\n  title={Distilling the Knowledge in a Neural Network},\n"

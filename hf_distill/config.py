@@ -1,0 +1,271 @@
+"""Dataclass arguments of a distillation run, parsed with ``HfArgumentParser`` (next to ``TrainingArguments``).
+
+Method hyperparameters need no dataclass field each: every keyword argument of a method's ``__init__`` is
+accepted as ``--<method>-<name> VALUE`` (e.g. ``--kd-temperature 2``, ``--crd-nce-k 4096``), in YAML/JSON configs as
+``method_args: {kd: {temperature: 2}}``, or as ``--method_args '{"kd": {"temperature": 2}}'``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from .losses import METHODS, PRESETS, resolve_objective
+
+
+@dataclass
+class ModelArguments:
+    """Which teacher and student."""
+
+    teacher: str | None = field(
+        default=None,
+        metadata={"help": "Teacher: model folder, CIFAR-zoo name (cifar_resnet56), timm name or Hub id."},
+    )
+    teacher_weights: str | None = field(
+        default=None,
+        metadata={"help": "Checkpoint file to load into the teacher architecture (.safetensors/.pt/.th)."},
+    )
+    student: str = field(
+        default="cifar_resnet20",
+        metadata={
+            "help": "Student: CIFAR-zoo name, timm name, model folder or Hub id (initialization checkpoint)."
+        },
+    )
+    student_weights: str | None = field(
+        default=None, metadata={"help": "Checkpoint file to initialize the student."}
+    )
+
+
+@dataclass
+class DataArguments:
+    """Which dataset and how to read it."""
+
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "Local dataset folder, parquet file or Hub id (e.g. uoft-cs/cifar100)."},
+    )
+    train_split: str = field(default="train", metadata={"help": "Split used for training."})
+    eval_split: str | None = field(
+        default="test", metadata={"help": "Split used for evaluation (empty: none)."}
+    )
+    image_column: str | None = field(
+        default=None, metadata={"help": "Image column (default: detect img/image)."}
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "Label column (default: detect label/fine_label)."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N training rows."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N evaluation rows."}
+    )
+    image_size: int | None = field(default=None, metadata={"help": "Input size (default: the student's)."})
+
+
+@dataclass
+class DistillArguments:
+    """Which distillation objective."""
+
+    method: str = field(
+        default="kd",
+        metadata={"help": "Method name, preset (crd_kd) or comma list (kd,crd); 'none' = no distillation."},
+    )
+    method_weights: str | None = field(
+        default=None, metadata={"help": "Comma list of weights, one per method (default: each method's own)."}
+    )
+    ce_weight: float | None = field(
+        default=None, metadata={"help": "Cross-entropy weight (RepDistiller's -r)."}
+    )
+    method_args: str | None = field(
+        default=None,
+        metadata={"help": 'JSON: {"method": {"hyperparameter": value}}; or use --<method>-<name>.'},
+    )
+    lr_milestones: str | None = field(
+        default=None,
+        metadata={
+            "help": "Epochs at which the learning rate is multiplied by lr_decay_rate, e.g. 150,180,210."
+        },
+    )
+    lr_decay_rate: float = field(
+        default=0.1, metadata={"help": "Factor of each step decay at lr_milestones."}
+    )
+    config: str | None = field(default=None, metadata={"help": "YAML/JSON file with any of these arguments."})
+
+    def weights(self) -> list[float] | None:
+        if self.method_weights in (None, ""):
+            return None
+        try:
+            return [float(w) for w in str(self.method_weights).split(",")]
+        except ValueError as e:
+            raise ValueError(
+                f"--method_weights must be a comma list of numbers, got {self.method_weights!r}"
+            ) from e
+
+    def milestones(self) -> list[float]:
+        if not self.lr_milestones:
+            return []
+        return [float(m) for m in str(self.lr_milestones).split(",") if m.strip()]
+
+    def kwargs(self) -> dict[str, dict[str, Any]]:
+        if not self.method_args:
+            return {}
+        if isinstance(self.method_args, dict):
+            return self.method_args
+        try:
+            out = json.loads(self.method_args)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f'--method_args must be JSON like \'{{"kd": {{"temperature": 2}}}}\': {e}'
+            ) from e
+        if not isinstance(out, dict) or not all(isinstance(v, dict) for v in out.values()):
+            raise ValueError('--method_args must map method names to dicts, e.g. {"kd": {"temperature": 2}}')
+        return out
+
+
+ALL_ARGS = (ModelArguments, DataArguments, DistillArguments, TrainingArguments)
+
+
+def _convert(value: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        if value.lower() in ("1", "true", "yes", "y"):
+            return True
+        if value.lower() in ("0", "false", "no", "n"):
+            return False
+        raise ValueError(f"expected true/false, got {value!r}")
+    if isinstance(default, int):
+        return int(value)
+    if isinstance(default, float):
+        return float(value)
+    if isinstance(default, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def parse_method_flags(extra: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Turn leftover ``--<method>-<name> VALUE`` flags into per-method keyword arguments.
+
+    Raises:
+        ValueError: an unknown flag (with the method's valid hyperparameters), or a flag of a method not selected.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    i = 0
+    known = sorted(METHODS, key=len, reverse=True)
+    while i < len(extra):
+        tok = extra[i]
+        if not tok.startswith("--"):
+            raise ValueError(f"Unexpected argument {tok!r}.")
+        body, _, inline = tok[2:].partition("=")
+        body_n = body.replace("-", "_")
+        method = next((m for m in known if body_n.startswith(m + "_")), None)
+        if method is None:
+            raise ValueError(
+                f"Unknown argument {tok!r}. Method hyperparameters are given as --<method>-<name> "
+                f"(methods: {', '.join(sorted(METHODS))}); see --help for the other arguments."
+            )
+        name = body_n[len(method) + 1 :]
+        params = METHODS[method].hyperparameters()
+        if name not in params:
+            raise ValueError(
+                f"Method {method!r} has no hyperparameter {name!r} (from {tok!r}). Its hyperparameters: "
+                f"{', '.join(f'{k}={v!r}' for k, v in params.items()) or 'none'}."
+            )
+        if inline:
+            value = inline
+            i += 1
+        else:
+            if i + 1 >= len(extra):
+                raise ValueError(f"{tok} needs a value.")
+            value = extra[i + 1]
+            i += 2
+        if method not in methods:
+            raise ValueError(
+                f"{tok} was given but method {method!r} is not selected (--method {','.join(methods)})."
+            )
+        try:
+            out.setdefault(method, {})[name] = _convert(value, params[name])
+        except ValueError as e:
+            raise ValueError(f"Bad value for {tok}: {e}") from e
+    return out
+
+
+def parse_args(
+    argv: list[str] | None = None, defaults: dict[str, Any] | None = None
+) -> tuple[ModelArguments, DataArguments, DistillArguments, TrainingArguments, dict[str, dict[str, Any]]]:
+    """Parse a command line (and an optional ``--config`` file) into the four dataclasses plus method kwargs.
+
+    Precedence: command line > config file > ``defaults`` (the recipe's) > dataclass defaults.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(ALL_ARGS)
+    parser.allow_abbrev = False  # --kd-temperature must never be read as an abbreviation of another option
+    merged: dict[str, Any] = dict(defaults or {})
+    cfg_path = _pop_config(argv)
+    if cfg_path is not None:
+        merged.update(_read_config(cfg_path))
+    file_method_args = merged.pop("method_args", None)
+    if isinstance(file_method_args, dict):
+        merged["method_args"] = json.dumps(file_method_args)
+    elif file_method_args is not None:
+        merged["method_args"] = file_method_args
+    known_dests = {a.dest for a in parser._actions}
+    unknown = sorted(k for k in merged if k not in known_dests)
+    if unknown:
+        raise ValueError(f"Unknown keys in {cfg_path or 'defaults'}: {', '.join(unknown)}.")
+    parser.set_defaults(
+        **{
+            k: (",".join(map(str, v)) if isinstance(v, list) and k in _LIST_AS_STR else v)
+            for k, v in merged.items()
+        }
+    )
+    model_args, data_args, distill_args, training_args, extra = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True
+    )
+    distill_args.config = cfg_path
+    spec = resolve_objective(distill_args.method, distill_args.weights(), distill_args.ce_weight)
+    kwargs = distill_args.kwargs()
+    for m, kw in parse_method_flags(extra, list(spec.methods)).items():
+        kwargs.setdefault(m, {}).update(kw)
+    return model_args, data_args, distill_args, training_args, kwargs
+
+
+_LIST_AS_STR = {"method_weights", "lr_milestones", "method"}
+
+
+def _pop_config(argv: list[str]) -> str | None:
+    for i, tok in enumerate(argv):
+        if tok == "--config":
+            if i + 1 >= len(argv):
+                raise ValueError("--config needs a file path")
+            path = argv[i + 1]
+            del argv[i : i + 2]
+            return path
+        if tok.startswith("--config="):
+            del argv[i]
+            return tok.split("=", 1)[1]
+    if len(argv) >= 1 and argv[0].endswith((".yaml", ".yml", ".json")) and os.path.isfile(argv[0]):
+        return argv.pop(0)
+    return None
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise ValueError(f"Config file {path!r} does not exist.")
+    with open(path) as f:
+        data = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"Config file {path!r} must hold a mapping of argument names to values.")
+    return data
+
+
+def describe_presets() -> dict[str, str]:
+    return {k: p.description for k, p in PRESETS.items()}

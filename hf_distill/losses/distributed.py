@@ -1,0 +1,56 @@
+"""Cross-process helpers for batch-level losses and shared state.
+
+Relational losses (SP, CC, RKD, PKT, CSKD, ...) compare the samples of a batch with each other, so under DDP their
+value depends on the per-process batch. With ``gather=True`` a method computes them over the global batch: every
+process gathers the other processes' features (:func:`gather_with_grad` keeps the gradient path of its own
+slice, so each process back-propagates exactly its own samples' share and DDP's gradient averaging then yields the
+gradient of the global-batch loss). Memory banks use :func:`gather_no_grad` so that every process applies the same
+update and the bank stays identical everywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+@torch.no_grad()
+def gather_no_grad(x: Tensor) -> Tensor:
+    """Concatenate ``x`` from every process along dim 0 (process order); no gradient. Sizes may differ."""
+    n = world_size()
+    if n == 1:
+        return x
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(n)]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
+    sizes = [int(s.item()) for s in sizes]
+    pad = max(sizes) - x.shape[0]
+    xp = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if pad else x.contiguous()
+    out = [torch.empty_like(xp) for _ in range(n)]
+    dist.all_gather(out, xp)
+    return torch.cat([o[:s] for o, s in zip(out, sizes)])
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """Like :func:`gather_no_grad`, but this process's slice keeps its autograd graph.
+
+    The result is the global batch; gradients flow only into the local slice (the other slices are constants
+    here and receive their gradients on their own processes).
+    """
+    n = world_size()
+    if n == 1:
+        return x
+    full = gather_no_grad(x.detach())
+    sizes = torch.tensor([x.shape[0]], device=x.device)
+    all_sizes = [torch.zeros_like(sizes) for _ in range(n)]
+    dist.all_gather(all_sizes, sizes)
+    start = int(sum(int(s.item()) for s in all_sizes[: rank()]))
+    return torch.cat([full[:start], x, full[start + x.shape[0] :]])

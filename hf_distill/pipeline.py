@@ -1,0 +1,96 @@
+"""From parsed arguments to a ready :class:`~hf_distill.trainer.DistillationTrainer` (used by recipes and tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import TrainingArguments, set_seed
+
+from .config import DataArguments, DistillArguments, ModelArguments
+from .data import PreparedSplit, class_names, load_image_dataset, prepare_split, resolve_columns
+from .losses import DistillationObjective, resolve_objective
+from .models.loading import load_model
+from .models.normalization import input_spec
+from .trainer import DistillationTrainer, num_labels_of
+
+
+@dataclass
+class Run:
+    """Everything a recipe needs after setup."""
+
+    trainer: DistillationTrainer
+    train: PreparedSplit
+    eval: PreparedSplit | None
+
+
+def build_run(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    distill_args: DistillArguments,
+    training_args: TrainingArguments,
+    method_kwargs: dict[str, dict[str, Any]] | None = None,
+) -> Run:
+    """Load data and models, build the objective and the trainer.
+
+    Raises:
+        ValueError: any bad input (unknown method, class-count mismatch, missing label column, ...), with a
+            message that says how to fix it.
+    """
+    if data_args.dataset is None:
+        raise ValueError("No dataset given: pass --dataset (a local folder, parquet file or Hub id).")
+    set_seed(training_args.seed)
+    spec = resolve_objective(
+        distill_args.method, distill_args.weights(), distill_args.ce_weight, method_kwargs
+    )
+    objective = DistillationObjective.from_spec(spec)
+
+    raw_train = load_image_dataset(data_args.dataset, data_args.train_split)
+    # Detect the columns and class names before building the student, whose head must match them.
+    img_col, lab_col = resolve_columns(raw_train, data_args.image_column, data_args.label_column)
+    names = class_names(raw_train, lab_col)
+    id2label = dict(enumerate(names))
+
+    teacher = None
+    if objective.needs_teacher or model_args.teacher is not None:
+        if model_args.teacher is None:
+            raise ValueError(f"Method {distill_args.method!r} needs a teacher: pass --teacher.")
+        teacher = load_model(
+            model_args.teacher, num_labels=len(names), weights=model_args.teacher_weights, role="teacher"
+        )
+        nt = num_labels_of(teacher)
+        if nt != len(names):
+            raise ValueError(
+                f"The teacher predicts {nt} classes but the dataset has {len(names)}: use a teacher trained on "
+                "this dataset's classes."
+            )
+    student = load_model(
+        model_args.student, id2label=id2label, weights=model_args.student_weights, role="student"
+    )
+
+    s_in = input_spec(student)
+    size = data_args.image_size or s_in.image_size
+    if size != s_in.image_size:
+        s_in = type(s_in)(s_in.mean, s_in.std, size)
+    train = prepare_split(
+        raw_train, s_in.mean, s_in.std, size, True, img_col, lab_col, data_args.max_train_samples
+    )
+    evals = None
+    if data_args.eval_split:
+        raw_eval = load_image_dataset(data_args.dataset, data_args.eval_split)
+        evals = prepare_split(
+            raw_eval, s_in.mean, s_in.std, size, False, img_col, lab_col, data_args.max_eval_samples
+        )
+
+    trainer = DistillationTrainer(
+        model=student,
+        teacher=teacher,
+        objective=objective,
+        args=training_args,
+        train_dataset=train.dataset,
+        eval_dataset=evals.dataset if evals is not None else None,
+        student_input=s_in,
+        lr_milestones=distill_args.milestones(),
+        lr_decay_rate=distill_args.lr_decay_rate,
+    )
+    return Run(trainer, train, evals)

@@ -1,0 +1,45 @@
+"""Run by tests/test_multiprocess.py under `accelerate launch` (several processes): a short distillation, then
+every process writes what it ended with, so the test can compare the replicas."""
+
+import hashlib
+import json
+import os
+import sys
+
+import torch
+
+from hf_distill.config import parse_args
+from hf_distill.pipeline import build_run
+
+
+def digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def main() -> None:
+    out = sys.argv[1]
+    model_args, data_args, distill_args, training_args, kw = parse_args(sys.argv[2:])
+    run = build_run(model_args, data_args, distill_args, training_args, kw)
+    trainer = run.trainer
+    trainer.train()
+    metrics = trainer.evaluate()
+    container = trainer.accelerator.unwrap_model(trainer.model)
+    state = {k: digest(v) for k, v in container.state_dict().items()}
+    rank = trainer.args.process_index
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump(
+            {
+                "rank": rank,
+                "world_size": trainer.args.world_size,
+                "global_step": trainer.state.global_step,
+                "teacher_wrapped": type(trainer.teacher).__name__,
+                "model_wrapped": type(trainer.model_wrapped).__name__,
+                "state": state,
+                "metrics": metrics,
+            },
+            f,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""A real 2-process CPU run under `accelerate launch` (gloo)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+
+
+def launch(script_args, tmp_path, nproc=2, timeout=600):
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
+    cmd = [
+        accelerate,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(nproc),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+        str(REPO / "tests" / "scripts" / "ddp_run.py"),
+        str(tmp_path),
+    ] + script_args
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(REPO), env=env)
+    assert p.returncode == 0, p.stderr[-4000:]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(nproc)]
+
+
+def test_two_process_kd_run(tmp_path):
+    args = [
+        "--dataset",
+        str(REPO / "assets" / "cifar10-subset"),
+        "--teacher",
+        str(REPO / "assets" / "teachers" / "cifar10-resnet56"),
+        "--student",
+        "cifar_resnet8",
+        "--method",
+        "kd",
+        "--max_train_samples",
+        "64",
+        "--max_eval_samples",
+        "50",
+        "--per_device_train_batch_size",
+        "8",
+        "--max_steps",
+        "3",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "true",
+        "--disable_tqdm",
+        "true",
+        "--save_strategy",
+        "no",
+    ]
+    r0, r1 = launch(args, tmp_path)
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert r0["global_step"] == r1["global_step"] == 3
+    assert r0["model_wrapped"] == "DistributedDataParallel"
+    assert r0["teacher_wrapped"] != "DistributedDataParallel"  # the frozen teacher is never DDP-wrapped
+    assert r0["state"] == r1["state"]  # replicas hold identical weights and buffers after training
+    # evaluation is gathered over the full eval set on both processes
+    assert r0["metrics"]["eval_accuracy"] == r1["metrics"]["eval_accuracy"]
+    assert r0["metrics"]["eval_teacher_accuracy"] == r1["metrics"]["eval_teacher_accuracy"]

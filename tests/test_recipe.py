@@ -1,0 +1,122 @@
+"""recipes/distill.py: the embedded default on a tiny slice, and every bad input giving one clear line."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import datasets
+import pytest
+
+from tests.conftest import REPO, SHARED, SUBSET, TEACHER_DIR
+
+TINY = [
+    "--max_train_samples",
+    "64",
+    "--max_eval_samples",
+    "64",
+    "--num_train_epochs",
+    "1",
+    "--disable_tqdm",
+    "true",
+]
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    spec = importlib.util.spec_from_file_location("distill_recipe", REPO / "recipes" / "distill.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _fails(recipe, capsys, argv):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        recipe.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err  # one line, no traceback
+    return errors[0]
+
+
+def test_default_run_on_a_tiny_slice(recipe, tmp_path):
+    res = recipe.main(TINY + ["--output_dir", str(tmp_path)])
+    assert 0.6 < res["eval_teacher_accuracy"] <= 1.0  # the pretrained resnet56 on 64 real test images
+    assert 0.0 <= res["eval_accuracy"] <= 1.0
+    saved = json.loads((tmp_path / "distill_results.json").read_text())
+    assert saved["objective"]["methods"]["kd"]["temperature"] == 4.0
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
+
+
+def test_method_flags_and_config_file(recipe, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("method: kd\nmethod_args: {kd: {temperature: 2.0}}\nce_weight: 0.5\nmax_steps: 1\n")
+    res_dir = tmp_path / "out"
+    recipe.main(["--config", str(cfg), "--kd-temperature", "3", "--output_dir", str(res_dir)] + TINY)
+    obj = json.loads((res_dir / "distill_results.json").read_text())["objective"]
+    assert (
+        obj["ce_weight"] == 0.5 and obj["methods"]["kd"]["temperature"] == 3.0
+    )  # command line beats the file
+
+
+def test_unknown_method(recipe, capsys):
+    line = _fails(recipe, capsys, ["--method", "kdd"])
+    assert "Unknown distillation method 'kdd'" in line and "kd" in line
+
+
+def test_weight_list_of_wrong_length(recipe, capsys):
+    line = _fails(recipe, capsys, ["--method", "kd", "--method_weights", "1,2"])
+    assert "--method_weights has 2 value(s) but the methods are 1: kd" in line
+
+
+def test_unknown_method_hyperparameter(recipe, capsys):
+    line = _fails(recipe, capsys, ["--kd-temp", "2"])
+    assert "has no hyperparameter 'temp'" in line and "temperature" in line
+
+
+def test_teacher_and_dataset_class_counts_differ(recipe, capsys, tmp_path):
+    three = datasets.load_dataset(str(SUBSET), split="train").filter(lambda r: r["label"] < 3)
+    three = three.cast_column("label", datasets.ClassLabel(names=["airplane", "automobile", "bird"]))
+    three.to_parquet(str(tmp_path / "three.parquet"))
+    line = _fails(recipe, capsys, ["--dataset", str(tmp_path / "three.parquet"), "--eval_split", ""])
+    assert "predicts 10 classes but 3" in line and "teacher" in line
+
+
+def test_dataset_without_label_column(recipe, capsys, tmp_path):
+    ds = datasets.load_dataset(str(SUBSET), split="test").select(range(8)).remove_columns("label")
+    ds.to_parquet(str(tmp_path / "nolabel.parquet"))
+    line = _fails(recipe, capsys, ["--dataset", str(tmp_path / "nolabel.parquet"), "--eval_split", ""])
+    assert "no label column" in line and "--label_column" in line
+
+
+def test_image_column_that_is_not_images(recipe, capsys):
+    line = _fails(recipe, capsys, ["--image_column", "label"])
+    assert "Column 'label' is not an image column" in line
+
+
+def test_teacher_checkpoint_of_another_architecture(recipe, capsys):
+    weights = str(TEACHER_DIR / "model.safetensors")  # a resnet56 (option A) state dict
+    line = _fails(recipe, capsys, ["--teacher", "cifar_resnet20_a", "--teacher_weights", weights])
+    assert "does not match the teacher architecture" in line
+
+
+@pytest.mark.skipif(
+    not (SHARED / "teachers").exists(), reason="../shared with the original akamaster files is absent"
+)
+def test_akamaster_checkpoint_of_another_depth(recipe, capsys):
+    weights = str(SHARED / "teachers" / "cifar10-resnet-akamaster" / "resnet56-4bfd9763.th")
+    line = _fails(recipe, capsys, ["--teacher", "cifar_resnet20_a", "--teacher_weights", weights])
+    assert "resnet56" in line
+
+
+def test_bad_input_exit_code_from_the_command_line():
+    p = subprocess.run(
+        [sys.executable, str(REPO / "recipes" / "distill.py"), "--method", "nope"],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1].startswith("error: Unknown distillation method 'nope'")
+    assert "Traceback" not in p.stderr
