@@ -1,0 +1,1 @@
+"""Models: the CIFAR zoo, feature taps and loading."""
