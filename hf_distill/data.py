@@ -2,6 +2,8 @@
 
 A batch leaving the collator is ``{"pixel_values": (B,3,H,W) float, "labels": (B,) long, "index": (B,) long}``;
 ``index`` is the row of the sample in the (sub-sampled) training set, which memory-bank methods (CRD) need.
+Training augmentation depends only on (seed, epoch, row), never on the global RNG, so resumed and multi-process runs
+see exactly the images an uninterrupted single-process run sees.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import datasets
+import PIL.Image
 import torch
-from torchvision import transforms as T
+import torchvision.transforms.functional as TF
 
 IMAGE_COLUMNS = ("img", "image", "images", "picture")
 LABEL_COLUMNS = ("label", "fine_label", "labels", "target")
@@ -119,29 +122,116 @@ def label_tensor(ds: datasets.Dataset, label_column: str) -> torch.Tensor:
     return torch.as_tensor(ds.with_format(None)[label_column], dtype=torch.long)
 
 
-def build_transform(
-    mean: Sequence[float],
-    std: Sequence[float],
-    image_size: int,
-    train: bool,
-    source_size: int | None = None,
-) -> T.Compose:
-    """The standard CIFAR pipeline: random crop with padding (size/8, i.e. 4 at 32 px) and horizontal flip for
-    training; resize only when the model's input size differs from the images'; then the model's normalization."""
-    steps: list[Any] = []
-    if source_size != image_size:
-        steps.append(T.Resize((image_size, image_size), antialias=True))
-    if train:
-        steps += [T.RandomCrop(image_size, padding=max(1, image_size // 8)), T.RandomHorizontalFlip()]
-    steps += [T.ToTensor(), T.Normalize(mean=list(mean), std=list(std))]
-    return T.Compose(steps)
+def _mix(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed that depends only on (seed, epoch, row): augmentation independent of the global RNG."""
+    h = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) & (2**64 - 1)
+    h ^= h >> 31
+    return h & (2**63 - 1)
+
+
+class ImageClassificationDataset(torch.utils.data.Dataset):
+    """Rows of an image-classification ``datasets.Dataset`` as ``{pixel_values, labels, index}``.
+
+    Training augmentation is the standard CIFAR one (random crop with zero padding of size/8 — 4 px at 32 — and a
+    horizontal flip), drawn from a generator seeded by (seed, epoch, row index) instead of the global RNG. So a
+    sample's augmentation is the same whatever the number of processes or dataloader workers, and a run resumed in
+    the middle of an epoch sees exactly the images the uninterrupted run saw. The trainer advances the epoch with
+    :meth:`set_epoch`.
+
+    Args:
+        ds: the raw split (image and label columns).
+        image_column, label_column: the columns to read.
+        mean, std: normalization of the model.
+        image_size: model input size; images of another size are resized first.
+        train: apply the augmentation.
+        seed: seed of the augmentation.
+        class_names: the class names (``ClassLabel`` names).
+    """
+
+    def __init__(
+        self,
+        ds: datasets.Dataset,
+        image_column: str,
+        label_column: str,
+        mean: Sequence[float],
+        std: Sequence[float],
+        image_size: int,
+        train: bool,
+        seed: int = 0,
+        class_names: list[str] | None = None,
+    ) -> None:
+        self.ds = ds.select_columns([image_column, label_column])
+        self.image_column, self.label_column = image_column, label_column
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.image_size = int(image_size)
+        self.train = train
+        self.seed = int(seed)
+        self.epoch = 0
+        self.padding = max(1, self.image_size // 8)
+        self.labels = label_tensor(ds, label_column)
+        self.class_names = class_names or [
+            str(i) for i in range(int(self.labels.max()) + 1 if len(self.labels) else 0)
+        ]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def info(self) -> datasets.DatasetInfo:
+        """The underlying split's ``DatasetInfo`` (name, config; used by model cards)."""
+        return self.ds.info
+
+    @property
+    def split(self):
+        return self.ds.split
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def _pixels(self, image, index: int) -> torch.Tensor:
+        image = image.convert("RGB")
+        if image.size != (self.image_size, self.image_size):
+            image = image.resize((self.image_size, self.image_size), resample=PIL.Image.BILINEAR)
+        x = TF.pil_to_tensor(image).float().div_(255)
+        if self.train:
+            g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, index))
+            dx, dy, flip = torch.randint(0, 2 * self.padding + 1, (3,), generator=g).tolist()
+            p = self.padding
+            x = torch.nn.functional.pad(x, (p, p, p, p))[
+                :, dy : dy + self.image_size, dx : dx + self.image_size
+            ]
+            if flip % 2:
+                x = x.flip(-1)
+        return (x - self.mean) / self.std
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.ds[int(index)]
+        return {
+            "pixel_values": self._pixels(row[self.image_column], int(index)),
+            "labels": int(row[self.label_column]),
+            "index": int(index),
+        }
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        # One Arrow read for the whole batch instead of one per row.
+        idx = [int(i) for i in indices]
+        rows = self.ds[idx]
+        return [
+            {"pixel_values": self._pixels(im, i), "labels": int(lb), "index": i}
+            for im, lb, i in zip(rows[self.image_column], rows[self.label_column], idx)
+        ]
 
 
 @dataclass
 class PreparedSplit:
     """A split ready for the trainer plus what the trainer and the losses need to know about it."""
 
-    dataset: datasets.Dataset
+    dataset: ImageClassificationDataset
     image_column: str
     label_column: str
     class_names: list[str]
@@ -161,8 +251,9 @@ def prepare_split(
     image_column: str | None = None,
     label_column: str | None = None,
     max_samples: int | None = None,
+    seed: int = 0,
 ) -> PreparedSplit:
-    """Select, index and transform one split.
+    """Select, check and wrap one split.
 
     Args:
         ds: the raw split.
@@ -170,42 +261,24 @@ def prepare_split(
         train: apply the training augmentation.
         image_column, label_column: override the detected columns.
         max_samples: keep only the first rows (a deterministic subset).
+        seed: seed of the augmentation.
 
     Returns:
-        A :class:`PreparedSplit` whose dataset yields ``pixel_values``, ``labels`` and ``index``.
+        A :class:`PreparedSplit` whose dataset yields ``pixel_values``, ``labels`` and ``index`` (the row).
     """
     image_column, label_column = resolve_columns(ds, image_column, label_column)
     if max_samples is not None and max_samples < len(ds):
         ds = ds.select(range(max_samples))
     names = class_names(ds, label_column)
-    labels = label_tensor(ds, label_column)
+    wrapped = ImageClassificationDataset(
+        ds, image_column, label_column, mean, std, image_size, train, seed, names
+    )
+    labels = wrapped.labels
     if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
         raise DataError(
             f"Labels in {label_column!r} must lie in [0, {len(names)}), found {labels.min()}..{labels.max()}."
         )
-    keep = {image_column, label_column}
-    ds = ds.remove_columns([c for c in ds.column_names if c not in keep])
-    if "index" in ds.column_names:
-        ds = ds.remove_columns("index")
-    ds = ds.add_column("index", list(range(len(ds))))
-    source = _source_size(ds, image_column)
-    tf = build_transform(mean, std, image_size, train, source_size=source)
-
-    def apply(batch: dict[str, list[Any]]) -> dict[str, Any]:
-        return {
-            "pixel_values": [tf(im.convert("RGB")) for im in batch[image_column]],
-            "labels": batch[label_column],
-            "index": batch["index"],
-        }
-
-    return PreparedSplit(ds.with_transform(apply), image_column, label_column, names, labels)
-
-
-def _source_size(ds: datasets.Dataset, image_column: str) -> int | None:
-    if len(ds) == 0:
-        return None
-    w, h = ds[0][image_column].size
-    return w if w == h else None
+    return PreparedSplit(wrapped, image_column, label_column, names, labels)
 
 
 def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

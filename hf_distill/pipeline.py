@@ -72,8 +72,9 @@ def build_run(
     size = data_args.image_size or s_in.image_size
     if size != s_in.image_size:
         s_in = type(s_in)(s_in.mean, s_in.std, size)
+    seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     train = prepare_split(
-        raw_train, s_in.mean, s_in.std, size, True, img_col, lab_col, data_args.max_train_samples
+        raw_train, s_in.mean, s_in.std, size, True, img_col, lab_col, data_args.max_train_samples, seed=seed
     )
     evals = None
     if data_args.eval_split:
@@ -93,4 +94,5 @@ def build_run(
         lr_milestones=distill_args.milestones(),
         lr_decay_rate=distill_args.lr_decay_rate,
     )
+    trainer.dataset_id = data_args.dataset  # shown in the model card
     return Run(trainer, train, evals)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -227,6 +228,7 @@ class DistillationTrainer(Trainer):
             compute_metrics=compute_metrics or classification_metrics,
             **kwargs,
         )
+        self.add_callback(_EpochToDataset(train_dataset))
         self.teacher = None
         if teacher is not None:
             teacher.requires_grad_(False)
@@ -514,6 +516,44 @@ class DistillationTrainer(Trainer):
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
+    # -- Hub -----------------------------------------------------------------------------------------------------
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the student; a final save (not a checkpoint) also completes the folder for the Hub: image
+        processor, model card, training-curve plot, timm / remote-code format (see :mod:`hf_distill.hub`)."""
+        super().save_model(output_dir, _internal_call)
+        if not _internal_call:
+            from .hub.publish import save_hook
+
+            save_hook(self, output_dir)
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """The distillation model card (``push_to_hub`` calls this before uploading ``output_dir``)."""
+        from .hub.publish import trainer_model_card
+
+        trainer_model_card(
+            self,
+            language,
+            license,
+            tags,
+            model_name,
+            finetuned_from,
+            tasks,
+            dataset_tags,
+            dataset,
+            dataset_args,
+        )
+
     def _save_distill_state(self, output_dir: str) -> None:
         """The methods' parameters and buffers (heads, memory banks) and the init-stage flag."""
         if not self.args.should_save:
@@ -605,6 +645,7 @@ class _InitStageTrainer(Trainer):
     def __init__(self, parent: DistillationTrainer, **kwargs: Any) -> None:
         self.parent = parent
         super().__init__(**kwargs)
+        self.add_callback(_EpochToDataset(self.train_dataset))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         p = self.parent
@@ -626,6 +667,17 @@ class _InitStageTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         super().log({(k if k == "epoch" else f"init_stage/{k}"): v for k, v in logs.items()}, start_time)
+
+
+class _EpochToDataset(TrainerCallback):
+    """Tell the training set which epoch starts: its augmentation is seeded by (seed, epoch, row)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(math.floor((state.epoch or 0.0) + 1e-6))
 
 
 class _CarryLogs(TrainerCallback):
@@ -692,29 +744,30 @@ def _check_label_spaces(student: nn.Module, teacher: nn.Module | None, train_dat
         if ns is not None and nt is not None and ns != nt:
             raise ValueError(
                 f"The teacher predicts {nt} classes but the student {ns}: they must share one label set. "
-                f"Create the student with num_labels={nt} (--num_labels), or use a teacher trained on the same classes."
+                f"Create the student with num_labels={nt}, or use a teacher trained on the same classes."
             )
-    if isinstance(train_dataset, datasets.Dataset) and ns is not None:
+    nd = getattr(train_dataset, "num_classes", None)
+    if nd is None and isinstance(train_dataset, datasets.Dataset):
         col = next((c for c in ("labels", "label", "fine_label") if c in train_dataset.column_names), None)
-        if col is not None:
-            f = train_dataset.features[col]
-            nd = f.num_classes if isinstance(f, datasets.ClassLabel) else None
-            if nd is not None and nd != ns:
-                raise ValueError(
-                    f"The dataset has {nd} classes but the student predicts {ns}: create the student with "
-                    f"num_labels={nd}, or pick the dataset the teacher was trained on."
-                )
+        f = train_dataset.features[col] if col is not None else None
+        nd = f.num_classes if isinstance(f, datasets.ClassLabel) else None
+    if nd is not None and ns is not None and nd != ns:
+        raise ValueError(
+            f"The dataset has {nd} classes but the student predicts {ns}: create the student with "
+            f"num_labels={nd}, or pick the dataset the teacher was trained on."
+        )
 
 
 def _data_info(train_dataset, num_classes: int | None) -> DataInfo:
     if train_dataset is None:
         return DataInfo(num_samples=0, num_classes=num_classes or 0)
-    labels = None
-    if isinstance(train_dataset, datasets.Dataset):
+    labels = getattr(train_dataset, "labels", None)
+    if not isinstance(labels, torch.Tensor) and isinstance(train_dataset, datasets.Dataset):
         raw = train_dataset.with_format(None)
         col = next((c for c in ("labels", "label", "fine_label") if c in raw.column_names), None)
-        if col is not None:
-            labels = torch.as_tensor(raw[col], dtype=torch.long)
+        labels = torch.as_tensor(raw[col], dtype=torch.long) if col is not None else None
+    if not isinstance(labels, torch.Tensor):
+        labels = None
     return DataInfo(num_samples=len(train_dataset), num_classes=num_classes or 0, labels=labels)
 
 

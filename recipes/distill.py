@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         metrics = trainer.evaluate()
         results.update({k: v for k, v in metrics.items() if "accuracy" in k})
     trainer.save_model()
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset=data_args.dataset)
     if trainer.is_world_process_zero():
         with open(os.path.join(training_args.output_dir, "distill_results.json"), "w") as f:
             json.dump({**results, "objective": trainer.model.objective.describe()}, f, indent=2)

@@ -54,13 +54,42 @@ def test_prepared_split_yields_normalized_tensors_labels_and_index(subset_train)
 
 def test_train_augmentation_is_random_crop_and_flip(subset_train):
     split = prepare_split(subset_train, MEAN, STD, 32, train=True, max_samples=2)
-    torch.manual_seed(0)
-    views = torch.stack([split.dataset[0]["pixel_values"] for _ in range(20)])
+    views = []
+    for epoch in range(20):
+        split.dataset.set_epoch(epoch)
+        views.append(split.dataset[0]["pixel_values"])
+    views = torch.stack(views)
     assert views.shape == (20, 3, 32, 32)
-    assert views.std(0).mean() > 0  # the 20 views differ
-    # padding 4 -> some views have zero-padded (normalized) borders
-    pad_value = (0 - 0.5) / 0.25
+    assert views.std(0).mean() > 0  # the epochs see different crops/flips
+    pad_value = (0 - 0.5) / 0.25  # zero padding of 4 px, normalized
     assert (views[:, :, :, 0] == pad_value).all(dim=(1, 2)).any()
+    # every view is a shifted (and maybe flipped) copy of the plain image
+    plain = prepare_split(subset_train, MEAN, STD, 32, train=False, max_samples=1).dataset[0]["pixel_values"]
+    padded = torch.nn.functional.pad(plain, (4, 4, 4, 4), value=pad_value)
+    for v in views:
+        hits = [
+            torch.allclose(c, v, atol=1e-6)
+            for dy in range(9)
+            for dx in range(9)
+            for c in (padded[:, dy : dy + 32, dx : dx + 32], padded[:, dy : dy + 32, dx : dx + 32].flip(-1))
+        ]
+        assert any(hits)
+
+
+def test_augmentation_depends_only_on_seed_epoch_and_row(subset_train):
+    a = prepare_split(subset_train, MEAN, STD, 32, train=True, max_samples=8, seed=3).dataset
+    b = prepare_split(subset_train, MEAN, STD, 32, train=True, max_samples=8, seed=3).dataset
+    a.set_epoch(5)
+    b.set_epoch(5)
+    torch.manual_seed(0)
+    first = a.__getitems__([6, 2])
+    torch.manual_seed(123)  # the global RNG plays no part
+    second = [b[2], b[6]]
+    assert torch.equal(first[0]["pixel_values"], second[1]["pixel_values"])
+    assert torch.equal(first[1]["pixel_values"], second[0]["pixel_values"])
+    c = prepare_split(subset_train, MEAN, STD, 32, train=True, max_samples=8, seed=4).dataset
+    c.set_epoch(5)
+    assert not all(torch.equal(c[i]["pixel_values"], a[i]["pixel_values"]) for i in range(8))
 
 
 def test_resize_when_model_input_differs():

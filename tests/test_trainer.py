@@ -105,22 +105,23 @@ def _flat_state(trainer):
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
-def test_resume_equals_uninterrupted_run(tmp_path, tiny):
+@pytest.mark.parametrize("stop", [2, 4], ids=["mid-epoch", "epoch-boundary"])
+def test_resume_equals_uninterrupted_run(tmp_path, tiny, stop):
+    # 64 samples / 16 per batch = 4 steps per epoch: step 2 is in the middle of an epoch, step 4 at its end
     kw = dict(
-        method="test_probe", max_steps=8, save_strategy="steps", save_steps=4, lr_scheduler_type="linear"
+        method="test_probe", max_steps=8, save_strategy="steps", save_steps=stop, lr_scheduler_type="linear"
     )
     full = _trainer(tmp_path / "a", tiny, **kw)
     full.train()
     ref = _flat_state(full)
 
     part = _trainer(tmp_path / "b", tiny, **kw)
-    part.add_callback(_StopAt(4))
+    part.add_callback(_StopAt(stop))
     part.train()
-    assert part.state.global_step == 4
-    resumed = _trainer(
-        tmp_path / "b", tiny, seed=7, **kw
-    )  # other init: everything must come from the checkpoint
-    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "out" / "checkpoint-4"))
+    assert part.state.global_step == stop
+    # another initialization: everything must come from the checkpoint
+    resumed = _trainer(tmp_path / "b", tiny, seed=7, **kw)
+    resumed.train(resume_from_checkpoint=True)  # the last checkpoint in output_dir
     got = _flat_state(resumed)
     assert ref.keys() == got.keys()
     assert any("test_probe.center" in k for k in got) and any("test_probe.seen" in k for k in got)

@@ -1,6 +1,6 @@
 """Distillation methods. Importing this package registers every method (one module each)."""
 
-from . import kd  # noqa: F401  (registers the method)
+from . import ab, crd, fsp, ft, iekd, kd, nst  # noqa: F401  (importing a method module registers it)
 from .base import (
     DataInfo,
     DistillationLoss,

@@ -265,6 +265,20 @@ class DistillationLoss(nn.Module):
     #: set by subclasses that want an initialization stage (an instance attribute so it can be configured).
     init_stage: InitStage | None = None
 
+    #: attributes the base class owns; a hyperparameter of the same name would be overwritten by the trainer.
+    _RESERVED: ClassVar[frozenset[str]] = frozenset(
+        {"student_layers", "teacher_layers", "init_stage", "name", "training"}
+    )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        clash = sorted(set(inspect.signature(cls.__init__).parameters) & cls._RESERVED)
+        if clash:
+            raise TypeError(
+                f"{cls.__name__}: hyperparameter name(s) {', '.join(clash)} are reserved by DistillationLoss; "
+                "rename them (e.g. layers / layers_teacher)."
+            )
+
     def __init__(self) -> None:
         super().__init__()
         self.student_layers: list[str] = []

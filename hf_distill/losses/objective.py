@@ -52,6 +52,23 @@ class DistillationObjective(nn.Module):
         out = MethodNeeds(student=FeatureNeeds(logits=True))
         for m in self.methods.values():
             out = out | m.needs()
+        for side in ("student", "teacher"):
+            pre = [
+                k
+                for k, m in self.methods.items()
+                if getattr(m.needs(), side).preact and getattr(m.needs(), side).maps
+            ]
+            post = [
+                k
+                for k, m in self.methods.items()
+                if not getattr(m.needs(), side).preact and getattr(m.needs(), side).maps
+            ]
+            if pre and post:
+                # One forward pass gives either pre- or post-activation maps of a network, not both.
+                raise ValueError(
+                    f"{', '.join(pre)} need pre-activation feature maps of the {side} and {', '.join(post)} "
+                    "post-activation ones; these methods cannot be combined in one run."
+                )
         return out
 
     @property
@@ -126,4 +143,3 @@ def _sum(parts: dict[str, Tensor]) -> Tensor:
 
 def _prefixed(name: str, parts: dict[str, Tensor]) -> dict[str, Tensor]:
     return {(k if k == name or k.startswith(name + "_") else f"{name}_{k}"): v for k, v in parts.items()}
-
