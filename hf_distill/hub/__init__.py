@@ -1,0 +1,99 @@
+"""Hub integration: model cards, complete repository folders, push, evaluation with ``evaluate``.
+
+    from hf_distill.hub import complete_folder, push_folder, evaluate_model
+
+    complete_folder(trainer)                             # README.md, processor, plot, timm/remote-code format
+    push_folder(trainer.args.output_dir, "me/resnet8-kd")
+    evaluate_model("me/resnet8-kd", "uoft-cs/cifar10", split="test", update_card=True)
+
+Heavy dependencies (``evaluate``, ``matplotlib``, ``timm``) are imported only by the functions that need them.
+"""
+
+from .card import (
+    CARD_MARKER,
+    PLOT_NAME,
+    SUMMARY_NAME,
+    CardError,
+    DistillationSummary,
+    MethodSummary,
+    build_card,
+    card_data,
+    collect_summary,
+    eval_results,
+    merge_eval_results,
+    model_reference,
+    plot_training_curves,
+    read_card,
+    summary_from_folder,
+    update_card_file,
+    usage_snippet,
+)
+from .evaluation import (
+    EvaluationResult,
+    LabelMismatchError,
+    ModelNotFoundError,
+    check_label_names,
+    classification_pipeline,
+    evaluate_classifier,
+    evaluate_model,
+    image_classification_evaluator,
+    load_classifier,
+    load_metric,
+    resolve_model,
+    update_model_card,
+)
+from .processor import model_input_spec, student_image_processor
+from .publish import (
+    IGNORE_PATTERNS,
+    PublishError,
+    check_folder,
+    complete_folder,
+    push_folder,
+    save_hook,
+    trainer_model_card,
+    write_card,
+)
+from .timm_export import save_timm_folder
+
+__all__ = [
+    "CARD_MARKER",
+    "IGNORE_PATTERNS",
+    "PLOT_NAME",
+    "SUMMARY_NAME",
+    "CardError",
+    "DistillationSummary",
+    "EvaluationResult",
+    "LabelMismatchError",
+    "MethodSummary",
+    "ModelNotFoundError",
+    "PublishError",
+    "build_card",
+    "card_data",
+    "check_folder",
+    "check_label_names",
+    "classification_pipeline",
+    "collect_summary",
+    "complete_folder",
+    "eval_results",
+    "evaluate_classifier",
+    "evaluate_model",
+    "image_classification_evaluator",
+    "load_classifier",
+    "load_metric",
+    "merge_eval_results",
+    "model_input_spec",
+    "model_reference",
+    "plot_training_curves",
+    "push_folder",
+    "read_card",
+    "resolve_model",
+    "save_hook",
+    "save_timm_folder",
+    "student_image_processor",
+    "summary_from_folder",
+    "trainer_model_card",
+    "update_card_file",
+    "update_model_card",
+    "usage_snippet",
+    "write_card",
+]

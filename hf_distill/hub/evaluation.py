@@ -1,0 +1,588 @@
+"""Evaluate a published (or local) student, and write the results into its model card.
+
+The model is loaded the way a Hub user loads it (``AutoModelForImageClassification.from_pretrained`` on the
+downloaded snapshot or the local folder, with its saved image processor), the data goes through hf_distill's own
+evaluation pipeline (:func:`hf_distill.data.prepare_split` with the model's normalization), and the metrics are the
+``evaluate`` metric scripts shipped in the repository (``metrics/accuracy``, ``metrics/top5_accuracy``), loaded by
+path so that nothing is fetched from the Hub. ``evaluate`` is imported only here, and only when a metric is
+needed.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import EvalResult
+
+from ..data import class_names, collate, load_image_dataset, prepare_split, resolve_columns
+from .card import TASK, CardError, eval_results_index, parse_card, repo_file, update_card_file
+from .processor import model_input_spec
+
+logger = logging.getLogger(__name__)
+
+METRIC_NAMES = ("accuracy", "top5_accuracy")
+
+
+class ModelNotFoundError(ValueError):
+    """A model reference that is neither a model folder nor a model repository on the Hub."""
+
+
+class LabelMismatchError(ValueError):
+    """A dataset whose classes are not the model's ``id2label``."""
+
+
+# -- metrics -------------------------------------------------------------------------------------------------------
+def metrics_dir() -> Path:
+    """The folder of the shipped metric scripts (``<repo>/metrics``)."""
+    return repo_file("metrics")
+
+
+def metric_path(name: str) -> str:
+    """Path of a shipped metric script folder (``metrics/<name>``), for ``evaluate.load``.
+
+    Args:
+        name: ``accuracy`` or ``top5_accuracy``.
+
+    Returns:
+        The folder path.
+
+    Raises:
+        FileNotFoundError: no such metric in the repository.
+    """
+    path = metrics_dir() / name
+    if not (path / f"{name}.py").is_file():
+        raise FileNotFoundError(
+            f"Metric script {path}/{name}.py not found; shipped metrics: {', '.join(METRIC_NAMES)} (install hf_distill "
+            "from its repository to have them)."
+        )
+    return str(path)
+
+
+@functools.cache
+def load_metric(name: str) -> Any:
+    """``evaluate.load`` of a shipped metric script, by path (works offline).
+
+    Args:
+        name: ``accuracy`` or ``top5_accuracy``.
+
+    Returns:
+        The ``evaluate.EvaluationModule``.
+    """
+    import evaluate
+
+    return evaluate.load(metric_path(name), keep_in_memory=True)
+
+
+def _evaluate_transformers5_compat() -> None:
+    """evaluate 0.4.x's evaluators test ``isinstance(x, transformers.TFPreTrainedModel)``, a class transformers 5
+    removed; give the module evaluate holds a placeholder class that nothing is an instance of."""
+    base = importlib.import_module("evaluate.evaluator.base")
+    mod = getattr(base, "transformers", None)
+    if mod is not None and not hasattr(mod, "TFPreTrainedModel"):
+
+        class TFPreTrainedModel:
+            """Placeholder for the TensorFlow base class removed in transformers 5."""
+
+        mod.TFPreTrainedModel = TFPreTrainedModel
+
+
+def image_classification_evaluator() -> Any:
+    """``evaluate.evaluator("image-classification")``, usable with transformers 5 pipelines.
+
+    Returns:
+        The evaluator.
+    """
+    import evaluate
+
+    _evaluate_transformers5_compat()
+    return evaluate.evaluator("image-classification")
+
+
+# -- models ----------------------------------------------------------------------------------------------------------
+def resolve_model(
+    model: str,
+    revision: str | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+    cache_dir: str | None = None,
+) -> str:
+    """A local folder for a model reference: the folder itself, or a snapshot downloaded from the Hub.
+
+    Args:
+        model: a model folder or a Hub model id.
+        revision: branch, tag or commit of a Hub model.
+        token: Hub token.
+        endpoint: Hub endpoint (default: ``HF_ENDPOINT`` / huggingface.co).
+        cache_dir: Hub cache folder.
+
+    Returns:
+        The local folder.
+
+    Raises:
+        ModelNotFoundError: no such folder and no such model repository (or it cannot be reached).
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+    from huggingface_hub.utils import validate_repo_id
+
+    if os.path.isdir(model):
+        if not os.path.isfile(os.path.join(model, "config.json")):
+            raise ModelNotFoundError(f"{model!r} is a folder but not a model folder: it has no config.json.")
+        return model
+    if os.path.exists(model) or model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise ModelNotFoundError(f"Model {model!r} does not exist: there is no such folder.")
+    try:
+        validate_repo_id(model)
+    except HFValidationError as e:
+        raise ModelNotFoundError(
+            f"Model {model!r} is neither a local folder nor a valid Hub model id ({e})."
+        ) from e
+    where = endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    try:
+        return snapshot_download(
+            repo_id=model,
+            revision=revision,
+            token=token,
+            endpoint=endpoint,
+            cache_dir=cache_dir,
+            repo_type="model",
+        )
+    except RepositoryNotFoundError as e:
+        raise ModelNotFoundError(
+            f"Model {model!r} does not exist: it is not a local folder, and the Hub at {where} has no model "
+            "repository with that id (if it is private or gated, log in with `hf auth login` or set HF_TOKEN)."
+        ) from e
+    except RevisionNotFoundError as e:
+        raise ModelNotFoundError(
+            f"Model {model!r} has no revision {revision!r} on the Hub at {where}."
+        ) from e
+    except LocalEntryNotFoundError as e:
+        raise ModelNotFoundError(
+            f"Model {model!r} is not a local folder and could not be downloaded from {where} "
+            f"({str(e).splitlines()[0]}). Check the connection, unset HF_HUB_OFFLINE, or pass a local folder."
+        ) from e
+
+
+@dataclass
+class LoadedModel:
+    """A classifier loaded for evaluation, with its processor and where it came from."""
+
+    model: Any
+    processor: Any
+    folder: str
+    reference: str
+
+
+def load_classifier(
+    model: str,
+    trust_remote_code: bool | None = None,
+    revision: str | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> LoadedModel:
+    """Load an image classifier and its image processor with ``from_pretrained``.
+
+    CIFAR-zoo models use hf_distill's own classes (registered with the Auto classes); any other custom code needs
+    ``trust_remote_code=True``.
+
+    Args:
+        model: a model folder or Hub model id.
+        trust_remote_code: passed to ``from_pretrained`` (None: transformers' default).
+        revision: Hub revision.
+        token: Hub token.
+        endpoint: Hub endpoint.
+
+    Returns:
+        A :class:`LoadedModel` (the model in eval mode).
+
+    Raises:
+        ModelNotFoundError: see :func:`resolve_model`.
+    """
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from ..models import modeling_cifar  # noqa: F401  (zoo classes without remote code)
+
+    folder = resolve_model(model, revision=revision, token=token, endpoint=endpoint)
+    kw = {} if trust_remote_code is None else {"trust_remote_code": trust_remote_code}
+    net = AutoModelForImageClassification.from_pretrained(folder, **kw).eval()
+    try:
+        processor = AutoImageProcessor.from_pretrained(folder, **kw)
+    except (OSError, ValueError, KeyError) as e:
+        logger.warning("No image processor in %s (%s); using the model config's normalization.", folder, e)
+        processor = None
+    return LoadedModel(net, processor, folder, model)
+
+
+def _model_labels(model: Any) -> list[str]:
+    id2label = getattr(model.config, "id2label", None) or {}
+    return [str(id2label[k]) for k in sorted(id2label, key=int)]
+
+
+def _generic(names: list[str]) -> bool:
+    return all(n == f"LABEL_{i}" or n == str(i) for i, n in enumerate(names))
+
+
+def check_label_names(
+    model_labels: list[str],
+    dataset_labels: list[str],
+    model_ref: str = "the model",
+    dataset_ref: str = "the dataset",
+) -> None:
+    """Check that a dataset's classes are the model's ``id2label``, in the same order.
+
+    Generic names (``LABEL_3``, ``"3"``) on either side only require the same number of classes.
+
+    Args:
+        model_labels: the model's class names, by id.
+        dataset_labels: the dataset's class names, by id.
+        model_ref: the model's name, for the message.
+        dataset_ref: the dataset's name, for the message.
+
+    Raises:
+        LabelMismatchError: the label sets differ (the message shows the first names of both).
+    """
+
+    def preview(names: list[str]) -> str:
+        return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+
+    same_count = len(model_labels) == len(dataset_labels)
+    if same_count and (_generic(model_labels) or _generic(dataset_labels)):
+        return
+    if same_count and model_labels == dataset_labels:
+        return
+    how = (
+        "the same classes in another order"
+        if sorted(model_labels) == sorted(dataset_labels)
+        else f"{len(model_labels)} vs {len(dataset_labels)} classes"
+        if not same_count
+        else "other class names"
+    )
+    raise LabelMismatchError(
+        f"The labels of dataset {dataset_ref!r} do not match the model's id2label ({how}): the model {model_ref!r} "
+        f"predicts [{preview(model_labels)}] ({len(model_labels)} classes) but the dataset has "
+        f"[{preview(dataset_labels)}] ({len(dataset_labels)} classes). Evaluate on the dataset the model was "
+        "trained on, or name the right label column with --label_column."
+    )
+
+
+# -- evaluation ------------------------------------------------------------------------------------------------------
+@dataclass
+class EvaluationResult:
+    """Accuracy of one model on one dataset split."""
+
+    model: str
+    dataset: str
+    split: str
+    num_samples: int
+    accuracy: float
+    top5_accuracy: float | None = None
+    max_samples: int | None = None
+    dataset_config: str | None = None
+
+    @property
+    def split_label(self) -> str:
+        """The split as evaluated (``test[:200]`` when only the first rows were used)."""
+        return f"{self.split}[:{self.num_samples}]" if self.max_samples is not None else self.split
+
+    def metrics(self) -> dict[str, float]:
+        """``{"accuracy": ..., "top5_accuracy": ...}`` (top-5 only when computed)."""
+        out = {"accuracy": self.accuracy}
+        if self.top5_accuracy is not None:
+            out["top5_accuracy"] = self.top5_accuracy
+        return out
+
+    def as_eval_results(self, dataset_name: str | None = None) -> list[EvalResult]:
+        """The results as ``model-index`` entries (metric types ``accuracy`` and ``top5_accuracy``).
+
+        Args:
+            dataset_name: display name of the dataset (default: its id).
+
+        Returns:
+            A list of :class:`huggingface_hub.EvalResult`.
+        """
+        names = {"accuracy": "Top-1 accuracy", "top5_accuracy": "Top-5 accuracy"}
+        return [
+            EvalResult(
+                task_type=TASK,
+                task_name="Image Classification",
+                dataset_type=self.dataset,
+                dataset_name=dataset_name or self.dataset,
+                dataset_config=self.dataset_config if self.dataset_config not in (None, "default") else None,
+                dataset_split=self.split_label,
+                metric_type=k,
+                metric_name=names[k],
+                metric_value=round(float(v), 6),
+            )
+            for k, v in self.metrics().items()
+        ]
+
+    def table(self) -> str:
+        """A Markdown table of the result."""
+        top5 = "–" if self.top5_accuracy is None else f"{100 * self.top5_accuracy:.2f}%"
+        return (
+            "| model | dataset | split | samples | top-1 accuracy | top-5 accuracy |\n"
+            "|---|---|---|---|---|---|\n"
+            f"| {self.model} | {self.dataset} | {self.split_label} | {self.num_samples} | "
+            f"{100 * self.accuracy:.2f}% | {top5} |"
+        )
+
+
+def _dataset_id(dataset: Any) -> str:
+    if isinstance(dataset, str):
+        return os.path.basename(os.path.normpath(dataset)) if os.path.exists(dataset) else dataset
+    info = getattr(dataset, "info", None)
+    return getattr(info, "dataset_name", None) or "dataset"
+
+
+@torch.no_grad()
+def predict_logits(
+    model: Any, dataset: Any, batch_size: int = 64, device: str | None = None
+) -> tuple[Any, Any]:
+    """Logits and labels of a prepared split (see :func:`hf_distill.data.prepare_split`).
+
+    Args:
+        model: the classifier.
+        dataset: a prepared dataset yielding ``pixel_values`` and ``labels``.
+        batch_size: evaluation batch size.
+        device: device to run on (default: the model's).
+
+    Returns:
+        (logits (N, C) float tensor, labels (N,) long tensor), on the CPU.
+    """
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    p = next(model.parameters(), None)
+    dev = torch.device(device) if device is not None else (p.device if p is not None else torch.device("cpu"))
+    was = model.training
+    model.eval()
+    logits, labels = [], []
+    try:
+        for batch in loader:
+            out = model(pixel_values=batch["pixel_values"].to(dev))
+            lg = out.logits if hasattr(out, "logits") else out[0]
+            logits.append(lg.float().cpu())
+            labels.append(batch["labels"])
+    finally:
+        model.train(was)
+    if not logits:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def evaluate_classifier(
+    model: Any,
+    dataset: Any,
+    processor: Any = None,
+    split: str = "test",
+    image_column: str | None = None,
+    label_column: str | None = None,
+    max_samples: int | None = None,
+    batch_size: int = 64,
+    model_ref: str | None = None,
+    dataset_ref: str | None = None,
+    device: str | None = None,
+) -> EvaluationResult:
+    """Top-1 and top-5 accuracy of a classifier on one split, with the shipped ``evaluate`` metric scripts.
+
+    Args:
+        model: the classifier (``from_pretrained``).
+        dataset: a dataset folder / parquet file / Hub id, or a ``datasets.Dataset`` (raw, not prepared).
+        processor: the model's image processor (gives the normalization and input size).
+        split: the split to load when ``dataset`` is a reference.
+        image_column, label_column: override the detected columns.
+        max_samples: evaluate only the first N rows.
+        batch_size: evaluation batch size.
+        model_ref, dataset_ref: names for the result and messages.
+        device: where to run.
+
+    Returns:
+        The :class:`EvaluationResult`.
+
+    Raises:
+        LabelMismatchError: the dataset's classes are not the model's.
+        hf_distill.data.DataError: a dataset that cannot be read or has no image/label column.
+    """
+    ds = load_image_dataset(dataset, split) if isinstance(dataset, str) else dataset
+    dataset_ref = dataset_ref or _dataset_id(dataset)
+    model_ref = model_ref or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
+    img_col, lab_col = resolve_columns(ds, image_column, label_column)
+    check_label_names(_model_labels(model), class_names(ds, lab_col), model_ref, dataset_ref)
+    spec = model_input_spec(model, processor)
+    prepared = prepare_split(ds, spec.mean, spec.std, spec.image_size, False, img_col, lab_col, max_samples)
+    logits, labels = predict_logits(model, prepared.dataset, batch_size, device)
+    refs = labels.tolist()
+    acc = load_metric("accuracy").compute(predictions=logits.argmax(-1).tolist(), references=refs)["accuracy"]
+    top5 = None
+    if logits.shape[-1] > 5:
+        top5 = load_metric("top5_accuracy").compute(predictions=logits.tolist(), references=refs, k=5)[
+            "top5_accuracy"
+        ]
+    return EvaluationResult(
+        model=model_ref,
+        dataset=dataset_ref,
+        split=str(getattr(ds, "split", None) or split),
+        num_samples=len(refs),
+        accuracy=float(acc),
+        top5_accuracy=None if top5 is None else float(top5),
+        max_samples=max_samples if max_samples is not None and max_samples < len(ds) else None,
+        dataset_config=getattr(getattr(ds, "info", None), "config_name", None),
+    )
+
+
+def classification_pipeline(loaded: LoadedModel, device: str | int | None = None) -> Any:
+    """A transformers ``image-classification`` pipeline for a loaded model (for ``evaluate``'s evaluator).
+
+    Args:
+        loaded: from :func:`load_classifier`.
+        device: pipeline device (default: CPU).
+
+    Returns:
+        The pipeline.
+    """
+    from transformers import pipeline
+
+    return pipeline(
+        "image-classification", model=loaded.model, image_processor=loaded.processor, device=device or "cpu"
+    )
+
+
+# -- cards -----------------------------------------------------------------------------------------------------------
+def update_model_card(
+    model: str,
+    result: EvaluationResult,
+    dataset_name: str | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+    create_pr: bool = False,
+) -> str:
+    """Write an evaluation into the model card's ``model-index``, keeping everything else the card holds.
+
+    A local folder's ``README.md`` is updated in place (created when missing); for a Hub model,
+    :func:`huggingface_hub.metadata_update` merges the results into the card on the Hub (same metric, dataset and
+    split: the value is replaced; anything else is kept).
+
+    Args:
+        model: the model folder or Hub id.
+        result: the evaluation.
+        dataset_name: display name of the dataset.
+        token: Hub token.
+        endpoint: Hub endpoint used to check the current card (``metadata_update`` itself uses ``HF_ENDPOINT``).
+        create_pr: open a pull request on the Hub instead of committing.
+
+    Returns:
+        The card path, or the commit URL on the Hub.
+
+    Raises:
+        CardError: the existing card's YAML metadata is malformed (nothing is written).
+    """
+    results = result.as_eval_results(dataset_name)
+    if os.path.isdir(model):
+        path = os.path.join(model, "README.md")
+        update_card_file(path, results, model_name=os.path.basename(os.path.normpath(model)))
+        return path
+    from huggingface_hub import hf_hub_download, metadata_update
+    from huggingface_hub.errors import EntryNotFoundError
+
+    name = model.split("/")[-1]
+    try:  # read the current card first: a malformed one must be reported, not overwritten
+        current = hf_hub_download(model, "README.md", token=token, endpoint=endpoint, repo_type="model")
+        card = parse_card(Path(current).read_text(encoding="utf-8"), f"README.md of {model}")
+        name = card.data.model_name or name
+    except EntryNotFoundError:
+        pass
+    import yaml
+
+    try:
+        return metadata_update(
+            model,
+            {"model-index": eval_results_index(name, results)},
+            overwrite=True,
+            token=token,
+            create_pr=create_pr,
+            commit_message=f"Add {result.dataset} {result.split_label} evaluation (hf_distill)",
+        )
+    except yaml.YAMLError as e:  # the card changed between the check above and the update
+        raise CardError(
+            f"The YAML metadata of README.md of {model} is malformed: {e}. Nothing was written."
+        ) from e
+
+
+def evaluate_model(
+    model: str,
+    dataset: str,
+    split: str = "test",
+    max_samples: int | None = None,
+    batch_size: int = 64,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    update_card: bool = False,
+    trust_remote_code: bool | None = None,
+    revision: str | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+    device: str | None = None,
+) -> EvaluationResult:
+    """Load ``model`` (folder or Hub id), evaluate it on ``dataset``/``split``, optionally update its card.
+
+    Args:
+        model: model folder or Hub id.
+        dataset: dataset folder, parquet file or Hub id.
+        split: split to evaluate.
+        max_samples: only the first N rows.
+        batch_size: evaluation batch size.
+        image_column, label_column: override the detected columns.
+        update_card: write the results into the card's ``model-index``.
+        trust_remote_code: for custom models other than the CIFAR zoo.
+        revision, token, endpoint: Hub access.
+        device: where to run.
+
+    Returns:
+        The :class:`EvaluationResult`.
+    """
+    loaded = load_classifier(model, trust_remote_code, revision, token, endpoint)
+    result = evaluate_classifier(
+        loaded.model,
+        dataset,
+        loaded.processor,
+        split,
+        image_column,
+        label_column,
+        max_samples,
+        batch_size,
+        model_ref=model,
+        device=device,
+    )
+    if update_card:
+        update_model_card(model, result, token=token, endpoint=endpoint)
+    return result
+
+
+__all__ = [
+    "EvaluationResult",
+    "LabelMismatchError",
+    "LoadedModel",
+    "ModelNotFoundError",
+    "check_label_names",
+    "classification_pipeline",
+    "evaluate_classifier",
+    "evaluate_model",
+    "image_classification_evaluator",
+    "load_classifier",
+    "load_metric",
+    "metric_path",
+    "metrics_dir",
+    "predict_logits",
+    "resolve_model",
+    "update_model_card",
+]

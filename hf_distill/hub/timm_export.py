@@ -1,0 +1,106 @@
+"""Save a timm student (transformers' ``TimmWrapperForImageClassification``) in timm's own Hub format.
+
+``save_pretrained`` of the wrapper writes ``timm_model.``-prefixed weights and a config without preprocessing;
+timm's format (``config.json`` with ``architecture``, ``num_classes``, ``label_names``, ``pretrained_cfg``, and
+unprefixed ``model.safetensors``) is what ``timm.create_model("hf-hub:...", pretrained=True)`` reads, and
+transformers reads it too (``AutoModelForImageClassification`` maps a timm config to the wrapper, and
+``AutoImageProcessor`` builds ``TimmWrapperImageProcessor`` from its ``pretrained_cfg``). The export uses timm's
+own :func:`timm.models.save_for_hf`, with the preprocessing the student was trained with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+
+from ..models.normalization import InputSpec
+
+
+def timm_data_config(spec: InputSpec) -> dict[str, Any]:
+    """timm's data config reproducing hf_distill's evaluation transform: a square resize (no crop), the spec's
+    normalization, bilinear interpolation.
+
+    Args:
+        spec: the student's input spec.
+
+    Returns:
+        A dict for :func:`timm.models.save_for_hf`'s ``data_config``.
+    """
+    return {
+        "input_size": (3, int(spec.image_size), int(spec.image_size)),
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+        "interpolation": "bilinear",
+        "mean": tuple(float(v) for v in spec.mean),
+        "std": tuple(float(v) for v in spec.std),
+    }
+
+
+def save_timm_folder(model: Any, folder: str | os.PathLike, spec: InputSpec) -> str:
+    """Write ``model`` (a ``TimmWrapperForImageClassification``) into ``folder`` in timm's Hub format.
+
+    Replaces ``config.json`` and ``model.safetensors`` written by ``save_pretrained`` (and drops a sharded index,
+    if any), keeping every other file.
+
+    Args:
+        model: the wrapped timm student.
+        folder: the model folder.
+        spec: the input spec it was trained with.
+
+    Returns:
+        The path of the written ``config.json``.
+
+    Raises:
+        TypeError: ``model`` is not a timm wrapper.
+    """
+    from timm.models import save_for_hf
+
+    timm_model = getattr(model, "timm_model", None)
+    if timm_model is None:
+        raise TypeError(f"{type(model).__name__} is not a timm wrapper (it has no .timm_model).")
+    cfg = model.config
+    id2label = getattr(cfg, "id2label", None) or {}
+    labels = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    model_config: dict[str, Any] = {}
+    if labels and len(labels) == timm_model.num_classes:
+        model_config["label_names"] = labels
+    os.makedirs(folder, exist_ok=True)
+    index = os.path.join(folder, SAFE_WEIGHTS_INDEX_NAME)
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            shards = set(json.load(f)["weight_map"].values())
+        for s in shards:
+            p = os.path.join(folder, s)
+            if os.path.isfile(p):
+                os.remove(p)
+        os.remove(index)
+    save_for_hf(
+        timm_model,
+        str(folder),
+        model_config=model_config,
+        model_args=dict(getattr(cfg, "model_args", None) or {}),
+        safe_serialization=True,
+        data_config=timm_data_config(spec),
+    )
+    config_path = os.path.join(folder, "config.json")
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    # transformers' wrapper passes num_classes itself and fails on a duplicate in model_args; timm reads the
+    # root-level num_classes. Keep the config loadable by both.
+    args = config.get("model_args") or {}
+    args.pop("num_classes", None)
+    if args:
+        config["model_args"] = args
+    else:
+        config.pop("model_args", None)
+    with open(config_path, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+    if not os.path.isfile(os.path.join(folder, SAFE_WEIGHTS_NAME)):
+        raise RuntimeError(f"timm's save_for_hf wrote no {SAFE_WEIGHTS_NAME} into {folder}.")
+    return config_path
+
+
+__all__ = ["save_timm_folder", "timm_data_config"]

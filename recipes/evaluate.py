@@ -1,0 +1,93 @@
+#!/usr/bin/env python
+"""Evaluate a student (Hub id or local folder) on a dataset split and optionally record it in its model card.
+
+    python recipes/evaluate.py --model me/resnet8-kd --dataset uoft-cs/cifar10 --split test
+    python recipes/evaluate.py --model outputs/default --dataset assets/cifar10-subset --max_samples 200 --update-card
+
+The model is loaded with ``AutoModelForImageClassification.from_pretrained`` (CIFAR-zoo models with hf_distill's
+classes; ``--trust_remote_code`` for other custom code), the split is transformed with the model's own
+normalization, and top-1/top-5 accuracy come from the ``evaluate`` metric scripts in ``metrics/``. With
+``--update-card`` the results are merged into the card's ``model-index``: ``README.md`` of a local folder, or the
+Hub card through ``huggingface_hub.metadata_update`` (the Hub endpoint follows ``HF_ENDPOINT``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+# Run as a script, this file's folder comes first on sys.path, and this file would shadow the `evaluate` library
+# that hf_distill uses for its metrics: take the folder off the path before anything imports `evaluate`.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+from transformers import HfArgumentParser  # noqa: E402
+
+
+@dataclass
+class EvaluateArguments:
+    """What to evaluate, on what, and where to record it."""
+
+    model: str = field(metadata={"help": "Model folder or Hub model id."})
+    dataset: str = field(metadata={"help": "Dataset folder, parquet file or Hub dataset id."})
+    split: str = field(default="test", metadata={"help": "Split to evaluate."})
+    max_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N rows."})
+    batch_size: int = field(default=64, metadata={"help": "Evaluation batch size."})
+    image_column: str | None = field(default=None, metadata={"help": "Image column (default: detected)."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (default: detected)."})
+    update_card: bool = field(
+        default=False,
+        metadata={"help": "Merge the results into the model card's model-index (--update-card)."},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom model code other than hf_distill's CIFAR zoo."}
+    )
+    revision: str | None = field(default=None, metadata={"help": "Hub revision of the model."})
+    token: str | None = field(default=None, metadata={"help": "Hub token (default: HF_TOKEN / saved login)."})
+    device: str | None = field(default=None, metadata={"help": "Device, e.g. cuda:0 (default: CPU)."})
+    output_json: str | None = field(
+        default=None, metadata={"help": "Also write the results to this JSON file."}
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Parse arguments, evaluate, print a table; return ``{"accuracy": ..., "top5_accuracy": ...}``."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    (args,) = HfArgumentParser(EvaluateArguments).parse_args_into_dataclasses(args=argv)
+    from hf_distill.hub.evaluation import evaluate_model, update_model_card
+
+    try:
+        result = evaluate_model(
+            args.model,
+            args.dataset,
+            split=args.split,
+            max_samples=args.max_samples,
+            batch_size=args.batch_size,
+            image_column=args.image_column,
+            label_column=args.label_column,
+            trust_remote_code=True if args.trust_remote_code else None,
+            revision=args.revision,
+            token=args.token,
+            device=args.device,
+        )
+        print(result.table())
+        if args.update_card:
+            where = update_model_card(args.model, result, token=args.token)
+            print(f"model card updated: {where}")
+    except ValueError as e:  # bad input: one readable line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    metrics = result.metrics()
+    if args.output_json:
+        with open(args.output_json, "w", encoding="utf-8") as f:
+            json.dump(
+                {**metrics, "num_samples": result.num_samples, "split": result.split_label}, f, indent=2
+            )
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

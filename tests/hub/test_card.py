@@ -1,0 +1,211 @@
+"""The student's model card: metadata, body, plot, runnable usage snippet, and safe updates of existing cards."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+import yaml
+from huggingface_hub import EvalResult, ModelCard
+
+from hf_distill.hub import (
+    CARD_MARKER,
+    CardError,
+    DistillationSummary,
+    build_card,
+    collect_summary,
+    model_reference,
+    read_card,
+    update_card_file,
+)
+from hf_distill.hub.publish import write_card
+
+
+def _meta(folder) -> dict:
+    text = (folder / "README.md").read_text()
+    return yaml.safe_load(text.split("---")[1])
+
+
+def test_card_metadata(trained):
+    meta = _meta(trained.folder)
+    assert meta["library_name"] == "transformers"
+    assert meta["pipeline_tag"] == "image-classification"
+    assert "base_model" not in meta  # a zoo student built from scratch has no initialization checkpoint
+    assert meta["datasets"] == ["cifar10-subset"]
+    assert meta["license"] == "apache-2.0"
+    assert {"knowledge-distillation", "hf_distill", "kd", "image-classification"} <= set(meta["tags"])
+    d = meta["distillation"]
+    assert d["teacher"] == "cifar10-resnet56"
+    assert d["methods"] == ["kd"] and d["weights"] == {"kd": 0.9} and d["ce_weight"] == 0.1
+    assert d["hyperparameters"] == {"kd": {"temperature": 4.0}}
+    hist = trained.trainer.state.log_history
+    student_acc = [h["eval_accuracy"] for h in hist if "eval_accuracy" in h][-1]
+    teacher_acc = [h["eval_teacher_accuracy"] for h in hist if "eval_teacher_accuracy" in h][-1]
+    assert d["student_accuracy"] == pytest.approx(student_acc) and d["teacher_accuracy"] == pytest.approx(
+        teacher_acc
+    )
+    (entry,) = meta["model-index"]
+    (res,) = entry["results"]
+    assert res["task"]["type"] == "image-classification"
+    assert res["dataset"] == {"name": "cifar10-subset", "type": "cifar10-subset", "split": "test[:64]"}
+    metrics = {m["type"]: m["value"] for m in res["metrics"]}
+    assert metrics["accuracy"] == pytest.approx(student_acc, abs=1e-6)
+    assert "top5_accuracy" in metrics and metrics["teacher_accuracy"] == pytest.approx(teacher_acc, abs=1e-6)
+    # the card round-trips through huggingface_hub
+    card = ModelCard.load(trained.folder / "README.md")
+    assert card.data.eval_results[0].metric_type == "accuracy"
+
+
+def test_card_body_documents_the_run(trained):
+    text = (trained.folder / "README.md").read_text()
+    assert CARD_MARKER in text
+    for needle in (
+        "cifar10-resnet56",  # the teacher
+        "| `kd` | 0.9 | temperature=4 |",  # method, weight, hyperparameters
+        "0.1 * cross_entropy + 0.9 * kd",
+        "Hinton et al., Distilling the Knowledge in a Neural Network",  # paper
+        "@article{hinton2015distilling",  # citation
+        "**Training time:**",
+        "**Hardware:** CPU",
+        "1 process; precision fp32",
+        "![Training loss and its terms per step, and evaluation accuracy per epoch](training_curves.png)",
+        "| learning_rate | 0.05 |",
+        "airplane, automobile",
+    ):
+        assert needle in text, needle
+    png = (trained.folder / "training_curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+def test_usage_snippet_runs_against_the_folder(trained, capsys):
+    text = (trained.folder / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    first, rest = code.split("\n", 1)
+    assert first.startswith("model_id = ")
+    exec(compile(f"model_id = {str(trained.folder)!r}\n{rest}", "card_snippet", "exec"), {})
+    out = capsys.readouterr().out.strip().splitlines()
+    names = set(trained.trainer.model.student.config.id2label.values())
+    assert len(out) == 5 and all(line.split(":")[0] in names for line in out)
+
+
+def test_summary_round_trip_and_overrides(trained, tmp_path):
+    s = collect_summary(trained.trainer, dataset="uoft-cs/cifar10", baseline_accuracy=0.01, license="mit")
+    assert s.dataset == "uoft-cs/cifar10" and s.license == "mit"
+    assert s.gain == pytest.approx(s.accuracy - 0.01)
+    s.save(tmp_path)
+    back = DistillationSummary.load(tmp_path)
+    assert dataclasses.asdict(back) == dataclasses.asdict(DistillationSummary.from_dict(s.to_dict()))
+    card = build_card(back, base_model="org/resnet8-init", plot_file=None)
+    assert card.data.base_model == "org/resnet8-init"
+    assert card.data.to_dict()["distillation"]["gain"] == pytest.approx(round(s.gain, 6))
+    types = {r.metric_type for r in card.data.eval_results}
+    assert {"accuracy", "teacher_accuracy", "baseline_accuracy"} <= types
+    assert "Gain over the no-distillation baseline" in card.text
+    with pytest.raises(TypeError, match="Unknown DistillationSummary fields"):
+        build_card(back, teacher_id="x")
+
+
+def test_base_model_is_the_initialization_never_the_teacher(trained):
+    assert model_reference("microsoft/resnet-18") == "microsoft/resnet-18"
+    assert model_reference("hf-hub:timm/resnet18.a1_in1k") == "timm/resnet18.a1_in1k"
+    assert (
+        model_reference("/cache/hub/models--timm--resnet18.a1_in1k/snapshots/abc123")
+        == "timm/resnet18.a1_in1k"
+    )
+    assert model_reference(str(trained.folder)) == trained.folder.name
+    assert model_reference("") is None
+    student = trained.trainer.model.student
+    old = student.config._name_or_path
+    student.config._name_or_path = "org/resnet8-pretrained"
+    try:
+        s = collect_summary(trained.trainer)
+    finally:
+        student.config._name_or_path = old
+    assert s.base_model == "org/resnet8-pretrained" and s.teacher == "cifar10-resnet56"
+    assert build_card(s).data.base_model == "org/resnet8-pretrained"
+
+
+def _result(value: float, split: str = "test") -> EvalResult:
+    return EvalResult(
+        task_type="image-classification",
+        dataset_type="cifar10-subset",
+        dataset_name="cifar10-subset",
+        dataset_split=split,
+        metric_type="accuracy",
+        metric_name="Top-1 accuracy",
+        metric_value=value,
+    )
+
+
+USER_CARD = """---
+license: mit
+custom_key:
+  keep: [1, 2]
+model-index:
+- name: my-model
+  results:
+  - task: {type: image-classification}
+    dataset: {type: other-set, name: Other set, split: validation}
+    metrics:
+    - {type: f1, value: 0.5}
+---
+
+# My model
+
+Hand-written notes that must survive.
+"""
+
+
+def test_update_keeps_every_other_part_of_an_existing_card(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text(USER_CARD)
+    update_card_file(path, [_result(0.42)])
+    card = read_card(path)
+    assert card.data.license == "mit" and card.data.to_dict()["custom_key"] == {"keep": [1, 2]}
+    assert "Hand-written notes that must survive." in card.text
+    got = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert got == {("other-set", "f1"): 0.5, ("cifar10-subset", "accuracy"): 0.42}
+    update_card_file(path, [_result(0.43)])  # same metric and split: replaced, not duplicated
+    results = read_card(path).data.eval_results
+    assert len(results) == 2 and {r.metric_value for r in results} == {0.5, 0.43}
+    assert read_card(path).data.model_name == "my-model"
+
+
+def test_malformed_card_is_a_clear_error_and_untouched(tmp_path):
+    path = tmp_path / "README.md"
+    bad = "---\nlicense: mit\ntags: [a, b\n---\n# body\n"
+    path.write_text(bad)
+    with pytest.raises(
+        CardError, match=r"YAML metadata of .*README.md is malformed.*line \d+.*left untouched"
+    ):
+        update_card_file(path, [_result(0.5)])
+    assert path.read_text() == bad
+    with pytest.raises(CardError):
+        write_card(tmp_path, DistillationSummary(model_name="x"))
+    assert path.read_text() == bad
+
+
+def test_regenerated_card_keeps_added_results_and_a_users_card_keeps_its_text(trained, student_copy):
+    summary = DistillationSummary.load(student_copy)
+    readme = student_copy / "README.md"
+    update_card_file(readme, [_result(0.77, split="validation")], metadata={"extra": "kept"})
+    write_card(student_copy, summary, plot_file="training_curves.png")  # ours: regenerated
+    card = read_card(readme)
+    assert CARD_MARKER in card.text and card.data.to_dict()["extra"] == "kept"
+    assert any(r.dataset_split == "validation" and r.metric_value == 0.77 for r in card.data.eval_results)
+    assert any(r.metric_type == "accuracy" and r.dataset_split == "test[:64]" for r in card.data.eval_results)
+    readme.write_text(USER_CARD)  # not ours: its text and metadata stay, ours is added
+    write_card(student_copy, summary)
+    card = read_card(readme)
+    assert "Hand-written notes that must survive." in card.text and CARD_MARKER not in card.text
+    assert card.data.license == "mit" and card.data.to_dict()["distillation"]["teacher"] == "cifar10-resnet56"
+    assert {r.metric_type for r in card.data.eval_results} >= {"f1", "accuracy", "teacher_accuracy"}
+
+
+def test_card_of_a_plain_run_without_results():
+    card = build_card(DistillationSummary(model_name="bare", label_names=["a", "b"]))
+    meta = card.data.to_dict()
+    assert "model-index" not in meta and "base_model" not in meta
+    assert meta["distillation"]["methods"] == ["none"] and "knowledge-distillation" not in meta["tags"]
+    assert "cross-entropy only (no distillation)" in card.text and "None" not in card.text
