@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .distributed import gather_no_grad
+from .distributed import gather_no_grad, gather_with_offset
 
 MODES = ("exact", "relax")
 
@@ -247,9 +247,16 @@ class ContrastMemory(nn.Module):
         )
 
     def sample(self, index: Tensor) -> Tensor:
-        """(B, nce_k + 1) rows to contrast each sample with; column 0 is the positive."""
-        return sample_contrast_indices(
-            index,
+        """(B, nce_k + 1) rows to contrast each sample with; column 0 is the positive.
+
+        Under multi-process training every process draws for the global batch (its rows gathered in process order)
+        with the RNG state all processes share, and keeps its own slice. The draws are then those a single process
+        would make for the concatenated batch, so the run does not depend on how the batch is split over
+        processes; the price is world_size times the (small) sampling work.
+        """
+        full, start = gather_with_offset(index)
+        drawn = sample_contrast_indices(
+            full,
             self.row_labels,
             self.class_rows,
             self.class_start,
@@ -257,6 +264,7 @@ class ContrastMemory(nn.Module):
             self.mode,
             self.plan,
         )
+        return drawn[start : start + index.numel()]
 
     @torch.no_grad()
     def update(self, index: Tensor, v_s: Tensor, v_t: Tensor) -> None:

@@ -3,7 +3,7 @@
 Relational losses (SP, CC, RKD, PKT, CSKD, ...) compare the samples of a batch with each other, so under DDP their
 value depends on the per-process batch. With ``gather=True`` a method computes them over the global batch: every
 process gathers the other processes' features (:func:`gather_with_grad` keeps the gradient path of its own
-slice, so each process back-propagates exactly its own samples' share and DDP's gradient averaging then yields the
+slice, so each process back-propagates its own samples' share, scaled so that DDP's gradient averaging yields the
 gradient of the global-batch loss). Memory banks use :func:`gather_no_grad` so that every process applies the same
 update and the bank stays identical everywhere.
 """
@@ -39,18 +39,38 @@ def gather_no_grad(x: Tensor) -> Tensor:
     return torch.cat([o[:s] for o, s in zip(out, sizes)])
 
 
+def gather_with_offset(x: Tensor) -> tuple[Tensor, int]:
+    """:func:`gather_no_grad` plus where this process's rows start in the result."""
+    n = world_size()
+    if n == 1:
+        return x, 0
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(n)]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
+    start = int(sum(int(s.item()) for s in sizes[: rank()]))
+    return gather_no_grad(x), start
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity whose gradient is multiplied by the number of processes (see :func:`gather_with_grad`)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:
+        return g * world_size()
+
+
 def gather_with_grad(x: Tensor) -> Tensor:
     """Like :func:`gather_no_grad`, but this process's slice keeps its autograd graph.
 
     The result is the global batch; gradients flow only into the local slice (the other slices are constants
-    here and receive their gradients on their own processes).
+    here and receive their gradients on their own processes). Each process thus holds its share of the gradient of
+    the global-batch loss, and the shares add up to the whole; DDP averages over processes instead of adding, so
+    the local slice's gradient is multiplied by the number of processes to make DDP's average the exact gradient.
     """
-    n = world_size()
-    if n == 1:
+    if world_size() == 1:
         return x
-    full = gather_no_grad(x.detach())
-    sizes = torch.tensor([x.shape[0]], device=x.device)
-    all_sizes = [torch.zeros_like(sizes) for _ in range(n)]
-    dist.all_gather(all_sizes, sizes)
-    start = int(sum(int(s.item()) for s in all_sizes[: rank()]))
-    return torch.cat([full[:start], x, full[start + x.shape[0] :]])
+    full, start = gather_with_offset(x.detach())
+    return torch.cat([full[:start], _ScaleGrad.apply(x), full[start + x.shape[0] :]])

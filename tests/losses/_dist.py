@@ -5,7 +5,7 @@
 * a 2-process CPU launcher (``torch.multiprocessing`` spawn, gloo backend), and
   :func:`check_gather_matches_full_batch`, which shows for any method with a ``gather`` option that with
   ``gather=True`` each process (holding one slice of the batch) computes the full-batch loss, and that the gradients
-  summed over the processes equal the full-batch gradient.
+  averaged over the processes (as DDP does) equal the full-batch gradient.
 """
 
 from __future__ import annotations
@@ -242,12 +242,13 @@ def check_gather_matches_full_batch(
         for k, v in full["terms"].items():
             torch.testing.assert_close(p["terms"][k], v, rtol=rtol, atol=atol, msg=f"term {k} on rank {r}")
     assert full["feature_grads"], "the full-batch loss gave no gradient to the student features"
+    # gather_with_grad scales each process's share by the world size, so that DDP's average is the full gradient
     for k, g in full["feature_grads"].items():
-        got = torch.cat([p["feature_grads"][k] for p in parts])
+        got = torch.cat([p["feature_grads"][k] for p in parts]) / world_size
         torch.testing.assert_close(got, g, rtol=rtol, atol=atol, msg=f"gradient of student {k}")
     assert set().union(*(p["param_grads"] for p in parts)) == set(full["param_grads"])
     for k, g in full["param_grads"].items():
-        got = sum(p["param_grads"][k] for p in parts if k in p["param_grads"])
+        got = sum(p["param_grads"][k] for p in parts if k in p["param_grads"]) / world_size  # DDP's average
         torch.testing.assert_close(got, g, rtol=rtol, atol=atol, msg=f"gradient of parameter {k}")
 
 
