@@ -1,0 +1,105 @@
+"""SP: Tung & Mori, "Similarity-Preserving Knowledge Distillation" (ICCV 2019)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from .at import LAYER_REDUCTIONS, check_pairing, parse_map_option, reduce_layers
+from .base import DataInfo, DistillationLoss, FeatureNeeds, Features, FeatureSpec, MethodNeeds, StepInfo
+from .distributed import gather_with_grad
+from .registry import register_method
+
+
+def similarity_matrix(f: Tensor) -> Tensor:
+    """Row-L2-normalized Gram matrix of the flattened activations: ``normalize(F F^T, rows)``, (B, B)."""
+    flat = f.reshape(f.shape[0], -1)
+    return F.normalize(flat @ flat.t(), dim=1)
+
+
+def sp_loss(student_maps: Sequence[Tensor], teacher_maps: Sequence[Tensor], reduction: str = "sum") -> Tensor:
+    """Similarity-preserving loss over paired maps: ``||G_s - G_t||_F^2 / B^2`` per pair, summed (or averaged).
+
+    Any shapes with the same batch size work (the B x B matrices do not depend on channels or spatial size).
+
+    Args:
+        student_maps: (B, ...) student activations.
+        teacher_maps: (B, ...) teacher activations, same count.
+        reduction: ``"sum"`` (RepDistiller) or ``"mean"`` over the pairs.
+
+    Returns:
+        Scalar loss.
+    """
+    losses = []
+    for f_s, f_t in zip(student_maps, teacher_maps, strict=True):
+        b = f_s.shape[0]
+        diff = similarity_matrix(f_s) - similarity_matrix(f_t)
+        losses.append(diff.pow(2).sum() / (b * b))
+    return reduce_layers(losses, reduction)
+
+
+@register_method("sp")
+class SP(DistillationLoss):
+    """Similarity-Preserving KD: match the batch's pairwise-similarity matrices.
+
+    For paired maps ``f_s`` (B, C_s, H_s, W_s) and ``f_t`` (B, C_t, H_t, W_t):
+    ``G = normalize(vec(f) vec(f)^T)`` (rows L2-normalized, B x B) and ``L = ||G_s - G_t||_F^2 / B^2``. Works for any
+    channel counts and spatial sizes. Features: the deepest map of each network (selector ``"last"`` = RepDistiller
+    ``feat[-2]``); more pairs can be selected and are summed, as RepDistiller sums its list.
+
+    Defaults (RepDistiller ``--distill similarity``: ``-r 1 -a 0 -b 3000``): last map, weight 3000, CE weight 1.
+    ``gather=True`` computes G over the global batch of all processes (B = global batch size), which is what one
+    process with the whole batch would compute; by default (RepDistiller, single GPU) each process uses its own batch.
+
+    Args:
+        student_maps: student map selectors (a selector or comma list).
+        teacher_maps: teacher map selectors, paired in order.
+        layer_reduction: ``"sum"`` (RepDistiller) or ``"mean"`` over the pairs.
+        gather: compute the loss over the global batch under DDP.
+    """
+
+    summary = "Frobenius distance of the batch's row-normalized activation Gram matrices (last map)"
+    paper = "Tung & Mori, Similarity-Preserving Knowledge Distillation, ICCV 2019"
+    citation = (
+        "@inproceedings{tung2019similarity,\n  title={Similarity-Preserving Knowledge Distillation},\n"
+        "  author={Tung, Frederick and Mori, Greg},\n"
+        "  booktitle={IEEE/CVF International Conference on Computer Vision (ICCV)},\n  year={2019}\n}"
+    )
+    default_weight = 3000.0
+    default_ce_weight = 1.0
+
+    def __init__(
+        self,
+        student_maps: str = "last",
+        teacher_maps: str = "last",
+        layer_reduction: str = "sum",
+        gather: bool = False,
+    ) -> None:
+        super().__init__()
+        if layer_reduction not in LAYER_REDUCTIONS:
+            raise ValueError(f"sp layer_reduction must be one of {LAYER_REDUCTIONS}, got {layer_reduction!r}")
+        self.student_maps = student_maps
+        self.teacher_maps = teacher_maps
+        self.layer_reduction = layer_reduction
+        self.gather = bool(gather)
+        self._s_sel = parse_map_option(student_maps, "sp student_maps")
+        self._t_sel = parse_map_option(teacher_maps, "sp teacher_maps")
+
+    def needs(self) -> MethodNeeds:
+        return MethodNeeds(student=FeatureNeeds(maps=self._s_sel), teacher=FeatureNeeds(maps=self._t_sel))
+
+    def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
+        check_pairing(
+            len(self.student_layers), len(self.teacher_layers), "sp", "student_maps", "teacher_maps"
+        )
+
+    def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
+        s = student.map_list(self.student_layers)
+        t = teacher.map_list(self.teacher_layers)
+        check_pairing(len(s), len(t), "sp", "student_maps", "teacher_maps")
+        if self.gather:
+            s = [gather_with_grad(f) for f in s]
+            t = [gather_with_grad(f) for f in t]
+        return {"sp": sp_loss(s, t, self.layer_reduction)}

@@ -1,0 +1,150 @@
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hf_distill.losses import Features, FeatureSpec, StepInfo, resolve_objective
+from hf_distill.losses.rkd import RKD, pairwise_distances, rkd_loss
+from tests.losses._dist import (
+    ZOO_PAIRS,
+    build_method,
+    check_gather_matches_full_batch,
+    cifar_batch,
+    method_training_losses,
+    random_features,
+    zoo_spec,
+)
+
+STEP = StepInfo(labels=torch.zeros(4, dtype=torch.long))
+
+
+@pytest.fixture(scope="module")
+def batch(subset_train):
+    return cifar_batch(subset_train, 16)
+
+
+def _huber(x):
+    return 0.5 * x * x if abs(x) < 1 else abs(x) - 0.5
+
+
+def _py_rkd(s, t):
+    """RKD with plain Python loops over pairs and triplets (math only)."""
+    n = len(s)
+
+    def dist(e):
+        d = [[math.dist(e[i], e[j]) for j in range(n)] for i in range(n)]
+        pos = [d[i][j] for i in range(n) for j in range(n) if i != j]
+        mu = sum(pos) / len(pos)
+        return [[d[i][j] / mu for j in range(n)] for i in range(n)]
+
+    def cos(j, i, k, e):  # angle at anchor j between e_i - e_j and e_k - e_j (0 for a zero vector)
+        u = [a - b for a, b in zip(e[i], e[j])]
+        v = [a - b for a, b in zip(e[k], e[j])]
+        nu, nv = math.hypot(*u), math.hypot(*v)
+        if nu == 0 or nv == 0:
+            return 0.0
+        return sum(a * b for a, b in zip(u, v)) / (nu * nv)
+
+    ds, dt = dist(s), dist(t)
+    loss_d = sum(_huber(ds[i][j] - dt[i][j]) for i in range(n) for j in range(n)) / n**2
+    trip = list(itertools.product(range(n), repeat=3))
+    loss_a = sum(_huber(cos(j, i, k, s) - cos(j, i, k, t)) for j, i, k in trip) / n**3
+    return loss_d, loss_a
+
+
+def test_value_matches_python_loops():
+    rng = np.random.default_rng(0)
+    s, t = rng.normal(size=(5, 3)), 3 * rng.normal(size=(5, 4))
+    d, a = rkd_loss(torch.tensor(s), torch.tensor(t))
+    ed, ea = _py_rkd(s.tolist(), t.tolist())
+    assert d.item() == pytest.approx(ed, rel=1e-7) and a.item() == pytest.approx(ea, rel=1e-7)
+    # large discrepancies reach the linear part of the Huber loss
+    s2 = np.array([[0.0, 0.0], [0.1, 0.0], [10.0, 0.0]])
+    t2 = np.array([[0.0, 0.0], [5.0, 0.0], [5.0, 5.0]])
+    d2, a2 = rkd_loss(torch.tensor(s2), torch.tensor(t2))
+    ed2, ea2 = _py_rkd(s2.tolist(), t2.tolist())
+    assert d2.item() == pytest.approx(ed2, rel=1e-7) and a2.item() == pytest.approx(ea2, rel=1e-7)
+
+
+def test_concrete_value_and_invariances():
+    # same configuration up to scale and translation: both terms are 0
+    s = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    d, a = rkd_loss(s, 7 * s + 3)
+    assert d.item() == pytest.approx(0.0, abs=1e-6) and a.item() == pytest.approx(0.0, abs=1e-6)
+    assert torch.allclose(pairwise_distances(s).diagonal(), torch.zeros(3))
+    # three points on a line vs a right isosceles triangle: normalized distances (1, 1, 2) / (4/3) vs
+    # (1, 1, sqrt2) / ((2 + sqrt2) / 3); each appears twice in the 3x3 matrix (9 entries, Huber in its square part)
+    line = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
+    tri = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])  # the long side joins points 0 and 2 in both
+    mu_t = (2 + math.sqrt(2)) / 3
+    a_diff, b_diff = 0.75 - 1 / mu_t, 1.5 - math.sqrt(2) / mu_t
+    expected = (4 * 0.5 * a_diff**2 + 2 * 0.5 * b_diff**2) / 9
+    assert rkd_loss(line, tri)[0].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_method_terms_are_sub_weighted():
+    s_spec, t_spec = FeatureSpec(names=(), embedding=(3,)), FeatureSpec(names=(), embedding=(5,))
+    fs, ft = torch.randn(4, 3), torch.randn(4, 5)
+    d, a = rkd_loss(fs, ft)
+    out = build_method(RKD, {}, s_spec, t_spec)(Features(embedding=fs), Features(embedding=ft), STEP)
+    assert set(out) == {"rkd_dist", "rkd_angle"}
+    assert out["rkd_dist"].item() == pytest.approx(25 * d.item()) and out[
+        "rkd_angle"
+    ].item() == pytest.approx(50 * a.item())
+    out = build_method(RKD, {"w_dist": 1.0, "w_angle": 2.0}, s_spec, t_spec)(
+        Features(embedding=fs), Features(embedding=ft), STEP
+    )
+    assert out["rkd_angle"].item() == pytest.approx(2 * a.item())
+
+
+def test_gradcheck_and_gradient_only_to_student():
+    fs = torch.randn(5, 3, dtype=torch.double, requires_grad=True)
+    ft = torch.randn(5, 4, dtype=torch.double)
+    assert torch.autograd.gradcheck(lambda x: rkd_loss(x, ft)[0], (fs,))
+    assert torch.autograd.gradcheck(lambda x: rkd_loss(x, ft)[1], (fs,))
+    sum(rkd_loss(fs, ft)).backward()
+    assert fs.grad is not None and torch.isfinite(fs.grad).all() and ft.grad is None
+    # coincident points (distance 0) keep finite gradients
+    dup = torch.tensor([[1.0, 2.0], [1.0, 2.0], [0.0, 1.0]], requires_grad=True)
+    sum(rkd_loss(dup, torch.randn(3, 2))).backward()
+    assert torch.isfinite(dup.grad).all()
+    assert len(list(RKD().parameters())) == 0
+
+
+@pytest.mark.parametrize("teacher, student", ZOO_PAIRS)
+def test_zoo_pairs(teacher, student):
+    s_spec, t_spec = zoo_spec(student), zoo_spec(teacher)
+    m = build_method(RKD, {}, s_spec, t_spec)
+    out = m(random_features(s_spec, 4), random_features(t_spec, 4, seed=1), STEP)
+    assert all(torch.isfinite(v) and v > 0 for v in out.values())
+
+
+def test_defaults_and_validation():
+    spec = resolve_objective("rkd")
+    assert spec.weights == (1.0,) and spec.ce_weight == 1.0
+    assert RKD().hparams() == {"w_dist": 25.0, "w_angle": 50.0, "gather": False}
+    with pytest.raises(ValueError, match="w_dist"):
+        RKD(w_dist=-1)
+    with pytest.raises(ValueError, match="not both 0"):
+        RKD(w_dist=0, w_angle=0)
+
+
+def test_gather_single_process_equals_local():
+    s_spec, t_spec = zoo_spec("resnet20"), zoo_spec("resnet56")
+    fs, ft = random_features(s_spec, 4), random_features(t_spec, 4, seed=1)
+    a = build_method(RKD, {"gather": True}, s_spec, t_spec)(fs, ft, STEP)
+    b = build_method(RKD, {"gather": False}, s_spec, t_spec)(fs, ft, STEP)
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+@pytest.mark.slow
+def test_gather_two_processes_equals_full_batch():
+    s_spec, t_spec = FeatureSpec(names=(), embedding=(6,)), FeatureSpec(names=(), embedding=(10,))
+    check_gather_matches_full_batch(RKD, {}, s_spec, t_spec, batch=8)
+
+
+def test_training_steps_decrease_the_loss(batch):
+    losses = method_training_losses(RKD, {}, batch, lr=0.005, steps=4)
+    assert losses[-1] < 0.7 * losses[0], losses
