@@ -96,6 +96,10 @@ class DistillArguments:
     lr_decay_rate: float = field(
         default=0.1, metadata={"help": "Factor of each step decay at lr_milestones."}
     )
+    channels_last: bool = field(
+        default=False,
+        metadata={"help": "Channels-last memory format for both networks (faster on recent GPUs)."},
+    )
     config: str | None = field(default=None, metadata={"help": "YAML/JSON file with any of these arguments."})
 
     def weights(self) -> list[float] | None:

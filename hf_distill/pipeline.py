@@ -93,6 +93,7 @@ def build_run(
         student_input=s_in,
         lr_milestones=distill_args.milestones(),
         lr_decay_rate=distill_args.lr_decay_rate,
+        channels_last=distill_args.channels_last,
     )
     trainer.dataset_id = data_args.dataset  # shown in the model card
     return Run(trainer, train, evals)

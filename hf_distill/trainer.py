@@ -146,6 +146,8 @@ class DistillationTrainer(Trainer):
         report_teacher_accuracy: evaluate the teacher once on the eval set and report it next to the student.
         lr_milestones: epochs at which the learning rate is multiplied by ``lr_decay_rate`` (the benchmarks'
             150/180/210); replaces ``args.lr_scheduler_type`` when given.
+        channels_last: store both networks and the batches in channels-last memory format (faster convolutions
+            on recent GPUs, notably with bf16/fp16); same results up to rounding.
         **kwargs: passed to ``transformers.Trainer`` (callbacks, processing_class, ...).
     """
 
@@ -165,6 +167,7 @@ class DistillationTrainer(Trainer):
         report_teacher_accuracy: bool = True,
         lr_milestones: list[float] | None = None,
         lr_decay_rate: float = 0.1,
+        channels_last: bool = False,
         **kwargs: Any,
     ) -> None:
         if model is None:
@@ -185,6 +188,11 @@ class DistillationTrainer(Trainer):
         args.remove_unused_columns = False
         data_collator = data_collator or collate
 
+        self.channels_last = channels_last
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+            if teacher is not None:
+                teacher.to(memory_format=torch.channels_last)
         # Resolve the feature layers of every method (clear error for a layer that does not exist), then build the
         # methods' trainable parts and buffers from a dry run on two real training samples.
         torch.manual_seed(args.seed)
@@ -316,6 +324,11 @@ class DistillationTrainer(Trainer):
         In evaluation the teacher is not run: the loss is the student's cross-entropy term.
         """
         container = self.accelerator.unwrap_model(model)
+        if self.channels_last:
+            inputs = {
+                **inputs,
+                "pixel_values": inputs["pixel_values"].contiguous(memory_format=torch.channels_last),
+            }
         teacher_feats = None
         use_teacher = model.training and self.teacher is not None
         if container.phase == "main":

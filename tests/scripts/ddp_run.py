@@ -26,6 +26,13 @@ def main() -> None:
     container = trainer.accelerator.unwrap_model(trainer.model)
     state = {k: digest(v) for k, v in container.state_dict().items()}
     rank = trainer.args.process_index
+    if rank == 0:
+        import safetensors.torch
+
+        safetensors.torch.save_file(
+            {k: v.detach().cpu().contiguous().clone() for k, v in container.state_dict().items()},
+            os.path.join(out, "final_state.safetensors"),
+        )
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(
             {
