@@ -1,6 +1,6 @@
 """Distillation methods. Importing this package registers every method (one module each)."""
 
-from . import ab, at, cc, crd, fitnet, fsp, ft, iekd, kd, nst, pkt, rkd, sp, vid  # noqa: F401  (importing a method module registers it)
+from . import ab, at, cc, crd, cskd, dkd, fitnet, fsp, ft, icd, iekd, kd, nst, pkt, rkd, skd, sp, vid  # noqa: F401  (importing a method module registers it)
 from .base import (
     DataInfo,
     DistillationLoss,

@@ -327,6 +327,15 @@ class DistillationLoss(nn.Module):
 
     # -- helpers -------------------------------------------------------------------------------------------------
     @classmethod
+    def default_weights(cls, kwargs: dict[str, Any] | None = None) -> tuple[float, float, float | None]:
+        """(``default_weight``, ``default_ce_weight``, ``combo_weight``) for these hyperparameters.
+
+        The class attributes by default; a wrapper whose weights are those of a wrapped method (SKD and its
+        ``base``) overrides this.
+        """
+        return cls.default_weight, cls.default_ce_weight, cls.combo_weight
+
+    @classmethod
     def hyperparameters(cls) -> dict[str, Any]:
         """The keyword arguments of ``__init__`` with their defaults (the method's configurable knobs)."""
         sig = inspect.signature(cls.__init__)

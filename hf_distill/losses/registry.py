@@ -119,6 +119,8 @@ def resolve_objective(
             f"No distillation method given. Pass --method with one of: {', '.join(known_names())}."
         )
     kwargs: dict[str, dict[str, Any]] = {}
+    # a method's default weights may depend on its hyperparameters (SKD takes those of its --skd-base)
+    user_kw = {m.lower().replace("-", "_"): kw for m, kw in (method_kwargs or {}).items()}
     expanded: list[str] = []
     default_w: list[float] = []
     default_ce: float | None = None
@@ -135,8 +137,7 @@ def resolve_objective(
             default_ce = p.ce_weight if len(names) == 1 else 1.0
         elif n in METHODS:
             expanded.append(n)
-            cls = METHODS[n]
-            default_w.append(cls.default_weight)
+            default_w.append(METHODS[n].default_weights(user_kw.get(n))[0])
         else:
             raise ValueError(unknown_method_message(n))
     if BASELINE in names and expanded:
@@ -147,12 +148,12 @@ def resolve_objective(
     if dup:
         raise ValueError(f"Method(s) {', '.join(dup)} appear more than once in --method {','.join(names)}.")
     if len(expanded) > 1 and not any(n in PRESETS for n in names):
-        default_w = [
-            METHODS[m].combo_weight if METHODS[m].combo_weight is not None else w
-            for m, w in zip(expanded, default_w)
-        ]
+        combos = [METHODS[m].default_weights(user_kw.get(m))[2] for m in expanded]
+        default_w = [c if c is not None else w for c, w in zip(combos, default_w)]
     if default_ce is None:
-        default_ce = METHODS[expanded[0]].default_ce_weight if len(expanded) == 1 else 1.0
+        default_ce = (
+            METHODS[expanded[0]].default_weights(user_kw.get(expanded[0]))[1] if len(expanded) == 1 else 1.0
+        )
     if weights is not None:
         weights = [float(w) for w in weights]
         if len(weights) != len(expanded):
