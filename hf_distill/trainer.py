@@ -539,33 +539,12 @@ class DistillationTrainer(Trainer):
 
             save_hook(self, output_dir)
 
-    def create_model_card(
-        self,
-        language: str | None = None,
-        license: str | None = None,
-        tags: str | list[str] | None = None,
-        model_name: str | None = None,
-        finetuned_from: str | None = None,
-        tasks: str | list[str] | None = None,
-        dataset_tags: str | list[str] | None = None,
-        dataset: str | list[str] | None = None,
-        dataset_args: str | list[str] | None = None,
-    ) -> None:
-        """The distillation model card (``push_to_hub`` calls this before uploading ``output_dir``)."""
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """The distillation model card (``push_to_hub`` calls this before uploading ``output_dir``); takes
+        ``Trainer.create_model_card``'s arguments (see :func:`hf_distill.hub.publish.trainer_model_card`)."""
         from .hub.publish import trainer_model_card
 
-        trainer_model_card(
-            self,
-            language,
-            license,
-            tags,
-            model_name,
-            finetuned_from,
-            tasks,
-            dataset_tags,
-            dataset,
-            dataset_args,
-        )
+        trainer_model_card(self, *args, **kwargs)
 
     def _save_distill_state(self, output_dir: str) -> None:
         """The methods' parameters and buffers (heads, memory banks) and the init-stage flag."""

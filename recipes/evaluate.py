@@ -14,7 +14,6 @@ Hub card through ``huggingface_hub.metadata_update`` (the Hub endpoint follows `
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -23,8 +22,6 @@ from dataclasses import dataclass, field
 # that hf_distill uses for its metrics: take the folder off the path before anything imports `evaluate`.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-from transformers import HfArgumentParser  # noqa: E402
 
 
 @dataclass
@@ -55,11 +52,12 @@ class EvaluateArguments:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Parse arguments, evaluate, print a table; return ``{"accuracy": ..., "top5_accuracy": ...}``."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    (args,) = HfArgumentParser(EvaluateArguments).parse_args_into_dataclasses(args=argv)
+    from hf_distill.hub.cli import exit_on_bad_input, parse_recipe_args
+
+    args = parse_recipe_args(EvaluateArguments, argv)
     from hf_distill.hub.evaluation import evaluate_model, update_model_card
 
-    try:
+    with exit_on_bad_input(ValueError):
         result = evaluate_model(
             args.model,
             args.dataset,
@@ -77,9 +75,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if args.update_card:
             where = update_model_card(args.model, result, token=args.token)
             print(f"model card updated: {where}")
-    except ValueError as e:  # bad input: one readable line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
     metrics = result.metrics()
     if args.output_json:
         with open(args.output_json, "w", encoding="utf-8") as f:

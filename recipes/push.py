@@ -14,12 +14,8 @@ not record (teacher id, dataset id, baseline accuracy, ...). The Hub endpoint fo
 from __future__ import annotations
 
 import json
-import logging
 import os
-import sys
 from dataclasses import dataclass, field
-
-from transformers import HfArgumentParser
 
 
 @dataclass
@@ -93,15 +89,13 @@ def baseline_from(path: str) -> tuple[float | None, float | None]:
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     """Complete the folder, push it; return ``{"folder", "repo_id", "commit_url", "summary"}``."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and not argv[0].startswith("-"):
-        argv = ["--output_dir", argv[0], *argv[1:]]
-    (args,) = HfArgumentParser(PushArguments).parse_args_into_dataclasses(args=argv)
+    from hf_distill.hub.cli import exit_on_bad_input, parse_recipe_args
+
+    args = parse_recipe_args(PushArguments, argv, positional="output_dir")
     from hf_distill.hub.card import summary_from_folder
     from hf_distill.hub.publish import complete_folder, push_folder
 
-    try:
+    with exit_on_bad_input(ValueError, FileNotFoundError):
         if not os.path.isdir(args.output_dir):
             raise ValueError(f"{args.output_dir!r} is not a folder: pass the output_dir of a training run.")
         if not args.no_push and not args.hub_model_id:
@@ -148,9 +142,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             print(f"pushed {args.output_dir} -> {args.hub_model_id} ({info.commit_url})")
         else:
             print(f"completed {args.output_dir} (README.md, processor, plot); nothing pushed")
-    except (ValueError, FileNotFoundError) as e:  # bad input: one readable line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
     return out
 
 

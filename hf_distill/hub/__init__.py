@@ -28,6 +28,7 @@ from .card import (
     update_card_file,
     usage_snippet,
 )
+from .cli import exit_on_bad_input, parse_recipe_args
 from .evaluation import (
     EvaluationResult,
     LabelMismatchError,
@@ -77,12 +78,14 @@ __all__ = [
     "eval_results",
     "evaluate_classifier",
     "evaluate_model",
+    "exit_on_bad_input",
     "image_classification_evaluator",
     "load_classifier",
     "load_metric",
     "merge_eval_results",
     "model_input_spec",
     "model_reference",
+    "parse_recipe_args",
     "plot_training_curves",
     "push_folder",
     "read_card",

@@ -802,6 +802,16 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _snippet_start(summary: DistillationSummary, model_id: str | None, where: str) -> tuple[str, int]:
+    """The first line of a snippet (``model_id = "..."  # <where>``) and the demo image size."""
+    model_id = model_id or summary.repo_id or summary.model_name
+    return f'model_id = "{model_id}"  # {where}\n', summary.image_size or 224
+
+
+def _demo_image(size: int) -> str:
+    return f'image = Image.new("RGB", ({size}, {size}), (128, 64, 32))  # or Image.open("your_image.png")\n'
+
+
 def usage_snippet(summary: DistillationSummary, model_id: str | None = None) -> str:
     """Python code that loads the student and classifies one image (transformers API; runs as it is).
 
@@ -812,12 +822,10 @@ def usage_snippet(summary: DistillationSummary, model_id: str | None = None) -> 
     Returns:
         The code (no Markdown fence). Its first line is ``model_id = "..."``.
     """
-    model_id = model_id or summary.repo_id or summary.model_name
-    size = summary.image_size or 224
+    first, size = _snippet_start(summary, model_id, "the Hub id, or a local folder with these files")
     remote = ", trust_remote_code=True" if summary.remote_code else ""
     return (
-        f'model_id = "{model_id}"  # the Hub id, or a local folder with these files\n'
-        "\n"
+        f"{first}\n"
         "import torch\n"
         "from PIL import Image\n"
         "from transformers import AutoImageProcessor, AutoModelForImageClassification\n"
@@ -825,7 +833,7 @@ def usage_snippet(summary: DistillationSummary, model_id: str | None = None) -> 
         "processor = AutoImageProcessor.from_pretrained(model_id)\n"
         f"model = AutoModelForImageClassification.from_pretrained(model_id{remote}).eval()\n"
         "\n"
-        f'image = Image.new("RGB", ({size}, {size}), (128, 64, 32))  # or Image.open("your_image.png")\n'
+        f"{_demo_image(size)}"
         'inputs = processor(images=image.convert("RGB"), return_tensors="pt")\n'
         "with torch.no_grad():\n"
         "    logits = model(**inputs).logits\n"
@@ -837,27 +845,17 @@ def usage_snippet(summary: DistillationSummary, model_id: str | None = None) -> 
 
 
 def timm_snippet(summary: DistillationSummary, model_id: str | None = None) -> str:
-    """Python code that loads a timm-format student with ``timm.create_model("hf-hub:...")``.
-
-    Args:
-        summary: the run.
-        model_id: the Hub id (default: ``summary.repo_id`` or the model name).
-
-    Returns:
-        The code (no Markdown fence). Its first line is ``model_id = "..."``.
-    """
-    model_id = model_id or summary.repo_id or summary.model_name
-    size = summary.image_size or 224
+    """Like :func:`usage_snippet`, for a timm-format student: ``timm.create_model("hf-hub:...")``."""
+    first, size = _snippet_start(summary, model_id, "the Hub id")
     return (
-        f'model_id = "{model_id}"  # the Hub id\n'
-        "\n"
+        f"{first}\n"
         "import timm\n"
         "import torch\n"
         "from PIL import Image\n"
         "\n"
         'model = timm.create_model(f"hf-hub:{model_id}", pretrained=True).eval()\n'
         "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))\n"
-        f'image = Image.new("RGB", ({size}, {size}), (128, 64, 32))  # or Image.open("your_image.png")\n'
+        f"{_demo_image(size)}"
         "with torch.no_grad():\n"
         '    probs = model(transform(image.convert("RGB")).unsqueeze(0)).softmax(-1)[0]\n'
         'labels = model.pretrained_cfg.get("label_names") or [str(i) for i in range(probs.numel())]\n'

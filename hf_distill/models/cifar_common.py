@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,9 +33,11 @@ CIFAR_DEFAULT_CFGS: dict[str, dict[str, Any]] = {}
 class CifarBackbone(nn.Module):
     """Base class of every zoo backbone.
 
-    Subclasses build their layers, set :attr:`feature_names`, :attr:`feature_info`, :attr:`num_features`,
-    create the classifier with :meth:`_make_classifier`, call :meth:`init_weights` and implement
-    :meth:`_forward_body` and :meth:`init_module`.
+    Subclasses build their layers, then call :meth:`_finish_init` (which sets :attr:`num_features`,
+    :attr:`feature_names` and :attr:`feature_info`, creates the classifier and calls :meth:`init_weights`),
+    implement :meth:`_forward_body` (usually through :meth:`_forward_stages`) and choose their initialisation
+    scheme by overriding :meth:`_init_conv` / :meth:`_init_linear` (BatchNorm always gets
+    :func:`init_batchnorm`).
 
     Attributes:
         feature_names: names of the tappable maps, shallow to deep (``stem``, ``stage1``, ...).
@@ -73,9 +76,13 @@ class CifarBackbone(nn.Module):
         """
         raise NotImplementedError
 
-    def init_module(self, module: nn.Module) -> None:
-        """Initialise the parameters of one (leaf) module with this architecture's original scheme."""
-        raise NotImplementedError
+    def _init_conv(self, module: nn.Conv2d) -> None:
+        """Initialise one ``Conv2d``; default: PyTorch's own initialisation."""
+        module.reset_parameters()
+
+    def _init_linear(self, module: nn.Linear) -> None:
+        """Initialise one ``Linear``; default: PyTorch's own initialisation."""
+        module.reset_parameters()
 
     # ------------------------------------------------------------------ helpers for subclasses
     def _make_classifier(self, num_classes: int) -> nn.Module:
@@ -88,10 +95,66 @@ class CifarBackbone(nn.Module):
             for n, c, r in zip(names, channels, reductions, strict=True)
         ]
 
+    def _finish_init(
+        self, num_features: int, names: Sequence[str], channels: Sequence[int], reductions: Sequence[int]
+    ) -> None:
+        """Last step of a subclass ``__init__``: embedding size, feature info, classifier, initialisation.
+
+        The classifier is created here, after every other layer, so that ``fc`` comes last in state dicts.
+        """
+        self.num_features = num_features
+        self._set_features(names, channels, reductions)
+        self.fc = self._make_classifier(self.num_classes)
+        self.init_weights()
+
+    def _forward_stages(
+        self,
+        x: Tensor,
+        stages: Sequence[nn.Module],
+        preact: bool = False,
+        stop_index: int | None = None,
+        step: Callable[[nn.Module, Tensor], tuple[Tensor, Tensor]] | None = None,
+        head: nn.Module | None = None,
+    ) -> tuple[list[Tensor], Tensor]:
+        """The usual :meth:`_forward_body`: stem map, then one map per stage, then an optional head.
+
+        Args:
+            x: output of the stem (the first feature map).
+            stages: ``stage1``, ``stage2``, ... in order.
+            preact: keep each stage's pre-activation map instead of its output.
+            stop_index: stop once the map at this position is computed (0 = the stem).
+            step: ``(stage, x) -> (output, pre-activation)``; default :func:`forward_block_pairs`.
+            head: applied to the last stage output to give the final map (when not stopping early).
+
+        Returns:
+            (maps, final) as :meth:`_forward_body`.
+        """
+        run = forward_block_pairs if step is None else step
+        maps = [x]
+        if stop_index == 0:
+            return maps, x
+        for s, stage in enumerate(stages, start=1):
+            x, pre = run(stage, x)
+            maps.append(pre if preact else x)
+            if stop_index == s:
+                return maps, x
+        return maps, x if head is None else head(x)
+
     def init_weights(self) -> None:
         """(Re-)initialise every module with the architecture's original scheme."""
         for module in self.modules():
             self.init_module(module)
+
+    def init_module(self, module: nn.Module) -> None:
+        """Initialise the parameters of one (leaf) module with this architecture's original scheme:
+        :meth:`_init_conv` for ``Conv2d``, :func:`init_batchnorm` for ``BatchNorm2d``, :meth:`_init_linear`
+        for ``Linear``; other modules are left alone."""
+        if isinstance(module, nn.Conv2d):
+            self._init_conv(module)
+        elif isinstance(module, nn.BatchNorm2d):
+            init_batchnorm(module)
+        elif isinstance(module, nn.Linear):
+            self._init_linear(module)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -247,6 +310,38 @@ def init_conv_fan_out_normal(module: nn.Conv2d) -> None:
         nn.init.zeros_(module.bias)
 
 
+def init_linear_normal(module: nn.Linear) -> None:
+    """Normal(0, 0.01) weight, zero bias (the MobileNetV2 / VGG classifier scheme)."""
+    nn.init.normal_(module.weight, 0.0, 0.01)
+    nn.init.zeros_(module.bias)
+
+
+# ---------------------------------------------------------------------- shared layers and forward helpers
+def conv_bn_relu(in_chans: int, out_chans: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
+    """``conv`` (no bias, padding ``kernel_size // 2``) - ``bn`` - ``act`` (in-place ReLU), as named children."""
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(in_chans, out_chans, kernel_size, stride, kernel_size // 2, bias=False),
+            bn=nn.BatchNorm2d(out_chans),
+            act=nn.ReLU(inplace=True),
+        )
+    )
+
+
+def forward_block_pairs(stage: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Run a stage of blocks whose ``forward`` returns (output, pre-activation); return the last pair."""
+    pre = x
+    for block in stage:
+        x, pre = block(x)
+    return x, pre
+
+
+def forward_plain(stage: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Run a stage with no separate pre-activation map: (output, output)."""
+    x = stage(x)
+    return x, x
+
+
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     """Interleave the channels of ``groups`` groups (ShuffleNet): (B, g*c, H, W) -> channel order c-major."""
     if groups == 1:
@@ -343,9 +438,13 @@ __all__ = [
     "IMAGENET_STD",
     "CifarBackbone",
     "channel_shuffle",
+    "conv_bn_relu",
     "count_parameters",
+    "forward_block_pairs",
+    "forward_plain",
     "get_architecture",
     "init_batchnorm",
     "init_conv_fan_out_normal",
+    "init_linear_normal",
     "register_architecture",
 ]

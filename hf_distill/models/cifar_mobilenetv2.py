@@ -12,11 +12,16 @@ linear bottleneck (no ReLU), so the pre-activation maps are the same as the othe
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 from torch import Tensor, nn
 
-from .cifar_common import CifarBackbone, init_batchnorm, init_conv_fan_out_normal, register_architecture
+from .cifar_common import (
+    CifarBackbone,
+    conv_bn_relu,
+    forward_plain,
+    init_conv_fan_out_normal,
+    init_linear_normal,
+    register_architecture,
+)
 
 
 class InvertedResidual(nn.Module):
@@ -57,16 +62,6 @@ _SETTINGS: list[tuple[int | None, int, int, int]] = [
 _STAGE_GROUPS: list[tuple[int, ...]] = [(0, 1), (2,), (3, 4), (5, 6)]
 
 
-def _conv_bn_relu(inp: int, oup: int, kernel: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(
-        OrderedDict(
-            conv=nn.Conv2d(inp, oup, kernel, stride, kernel // 2, bias=False),
-            bn=nn.BatchNorm2d(oup),
-            act=nn.ReLU(inplace=True),
-        )
-    )
-
-
 class CifarMobileNetV2(CifarBackbone):
     """MobileNetV2 for 32x32 inputs.
 
@@ -84,7 +79,7 @@ class CifarMobileNetV2(CifarBackbone):
         self.expand_ratio = expand_ratio
         self.width_mult = width_mult
         stem_ch = int(32 * width_mult)
-        self.stem = _conv_bn_relu(in_chans, stem_ch, 3, 2)
+        self.stem = conv_bn_relu(in_chans, stem_ch, 3, 2)
         groups: list[list[nn.Module]] = []
         group_out: list[int] = []
         group_red: list[int] = []
@@ -104,39 +99,24 @@ class CifarMobileNetV2(CifarBackbone):
         for k, members in enumerate(_STAGE_GROUPS, start=1):
             self.add_module(f"stage{k}", nn.Sequential(*[b for g in members for b in groups[g]]))
         last_channel = int(1280 * width_mult) if width_mult > 1.0 else 1280
-        self.head_conv = _conv_bn_relu(in_ch, last_channel, 1, 1)
-        self.num_features = last_channel
-        self._set_features(
+        self.head_conv = conv_bn_relu(in_ch, last_channel, 1, 1)
+        self._finish_init(
+            last_channel,
             ["stem", "stage1", "stage2", "stage3", "stage4"],
             [stem_ch] + [group_out[g[-1]] for g in _STAGE_GROUPS],
             [2] + [group_red[g[-1]] for g in _STAGE_GROUPS],
         )
-        self.fc = self._make_classifier(num_classes)
-        self.init_weights()
 
     def _forward_body(
         self, x: Tensor, preact: bool = False, stop_index: int | None = None
     ) -> tuple[list[Tensor], Tensor]:
-        x = self.stem(x)
-        maps = [x]
-        if stop_index == 0:
-            return maps, x
-        for s, stage in enumerate((self.stage1, self.stage2, self.stage3, self.stage4), start=1):
-            x = stage(x)
-            maps.append(x)
-            if stop_index == s:
-                return maps, x
-        return maps, self.head_conv(x)
+        # blocks end with a linear bottleneck: pre-activation maps are the outputs
+        stages = (self.stage1, self.stage2, self.stage3, self.stage4)
+        return self._forward_stages(self.stem(x), stages, preact, stop_index, forward_plain, self.head_conv)
 
-    def init_module(self, module: nn.Module) -> None:
-        """Convs Normal(0, sqrt(2/(k*k*out))) with zero bias, BN 1/0, Linear Normal(0, 0.01) with zero bias."""
-        if isinstance(module, nn.Conv2d):
-            init_conv_fan_out_normal(module)
-        elif isinstance(module, nn.BatchNorm2d):
-            init_batchnorm(module)
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0.0, 0.01)
-            nn.init.zeros_(module.bias)
+    # initialisation: convs Normal(0, sqrt(2/(k*k*out))) with zero bias, BN 1/0, Linear Normal(0, 0.01), zero bias
+    _init_conv = staticmethod(init_conv_fan_out_normal)
+    _init_linear = staticmethod(init_linear_normal)
 
 
 @register_architecture("mobilenetv2", source="HobbitLong/RepDistiller models/mobilenetv2.py (mobile_half)")

@@ -15,7 +15,6 @@ that final ReLU in the stage's last block.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch.nn.functional as F
@@ -25,7 +24,7 @@ from .cifar_common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     CifarBackbone,
-    init_batchnorm,
+    conv_bn_relu,
     register_architecture,
 )
 
@@ -102,13 +101,7 @@ class CifarResNet(CifarBackbone):
         self.depth = depth
         self.init_scheme = init_scheme
         n = (depth - 2) // 6
-        self.stem = nn.Sequential(
-            OrderedDict(
-                conv=nn.Conv2d(in_chans, channels[0], kernel_size=3, padding=1, bias=False),
-                bn=nn.BatchNorm2d(channels[0]),
-                act=nn.ReLU(inplace=True),
-            )
-        )
+        self.stem = conv_bn_relu(in_chans, channels[0], 3)
         in_planes = channels[0]
         strides = (1, 2, 2)
         for s, (planes, stride) in enumerate(zip(channels[1:], strides, strict=True), start=1):
@@ -129,41 +122,27 @@ class CifarResNet(CifarBackbone):
                 blocks.append(BasicBlock(in_planes, planes, block_stride, sc))
                 in_planes = planes
             self.add_module(f"stage{s}", nn.Sequential(*blocks))
-        self.num_features = channels[3]
-        self._set_features(["stem", "stage1", "stage2", "stage3"], channels, reductions=(1, 1, 2, 4))
-        self.fc = self._make_classifier(num_classes)
-        self.init_weights()
+        self._finish_init(
+            channels[3], ["stem", "stage1", "stage2", "stage3"], channels, reductions=(1, 1, 2, 4)
+        )
 
     def _forward_body(
         self, x: Tensor, preact: bool = False, stop_index: int | None = None
     ) -> tuple[list[Tensor], Tensor]:
-        x = self.stem(x)
-        maps = [x]
-        if stop_index == 0:
-            return maps, x
-        for s, stage in enumerate((self.stage1, self.stage2, self.stage3), start=1):
-            pre = x
-            for block in stage:
-                x, pre = block(x)
-            maps.append(pre if preact else x)
-            if stop_index == s:
-                break
-        return maps, x
+        return self._forward_stages(self.stem(x), (self.stage1, self.stage2, self.stage3), preact, stop_index)
 
-    def init_module(self, module: nn.Module) -> None:
-        """RepDistiller: Kaiming-normal (fan_out, relu) convs, BN 1/0, PyTorch-default Linear.
-        akamaster: Kaiming-normal (fan_in) conv and Linear weights, PyTorch-default BN and Linear bias."""
-        if isinstance(module, nn.Conv2d):
-            if self.init_scheme == "repdistiller":
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            else:
-                nn.init.kaiming_normal_(module.weight)
-        elif isinstance(module, nn.BatchNorm2d):
-            init_batchnorm(module)
-        elif isinstance(module, nn.Linear):
-            module.reset_parameters()
-            if self.init_scheme == "akamaster":
-                nn.init.kaiming_normal_(module.weight)
+    def _init_conv(self, module: nn.Conv2d) -> None:
+        """RepDistiller: Kaiming-normal (fan_out, relu); akamaster: Kaiming-normal (fan_in)."""
+        if self.init_scheme == "repdistiller":
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        else:
+            nn.init.kaiming_normal_(module.weight)
+
+    def _init_linear(self, module: nn.Linear) -> None:
+        """PyTorch default (RepDistiller); akamaster then redraws the weight Kaiming-normal (fan_in)."""
+        module.reset_parameters()
+        if self.init_scheme == "akamaster":
+            nn.init.kaiming_normal_(module.weight)
 
 
 _REPDISTILLER = "HobbitLong/RepDistiller models/resnet.py"

@@ -15,30 +15,11 @@ defines it: the concatenation of the untouched half and the branch before its la
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cifar_common import CifarBackbone, channel_shuffle, init_batchnorm, register_architecture
-
-
-def _stem(in_chans: int, out_ch: int) -> nn.Sequential:
-    return nn.Sequential(
-        OrderedDict(
-            conv=nn.Conv2d(in_chans, out_ch, kernel_size=1, bias=False),
-            bn=nn.BatchNorm2d(out_ch),
-            act=nn.ReLU(inplace=True),
-        )
-    )
-
-
-def _default_init(module: nn.Module) -> None:
-    if isinstance(module, nn.BatchNorm2d):
-        init_batchnorm(module)
-    elif isinstance(module, (nn.Conv2d, nn.Linear)):
-        module.reset_parameters()
+from .cifar_common import CifarBackbone, channel_shuffle, conv_bn_relu, register_architecture
 
 
 class ShuffleV1Block(nn.Module):
@@ -89,7 +70,7 @@ class CifarShuffleNetV1(CifarBackbone):
     ) -> None:
         super().__init__(num_classes=num_classes, in_chans=in_chans)
         stem_ch = 24
-        self.stem = _stem(in_chans, stem_ch)
+        self.stem = conv_bn_relu(in_chans, stem_ch, 1)
         in_planes = stem_ch
         for s, (planes, n) in enumerate(zip(out_planes, num_blocks, strict=True), start=1):
             blocks = []
@@ -101,32 +82,19 @@ class CifarShuffleNetV1(CifarBackbone):
                 blocks.append(ShuffleV1Block(in_planes, branch, 2 if i == 0 else 1, groups, first_groups))
                 in_planes = planes
             self.add_module(f"stage{s}", nn.Sequential(*blocks))
-        self.num_features = out_planes[2]
-        self._set_features(
-            ["stem", "stage1", "stage2", "stage3"], [stem_ch, *out_planes], reductions=(1, 2, 4, 8)
+        self._finish_init(
+            out_planes[2],
+            ["stem", "stage1", "stage2", "stage3"],
+            [stem_ch, *out_planes],
+            reductions=(1, 2, 4, 8),
         )
-        self.fc = self._make_classifier(num_classes)
-        self.init_weights()
 
     def _forward_body(
         self, x: Tensor, preact: bool = False, stop_index: int | None = None
     ) -> tuple[list[Tensor], Tensor]:
-        x = self.stem(x)
-        maps = [x]
-        if stop_index == 0:
-            return maps, x
-        for s, stage in enumerate((self.stage1, self.stage2, self.stage3), start=1):
-            pre = x
-            for block in stage:
-                x, pre = block(x)
-            maps.append(pre if preact else x)
-            if stop_index == s:
-                break
-        return maps, x
+        return self._forward_stages(self.stem(x), (self.stage1, self.stage2, self.stage3), preact, stop_index)
 
-    def init_module(self, module: nn.Module) -> None:
-        """PyTorch's default initialisation (the original sets none)."""
-        _default_init(module)
+    # initialisation: PyTorch's default (the original sets none), i.e. CifarBackbone's defaults
 
 
 class ShuffleV2Block(nn.Module):
@@ -209,46 +177,25 @@ class CifarShuffleNetV2(CifarBackbone):
         widths, num_blocks = SHUFFLEV2_CONFIGS[float(net_size)]
         self.net_size = float(net_size)
         stem_ch = 24
-        self.stem = _stem(in_chans, stem_ch)
+        self.stem = conv_bn_relu(in_chans, stem_ch, 1)
         in_ch = stem_ch
         for s, (out_ch, n) in enumerate(zip(widths[:3], num_blocks, strict=True), start=1):
             blocks: list[nn.Module] = [ShuffleV2DownBlock(in_ch, out_ch)]
             blocks += [ShuffleV2Block(out_ch) for _ in range(n)]
             self.add_module(f"stage{s}", nn.Sequential(*blocks))
             in_ch = out_ch
-        self.head_conv = nn.Sequential(
-            OrderedDict(
-                conv=nn.Conv2d(in_ch, widths[3], kernel_size=1, bias=False),
-                bn=nn.BatchNorm2d(widths[3]),
-                act=nn.ReLU(inplace=True),
-            )
+        self.head_conv = conv_bn_relu(in_ch, widths[3], 1)
+        self._finish_init(
+            widths[3], ["stem", "stage1", "stage2", "stage3"], [stem_ch, *widths[:3]], reductions=(1, 2, 4, 8)
         )
-        self.num_features = widths[3]
-        self._set_features(
-            ["stem", "stage1", "stage2", "stage3"], [stem_ch, *widths[:3]], reductions=(1, 2, 4, 8)
-        )
-        self.fc = self._make_classifier(num_classes)
-        self.init_weights()
 
     def _forward_body(
         self, x: Tensor, preact: bool = False, stop_index: int | None = None
     ) -> tuple[list[Tensor], Tensor]:
-        x = self.stem(x)
-        maps = [x]
-        if stop_index == 0:
-            return maps, x
-        for s, stage in enumerate((self.stage1, self.stage2, self.stage3), start=1):
-            pre = x
-            for block in stage:
-                x, pre = block(x)
-            maps.append(pre if preact else x)
-            if stop_index == s:
-                return maps, x
-        return maps, self.head_conv(x)
+        stages = (self.stage1, self.stage2, self.stage3)
+        return self._forward_stages(self.stem(x), stages, preact, stop_index, head=self.head_conv)
 
-    def init_module(self, module: nn.Module) -> None:
-        """PyTorch's default initialisation (the original sets none)."""
-        _default_init(module)
+    # initialisation: PyTorch's default (the original sets none), i.e. CifarBackbone's defaults
 
 
 _V1 = "HobbitLong/RepDistiller models/ShuffleNetv1.py (ShuffleV1)"

@@ -15,7 +15,12 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cifar_common import CifarBackbone, init_batchnorm, init_conv_fan_out_normal, register_architecture
+from .cifar_common import (
+    CifarBackbone,
+    init_conv_fan_out_normal,
+    init_linear_normal,
+    register_architecture,
+)
 
 #: widths of the convs of each of the five blocks
 VGG_CFGS: dict[str, list[list[int]]] = {
@@ -57,42 +62,30 @@ class CifarVGG(CifarBackbone):
         self.stem = _make_block(widths[0], in_chans)
         for s in range(1, 5):
             self.add_module(f"stage{s}", _make_block(widths[s], widths[s - 1][-1]))
-        self.num_features = widths[4][-1]
-        self._set_features(
+        self._finish_init(
+            widths[4][-1],
             ["stem", "stage1", "stage2", "stage3", "stage4"],
             [w[-1] for w in widths],
             reductions=(1, 2, 4, 8, 8),
         )
-        self.fc = self._make_classifier(num_classes)
-        self.init_weights()
 
     def _forward_body(
         self, x: Tensor, preact: bool = False, stop_index: int | None = None
     ) -> tuple[list[Tensor], Tensor]:
-        height = x.shape[2]
-        x = F.relu(self.stem(x))
-        maps = [x]
-        if stop_index == 0:
-            return maps, x
-        for s, stage in enumerate((self.stage1, self.stage2, self.stage3, self.stage4), start=1):
-            if s < 4 or height == 64:
+        pool_last = x.shape[2] == 64  # the original pools after block 3 only for 64x64 inputs
+
+        def step(stage: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+            if stage is not self.stage4 or pool_last:
                 x = F.max_pool2d(x, kernel_size=2, stride=2)
             pre = stage(x)
-            x = F.relu(pre)
-            maps.append(pre if preact else x)
-            if stop_index == s:
-                break
-        return maps, x
+            return F.relu(pre), pre
 
-    def init_module(self, module: nn.Module) -> None:
-        """Convs Normal(0, sqrt(2/(k*k*out))) with zero bias, BN 1/0, Linear Normal(0, 0.01) with zero bias."""
-        if isinstance(module, nn.Conv2d):
-            init_conv_fan_out_normal(module)
-        elif isinstance(module, nn.BatchNorm2d):
-            init_batchnorm(module)
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0.0, 0.01)
-            nn.init.zeros_(module.bias)
+        stages = (self.stage1, self.stage2, self.stage3, self.stage4)
+        return self._forward_stages(F.relu(self.stem(x)), stages, preact, stop_index, step)
+
+    # initialisation: convs Normal(0, sqrt(2/(k*k*out))) with zero bias, BN 1/0, Linear Normal(0, 0.01), zero bias
+    _init_conv = staticmethod(init_conv_fan_out_normal)
+    _init_linear = staticmethod(init_linear_normal)
 
 
 _SOURCE = "HobbitLong/RepDistiller models/vgg.py (vgg*_bn)"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cifar_common import CifarBackbone, init_batchnorm, init_conv_fan_out_normal, register_architecture
+from .cifar_common import CifarBackbone, init_conv_fan_out_normal, register_architecture
 
 
 class WideBasicBlock(nn.Module):
@@ -83,10 +83,9 @@ class CifarWideResNet(CifarBackbone):
             self.add_module(f"stage{s}", nn.Sequential(*blocks))
             in_planes = planes
         self.head_bn = nn.BatchNorm2d(channels[3])
-        self.num_features = channels[3]
-        self._set_features(["stem", "stage1", "stage2", "stage3"], channels, reductions=(1, 1, 2, 4))
-        self.fc = self._make_classifier(num_classes)
-        self.init_weights()
+        self._finish_init(
+            channels[3], ["stem", "stage1", "stage2", "stage3"], channels, reductions=(1, 1, 2, 4)
+        )
 
     def _forward_body(
         self, x: Tensor, preact: bool = False, stop_index: int | None = None
@@ -108,15 +107,12 @@ class CifarWideResNet(CifarBackbone):
             maps[3] = normed
         return maps, F.relu(normed)
 
-    def init_module(self, module: nn.Module) -> None:
-        """Convs Normal(0, sqrt(2/(k*k*out))), BN 1/0, Linear: PyTorch-default weight and zero bias."""
-        if isinstance(module, nn.Conv2d):
-            init_conv_fan_out_normal(module)
-        elif isinstance(module, nn.BatchNorm2d):
-            init_batchnorm(module)
-        elif isinstance(module, nn.Linear):
-            module.reset_parameters()
-            nn.init.zeros_(module.bias)
+    # initialisation: convs Normal(0, sqrt(2/(k*k*out))), BN 1/0, Linear PyTorch-default weight and zero bias
+    _init_conv = staticmethod(init_conv_fan_out_normal)
+
+    def _init_linear(self, module: nn.Linear) -> None:
+        module.reset_parameters()
+        nn.init.zeros_(module.bias)
 
 
 _SOURCE = "HobbitLong/RepDistiller models/wrn.py"

@@ -8,65 +8,35 @@ shared by the whole package. ``hub`` points huggingface_hub at :class:`tests.hub
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
-from transformers import Trainer, TrainingArguments
+from transformers import TrainingArguments
 
 from hf_distill import DistillationTrainer
 from hf_distill.data import prepare_split
 from hf_distill.hub import DistillationSummary, complete_folder
-from hf_distill.hub.publish import save_hook, trainer_model_card
 from hf_distill.models.loading import load_model
 from hf_distill.models.normalization import input_spec
-from tests.conftest import TEACHER_DIR
+from tests.conftest import REPO, TEACHER_DIR
 from tests.helpers import CIFAR_SPEC, timm_model
 from tests.hub.hub_server import HubTestServer
 
 NUM_EVAL = 64
-
-
-class HubTrainer(DistillationTrainer):
-    """DistillationTrainer with the Hub hooks proposed for hf_distill/trainer.py (the same lines, verbatim)."""
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        super().save_model(output_dir, _internal_call)
-        if not _internal_call:
-            save_hook(self, output_dir)
-
-    def create_model_card(
-        self,
-        language=None,
-        license=None,
-        tags=None,
-        model_name=None,
-        finetuned_from=None,
-        tasks=None,
-        dataset_tags=None,
-        dataset=None,
-        dataset_args=None,
-    ) -> None:
-        trainer_model_card(
-            self,
-            language,
-            license,
-            tags,
-            model_name,
-            finetuned_from,
-            tasks,
-            dataset_tags,
-            dataset,
-            dataset_args,
-        )
-
-
-def trainer_class() -> type[DistillationTrainer]:
-    """The library's trainer once the hooks are integrated, else the test subclass that adds them."""
-    integrated = DistillationTrainer.create_model_card is not Trainer.create_model_card
-    return DistillationTrainer if integrated else HubTrainer
+#: what every published zoo-student repository holds (at least)
+ZOO_REPO_FILES = {
+    "README.md",
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "modeling_cifar.py",
+}
 
 
 @dataclass
@@ -103,7 +73,7 @@ def trained(tmp_path_factory, subset_train, subset_test) -> Trained:
         seed=0,
         disable_tqdm=True,
     )
-    trainer = trainer_class()(
+    trainer = DistillationTrainer(
         model=student,
         teacher=teacher,
         objective="kd",
@@ -186,3 +156,20 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"})
     env.update(extra)
     return env
+
+
+def load_recipe(name: str) -> ModuleType:
+    """Import ``recipes/<name>.py`` as the module ``<name>_recipe`` (never ``evaluate``: that would shadow the
+    evaluate library); it is registered in ``sys.modules`` because its dataclasses resolve annotations there."""
+    spec = importlib.util.spec_from_file_location(f"{name}_recipe", REPO / "recipes" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def model_files(folder: Path, names: tuple[str, ...]) -> dict[str, bytes]:
+    """The contents of ``names`` in ``folder`` plus every remote-code ``.py`` file there, by file name."""
+    files = {name: (folder / name).read_bytes() for name in names}
+    files.update({f: (folder / f).read_bytes() for f in os.listdir(folder) if f.endswith(".py")})
+    return files

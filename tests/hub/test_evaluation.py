@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import datasets
 import pytest
 
@@ -20,18 +17,13 @@ from hf_distill.hub import (
     resolve_model,
 )
 from hf_distill.hub.evaluation import metric_path
-from tests.conftest import REPO, SUBSET
-from tests.hub.conftest import NUM_EVAL
+from tests.conftest import SUBSET
+from tests.hub.conftest import NUM_EVAL, load_recipe
 
 
 @pytest.fixture(scope="module")
 def recipe():
-    # not named "evaluate": that would shadow the evaluate library
-    spec = importlib.util.spec_from_file_location("evaluate_recipe", REPO / "recipes" / "evaluate.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_recipe("evaluate")
 
 
 def _error_line(capsys) -> str:

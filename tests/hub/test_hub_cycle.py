@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -25,15 +24,7 @@ from hf_distill.hub import (
 )
 from hf_distill.hub.evaluation import EvaluationResult
 from tests.conftest import REPO, SUBSET
-from tests.hub.conftest import subprocess_env
-
-
-def _recipe(name: str, module: str):
-    spec = importlib.util.spec_from_file_location(module, REPO / "recipes" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from tests.hub.conftest import ZOO_REPO_FILES, load_recipe, model_files, subprocess_env
 
 
 def _readme(hub, repo_id) -> str:
@@ -44,20 +35,14 @@ def test_publish_download_load_evaluate_update(trained, student_copy, hub, tmp_p
     repo_id = "tester/cifar10-resnet8-kd"
     (student_copy / "checkpoint-1").mkdir()  # never uploaded
     (student_copy / "checkpoint-1" / "optimizer.pt").write_bytes(b"x")
-    push = _recipe("push", "push_recipe")
+    push = load_recipe("push")
     out = push.main([str(student_copy), "--hub_model_id", repo_id, "--dataset", "cifar10-subset"])
     assert out["commit_url"].startswith(hub.url)
     assert hub.calls("POST", r"^/api/repos/create$") >= 1
     assert hub.calls("POST", rf"^/api/models/{repo_id}/preupload/main$") >= 1
     assert hub.calls("POST", rf"^/api/models/{repo_id}/commit/main$") >= 1
     files = set(hub.repo(repo_id).resolve("main").files)
-    assert {
-        "README.md",
-        "config.json",
-        "model.safetensors",
-        "preprocessor_config.json",
-        "modeling_cifar.py",
-    } <= files
+    assert ZOO_REPO_FILES <= files
     assert {"training_curves.png", "distillation_summary.json"} <= files
     assert not any(f.startswith("checkpoint-") for f in files)
 
@@ -109,13 +94,7 @@ def test_trainer_push_to_hub(trained, hub, tmp_path):
     finally:
         t.args.output_dir, t.args.hub_model_id, t.hub_model_id = saved
     files = set(hub.repo("tester/pushed-by-trainer").resolve("main").files)
-    assert {
-        "README.md",
-        "config.json",
-        "model.safetensors",
-        "preprocessor_config.json",
-        "modeling_cifar.py",
-    } <= files
+    assert ZOO_REPO_FILES <= files
     text = _readme(hub, "tester/pushed-by-trainer")
     assert "teacher: cifar10-resnet56" in text and 'model_id = "tester/pushed-by-trainer"' in text
 
@@ -147,11 +126,9 @@ def test_hub_errors_are_clear(hub, trained):
     # a Hub card with malformed YAML: a clear error, nothing committed
     repo = hub.create("tester/bad-card")
     files = dict(repo.resolve("main").files)
-    for f in ("config.json", "model.safetensors", "preprocessor_config.json"):
-        files[f] = (trained.folder / f).read_bytes()
-    for f in os.listdir(trained.folder):
-        if f.endswith(".py"):
-            files[f] = (trained.folder / f).read_bytes()
+    files.update(
+        model_files(trained.folder, ("config.json", "model.safetensors", "preprocessor_config.json"))
+    )
     files["README.md"] = b"---\nlicense: mit\ntags: [a\n---\n# keep me\n"
     hub._commit(repo, "upload", files)
     commits = len(repo.commits)

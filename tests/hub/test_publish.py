@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,9 +20,8 @@ from transformers import (
 
 from hf_distill.data import collate, prepare_split
 from hf_distill.hub import check_folder, model_input_spec
-from tests.conftest import REPO
 from tests.helpers import CIFAR_SPEC
-from tests.hub.conftest import subprocess_env
+from tests.hub.conftest import load_recipe, model_files, subprocess_env
 
 
 def _batch(prepared, n=8):
@@ -151,21 +149,17 @@ def test_push_recipe_completes_a_plain_run_folder(trained, tmp_path):
     """recipes/push.py on a folder written without the trainer hook: the card is rebuilt from the run files."""
     folder = tmp_path / "run"
     folder.mkdir()
-    for name in ("config.json", "model.safetensors", "training_args.bin"):
-        (folder / name).write_bytes((trained.folder / name).read_bytes())
-    for name in os.listdir(trained.folder):
-        if name.endswith(".py"):
-            (folder / name).write_bytes((trained.folder / name).read_bytes())
+    for name, data in model_files(
+        trained.folder, ("config.json", "model.safetensors", "training_args.bin")
+    ).items():
+        (folder / name).write_bytes(data)
     results = {
         "eval_accuracy": 0.25,
         "eval_teacher_accuracy": 0.8,
         "objective": {"ce_weight": 0.1, "methods": {"kd": {"weight": 0.9, "temperature": 4.0}}},
     }
     (folder / "distill_results.json").write_text(json.dumps(results))
-    spec = importlib.util.spec_from_file_location("push_recipe", REPO / "recipes" / "push.py")
-    push = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = push  # its dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(push)
+    push = load_recipe("push")
     out = push.main(
         [
             str(folder),

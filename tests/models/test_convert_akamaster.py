@@ -19,8 +19,8 @@ from hf_distill.models.convert_akamaster import (
     read_akamaster_state_dict,
 )
 from hf_distill.models.modeling_cifar import CifarForImageClassification
+from tests.conftest import SHARED
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 TEACHERS = SHARED / "teachers" / "cifar10-resnet-akamaster"
 TEST_PARQUET = SHARED / "data" / "cifar10" / "test.parquet"
 RESNET20 = TEACHERS / "resnet20-12fca82f.th"

@@ -16,8 +16,9 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from hf_distill.models.cifar_common import CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD
 from hf_distill.models.configuration_cifar import CifarConfig
 from hf_distill.models.modeling_cifar import CifarForImageClassification, create_cifar_model
+from tests.conftest import REPO
 
-MODELS_DIR = Path(__file__).resolve().parents[2] / "hf_distill" / "models"
+MODELS_DIR = REPO / "hf_distill" / "models"
 REMOTE_FILES = [
     "cifar_common.py",
     "cifar_resnet.py",
@@ -30,9 +31,7 @@ REMOTE_FILES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def images() -> torch.Tensor:
-    return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+IMAGES_BATCH = 3  # the `images` fixture (conftest.py) gives 3 images here
 
 
 def test_remote_code_files_import_only_torch_transformers_and_each_other() -> None:

@@ -108,11 +108,6 @@ def _model(name: str) -> CifarBackbone:
     return _CACHE[name]
 
 
-@pytest.fixture(scope="module")
-def images() -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-
-
 def test_registry_has_every_architecture() -> None:
     assert sorted(CIFAR_ARCHITECTURES) == sorted(ALL)
     assert len(ALL) == 26
