@@ -8,18 +8,10 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .base import (
-    DataInfo,
-    DistillationLoss,
-    FeatureNeeds,
-    Features,
-    FeatureSpec,
-    InitStage,
-    MethodNeeds,
-    StepInfo,
-)
-from .nst import check_conv_maps, check_pairs, parse_layers, pool_to_common_size
+from .base import DataInfo, Features, FeatureSpec
+from .maps import PairedMaps, pool_to_common_size, reduce_layers
 from .registry import register_method
+from .stages import InitStageThenCE
 
 #: RepDistiller's ``ABLoss`` divides every layer's sum by the batch size and multiplies it by 3/1000.
 AB_SCALE = 3.0 / 1000.0
@@ -65,11 +57,11 @@ def ab_loss(student_maps: Sequence[Tensor], teacher_maps: Sequence[Tensor], marg
     if n != len(teacher_maps) or n == 0:
         raise ValueError(f"ab_loss needs the same non-zero number of maps, got {n} and {len(teacher_maps)}")
     batch = student_maps[0].shape[0]
-    total = None
-    for i, (s, t) in enumerate(zip(student_maps, teacher_maps)):
-        term = 2.0 ** (i - n + 1) * ab_criterion(s, t, margin)
-        total = term if total is None else total + term
-    return total / batch * AB_SCALE
+    terms = [
+        2.0 ** (i - n + 1) * ab_criterion(s, t, margin)
+        for i, (s, t) in enumerate(zip(student_maps, teacher_maps))
+    ]
+    return reduce_layers(terms, "sum") / batch * AB_SCALE
 
 
 def make_connector(s_channels: int, t_channels: int) -> nn.Sequential:
@@ -87,7 +79,7 @@ def make_connector(s_channels: int, t_channels: int) -> nn.Sequential:
 
 
 @register_method("ab")
-class AB(DistillationLoss):
+class AB(PairedMaps, InitStageThenCE):
     """Activation Boundaries: the student learns where the teacher's neurons switch on and off.
 
     Formula (RepDistiller ``distiller_zoo/AB.py``): for paired pre-activation maps S_i (student, through a connector
@@ -137,6 +129,7 @@ class AB(DistillationLoss):
     )
     default_weight = 1.0
     default_ce_weight = 1.0
+    preact_maps = True
 
     def __init__(
         self,
@@ -150,37 +143,15 @@ class AB(DistillationLoss):
         super().__init__()
         if margin <= 0:
             raise ValueError(f"ab margin must be > 0, got {margin}")
-        if init_epochs < 0:
-            raise ValueError(f"ab init_epochs must be >= 0, got {init_epochs}")
-        if init_epochs == 0 and not main_stage_loss:
-            raise ValueError(
-                "ab with init_epochs=0 and main_stage_loss=false would distill nothing: set --ab-init_epochs > 0 "
-                "(RepDistiller: 30) or --ab-main_stage_loss true."
-            )
+        self.set_schedule(init_epochs, main_stage_loss)
         if connector not in ("auto", "always"):
             raise ValueError(f"ab connector must be 'auto' or 'always', got {connector!r}")
         self.margin = float(margin)
-        self.init_epochs = init_epochs
-        self.main_stage_loss = bool(main_stage_loss)
         self.connector = connector
-        self.layers = layers
-        self.layers_teacher = layers_teacher
-        self._student_sel = parse_layers(layers, "--ab-layers")
-        self._teacher_sel = parse_layers(layers_teacher, "--ab-layers_teacher") if layers_teacher else None
-        self.init_stage = (
-            InitStage(epochs=init_epochs, learning_rate=None, train_student=True) if init_epochs > 0 else None
-        )
-
-    def needs(self) -> MethodNeeds:
-        return MethodNeeds(
-            student=FeatureNeeds(maps=self._student_sel, preact=True),
-            teacher=FeatureNeeds(maps=self._teacher_sel or self._student_sel, preact=True),
-        )
+        self.select_layers(layers, layers_teacher)
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
-        check_pairs(self.student_layers, self.teacher_layers, "AB", "ab")
-        check_conv_maps(student, self.student_layers, "student", "AB")
-        check_conv_maps(teacher, self.teacher_layers, "teacher", "AB")
+        self.check_maps(student, teacher)
         parts: list[nn.Module] = []
         for sn, tn in zip(self.student_layers, self.teacher_layers):
             cs, ct = student.maps[sn][0], teacher.maps[tn][0]
@@ -188,7 +159,7 @@ class AB(DistillationLoss):
             parts.append(nn.Identity() if same else make_connector(cs, ct))
         self.connectors = nn.ModuleList(parts)
 
-    def ab_term(self, student: Features, teacher: Features) -> Tensor:
+    def distill_term(self, student: Features, teacher: Features) -> Tensor:
         """L_AB for one batch (pooling, connectors, criterion)."""
         s_maps, t_maps = [], []
         for conn, s, t in zip(
@@ -200,13 +171,3 @@ class AB(DistillationLoss):
             s_maps.append(conn(s))
             t_maps.append(t)
         return ab_loss(s_maps, t_maps, self.margin)
-
-    def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
-        if not self.main_stage_loss:
-            # RepDistiller: loss_kd = 0 after the init stage; the student trains with CE alone.
-            ref = student.maps[self.student_layers[0]]
-            return {"ab": ref.new_zeros(())}
-        return {"ab": self.ab_term(student, teacher)}
-
-    def init_stage_loss(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
-        return {"ab": self.ab_term(student, teacher)}

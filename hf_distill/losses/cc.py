@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .base import DataInfo, DistillationLoss, FeatureNeeds, Features, FeatureSpec, MethodNeeds, StepInfo
-from .distributed import gather_with_grad
+from .distributed import gather_pair
 from .registry import register_method
 
 
@@ -83,6 +83,5 @@ class CC(DistillationLoss):
     def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
         e_s = self.embed_s(student.embedding.flatten(1))
         e_t = self.embed_t(teacher.embedding.flatten(1))
-        if self.gather:
-            e_s, e_t = gather_with_grad(e_s), gather_with_grad(e_t)
+        e_s, e_t = gather_pair(e_s, e_t, self.gather)
         return {"cc": cc_loss(e_s, e_t)}

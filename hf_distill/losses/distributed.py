@@ -74,3 +74,13 @@ def gather_with_grad(x: Tensor) -> Tensor:
         return x
     full, start = gather_with_offset(x.detach())
     return torch.cat([full[:start], _ScaleGrad.apply(x), full[start + x.shape[0] :]])
+
+
+def gather_pair(student: Tensor, teacher: Tensor, enabled: bool) -> tuple[Tensor, Tensor]:
+    """Both tensors over the global batch (:func:`gather_with_grad`) when ``enabled``, else unchanged.
+
+    What a relational method with a ``gather`` option does with its student and teacher features.
+    """
+    if not enabled:
+        return student, teacher
+    return gather_with_grad(student), gather_with_grad(teacher)

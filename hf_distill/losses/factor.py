@@ -9,9 +9,10 @@ pieces they share:
 * :class:`AutoEncoder`: encoder + decoder with a checkpointed ``frozen`` flag; once frozen it stays in eval mode
   (the trainer calls ``.train()`` on the whole container every step), receives no gradients, stays out of the main
   optimizer, and a checkpoint load re-applies the freeze (so a resumed run does not train it again);
-* :func:`match_spatial`: adaptive average pooling of two maps to their common (smaller) spatial size;
-* :func:`mean_pnorm`: ``(mean |x|^p)^(1/p)``, the IE-KD reconstruction loss and factor distance;
-* :func:`check_conv_map`: a clear error for token-shaped (N, D) maps these methods cannot use.
+* :func:`mean_pnorm`: ``(mean |x|^p)^(1/p)``, the IE-KD reconstruction loss and factor distance.
+
+The map helpers they share with the other map-based methods (layer selection, the convolutional-map check, pooling
+to a common spatial size) are in :mod:`hf_distill.losses.maps`.
 """
 
 from __future__ import annotations
@@ -19,12 +20,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import MapSelector
-
-__all__ = ["AutoEncoder", "ConvCoder", "check_conv_map", "match_spatial", "mean_pnorm", "parse_selector"]
+__all__ = ["AutoEncoder", "ConvCoder", "mean_pnorm"]
 
 
 class ConvCoder(nn.Sequential):
@@ -131,27 +129,6 @@ class AutoEncoder(nn.Module):
         return super().train(mode and not bool(self.frozen))
 
 
-def match_spatial(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Adaptive-average-pool two (B, C, H, W) maps to their common spatial size (the smaller H and the smaller W).
-
-    RepDistiller's FactorTransfer pools the larger factor to the smaller one (it compares heights only, assuming
-    square maps); here height and width are matched independently, so non-square maps work too.
-
-    Args:
-        a: (B, Ca, Ha, Wa).
-        b: (B, Cb, Hb, Wb).
-
-    Returns:
-        ``(a', b')`` with the same spatial size ``(min(Ha, Hb), min(Wa, Wb))``.
-    """
-    size = (min(a.shape[-2], b.shape[-2]), min(a.shape[-1], b.shape[-1]))
-    if tuple(a.shape[-2:]) != size:
-        a = F.adaptive_avg_pool2d(a, size)
-    if tuple(b.shape[-2:]) != size:
-        b = F.adaptive_avg_pool2d(b, size)
-    return a, b
-
-
 def mean_pnorm(diff: Tensor, p: float = 1.0) -> Tensor:
     """``(mean over all elements of |diff|^p)^(1/p)`` (the IE-KD reference's RecLoss and factor distance).
 
@@ -170,27 +147,3 @@ def mean_pnorm(diff: Tensor, p: float = 1.0) -> Tensor:
     if p > 1:
         m = m.clamp_min(torch.finfo(m.dtype).tiny)
     return m.pow(1.0 / p)
-
-
-def check_conv_map(shape: tuple[int, ...], who: str, layer: str, method: str) -> None:
-    """Raise a clear error unless ``shape`` is a convolutional (C, H, W) map.
-
-    Args:
-        shape: the map's shape without the batch dimension.
-        who: "student" or "teacher".
-        layer: the layer name.
-        method: the method's name, for the message.
-    """
-    if len(shape) != 3:
-        raise ValueError(
-            f"{method} needs convolutional (C, H, W) feature maps, but layer {layer!r} of the {who} has shape "
-            f"{tuple(shape)} (a token sequence?). Use a convolutional layer via --{method}-{who}-layer, or a "
-            "method that works on tokens/embeddings."
-        )
-
-
-def parse_selector(value: MapSelector) -> MapSelector:
-    """A layer selector from the command line: ``"2"``/``"-1"`` mean positions, anything else is kept."""
-    if isinstance(value, str) and value.lstrip("-").isdigit():
-        return int(value)
-    return value

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .at import check_conv_map, parse_map_option
 from .base import (
     DataInfo,
     DistillationLoss,
@@ -13,10 +12,10 @@ from .base import (
     Features,
     FeatureSpec,
     InitStage,
-    MapSelector,
     MethodNeeds,
     StepInfo,
 )
+from .maps import check_conv_maps, parse_single_selector
 from .registry import register_method
 
 
@@ -123,8 +122,12 @@ class FitNet(DistillationLoss):
         init_learning_rate: float | None = None,
     ) -> None:
         super().__init__()
-        self._t_sel = self._single(hint_layer, "hint_layer")
-        self._s_sel = self._t_sel if guided_layer is None else self._single(guided_layer, "guided_layer")
+        self._t_sel = parse_single_selector(hint_layer, "--fitnet-hint_layer")
+        self._s_sel = (
+            self._t_sel
+            if guided_layer is None
+            else parse_single_selector(guided_layer, "--fitnet-guided_layer")
+        )
         if init_epochs < 0:
             raise ValueError(f"fitnet init_epochs must be >= 0, got {init_epochs}")
         if init_learning_rate is not None and init_learning_rate <= 0:
@@ -141,13 +144,6 @@ class FitNet(DistillationLoss):
             else None
         )
 
-    @staticmethod
-    def _single(value: int | str, option: str) -> MapSelector:
-        sel = parse_map_option(value, f"fitnet {option}")
-        if len(sel) != 1 or sel[0] in ("stages", "all"):
-            raise ValueError(f"fitnet {option} must select exactly one feature map, got {value!r}")
-        return sel[0]
-
     def needs(self) -> MethodNeeds:
         return MethodNeeds(
             student=FeatureNeeds(maps=(self._s_sel,)), teacher=FeatureNeeds(maps=(self._t_sel,))
@@ -155,8 +151,10 @@ class FitNet(DistillationLoss):
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
         (s_name,), (t_name,) = self.student_layers, self.teacher_layers
-        check_conv_map(student.maps[s_name], s_name, "student", "fitnet")
-        check_conv_map(teacher.maps[t_name], t_name, "teacher", "fitnet")
+        check_conv_maps(
+            student, [s_name], "student", "fitnet", "--fitnet-guided_layer (default: the hint layer)"
+        )
+        check_conv_maps(teacher, [t_name], "teacher", "fitnet", "--fitnet-hint_layer")
         self.regressor = HintRegressor(student.maps[s_name], teacher.maps[t_name])
 
     def _loss(self, student: Features, teacher: Features) -> Tensor:

@@ -8,18 +8,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .base import (
-    DataInfo,
-    DistillationLoss,
-    FeatureNeeds,
-    Features,
-    FeatureSpec,
-    InitStage,
-    MethodNeeds,
-    StepInfo,
-)
-from .nst import check_conv_maps, check_pairs, parse_layers, pool_to_common_size
+from .base import DataInfo, Features, FeatureSpec
+from .maps import PairedMaps, pool_to_common_size, reduce_layers
 from .registry import register_method
+from .stages import InitStageThenCE
 
 
 def fsp_matrix(bottom: Tensor, top: Tensor) -> Tensor:
@@ -72,19 +64,18 @@ def fsp_loss(student_maps: Sequence[Tensor], teacher_maps: Sequence[Tensor]) -> 
             f"FSP needs the same number (>= 2) of student and teacher maps, got {len(student_maps)} and "
             f"{len(teacher_maps)}"
         )
-    total = None
+    terms = []
     for gs, gt in zip(fsp_matrices(student_maps), fsp_matrices(teacher_maps)):
         if gs.shape[1:] != gt.shape[1:]:
             raise ValueError(
                 f"FSP matrices differ in shape: student {tuple(gs.shape)}, teacher {tuple(gt.shape)}"
             )
-        term = (gs - gt).pow(2).mean()
-        total = term if total is None else total + term
-    return total
+        terms.append((gs - gt).pow(2).mean())
+    return reduce_layers(terms, "sum")
 
 
 @register_method("fsp")
-class FSP(DistillationLoss):
+class FSP(PairedMaps, InitStageThenCE):
     """Flow of Solution Procedure: match the Gram matrices between consecutive feature maps.
 
     Formula (RepDistiller ``distiller_zoo/FSP.py``): for consecutive maps F_k (C_k channels) and F_{k+1} of one
@@ -134,38 +125,16 @@ class FSP(DistillationLoss):
         layers_teacher: str = "",
     ) -> None:
         super().__init__()
-        if init_epochs < 0:
-            raise ValueError(f"fsp init_epochs must be >= 0, got {init_epochs}")
-        if init_epochs == 0 and not main_stage_loss:
-            raise ValueError(
-                "fsp with init_epochs=0 and main_stage_loss=false would distill nothing: set --fsp-init_epochs > 0 "
-                "(RepDistiller: 30) or --fsp-main_stage_loss true."
-            )
-        self.init_epochs = init_epochs
-        self.main_stage_loss = bool(main_stage_loss)
-        self.layers = layers
-        self.layers_teacher = layers_teacher
-        self._student_sel = parse_layers(layers, "--fsp-layers")
-        self._teacher_sel = parse_layers(layers_teacher, "--fsp-layers_teacher") if layers_teacher else None
-        self.init_stage = (
-            InitStage(epochs=init_epochs, learning_rate=None, train_student=True) if init_epochs > 0 else None
-        )
-
-    def needs(self) -> MethodNeeds:
-        return MethodNeeds(
-            student=FeatureNeeds(maps=self._student_sel),
-            teacher=FeatureNeeds(maps=self._teacher_sel or self._student_sel),
-        )
+        self.set_schedule(init_epochs, main_stage_loss)
+        self.select_layers(layers, layers_teacher)
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
-        check_pairs(self.student_layers, self.teacher_layers, "FSP", "fsp")
+        self.check_maps(student, teacher)
         if len(self.student_layers) < 2:
             raise ValueError(
                 f"FSP compares consecutive maps and needs at least two layers, got {self.student_layers}; "
                 "use --fsp-layers all (the default) or list two or more layers."
             )
-        check_conv_maps(student, self.student_layers, "student", "FSP")
-        check_conv_maps(teacher, self.teacher_layers, "teacher", "FSP")
         bad = [
             f"student {sn} has {student.maps[sn][0]} channels, teacher {tn} has {teacher.maps[tn][0]}"
             for sn, tn in zip(self.student_layers, self.teacher_layers)
@@ -179,16 +148,6 @@ class FSP(DistillationLoss):
                 "--fsp-layers_teacher, or use another method."
             )
 
-    def fsp_term(self, student: Features, teacher: Features) -> Tensor:
+    def distill_term(self, student: Features, teacher: Features) -> Tensor:
         """L_FSP for one batch."""
         return fsp_loss(student.map_list(self.student_layers), teacher.map_list(self.teacher_layers))
-
-    def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
-        if not self.main_stage_loss:
-            # RepDistiller: loss_kd = 0 after the init stage; the student trains with CE alone.
-            ref = student.maps[self.student_layers[0]]
-            return {"fsp": ref.new_zeros(())}
-        return {"fsp": self.fsp_term(student, teacher)}
-
-    def init_stage_loss(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
-        return {"fsp": self.fsp_term(student, teacher)}

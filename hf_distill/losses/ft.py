@@ -21,7 +21,8 @@ from .base import (
     MethodNeeds,
     StepInfo,
 )
-from .factor import AutoEncoder, ConvCoder, check_conv_map, match_spatial, parse_selector
+from .factor import AutoEncoder, ConvCoder
+from .maps import check_conv_maps, parse_single_selector, pool_to_common_size
 from .registry import register_method
 
 __all__ = ["FT", "ft_factor", "ft_loss"]
@@ -57,7 +58,7 @@ def ft_loss(factor_s: Tensor, factor_t: Tensor, p1: float = 2.0, p2: float = 1.0
     Returns:
         Scalar loss.
     """
-    factor_s, factor_t = match_spatial(factor_s, factor_t)
+    factor_s, factor_t = pool_to_common_size(factor_s, factor_t)
     diff = ft_factor(factor_s, p1) - ft_factor(factor_t, p1)
     return diff.abs().pow(p2).mean()
 
@@ -141,8 +142,8 @@ class FT(DistillationLoss):
         self.rate = float(rate)
         self.init_epochs = float(init_epochs)
         self.init_learning_rate = None if init_learning_rate is None else float(init_learning_rate)
-        self.student_layer = parse_selector(student_layer)
-        self.teacher_layer = parse_selector(teacher_layer)
+        self.student_layer = parse_single_selector(student_layer, "--ft-student_layer")
+        self.teacher_layer = parse_single_selector(teacher_layer, "--ft-teacher_layer")
         self.init_stage = InitStage(
             epochs=self.init_epochs, learning_rate=self.init_learning_rate, train_student=False
         )
@@ -154,9 +155,9 @@ class FT(DistillationLoss):
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
         s_name, t_name = self.student_layers[0], self.teacher_layers[0]
+        check_conv_maps(student, [s_name], "student", "ft", "--ft-student_layer")
+        check_conv_maps(teacher, [t_name], "teacher", "ft", "--ft-teacher_layer")
         s_shape, t_shape = tuple(student.maps[s_name]), tuple(teacher.maps[t_name])
-        check_conv_map(s_shape, "student", s_name, "ft")
-        check_conv_map(t_shape, "teacher", t_name, "ft")
         c_factor = int(t_shape[0] * self.rate)
         if c_factor < 1:
             raise ValueError(

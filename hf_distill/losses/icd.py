@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from . import kd as _kd  # noqa: F401  (registers "kd", which the icd_kd preset uses)
 from .base import DataInfo, DistillationLoss, FeatureNeeds, Features, FeatureSpec, MethodNeeds, StepInfo
-from .distributed import gather_with_grad
+from .distributed import gather_pair
 from .registry import PRESETS, Preset, register_method, register_preset
 
 
@@ -150,10 +150,9 @@ class ICD(DistillationLoss):
     def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
         z_s = F.normalize(self.embed_s(student.embedding.flatten(1)), dim=1)
         z_t = F.normalize(self.embed_t(teacher.embedding.flatten(1)), dim=1)
-        if self.gather:
-            # every process evaluates the same global loss: the scale and bias get its full gradient everywhere,
-            # the projections their slice's share scaled by the world size, so DDP's average is exact for both
-            z_s, z_t = gather_with_grad(z_s), gather_with_grad(z_t)
+        # with gather, every process evaluates the same global loss: the scale and bias get its full gradient
+        # everywhere, the projections their slice's share scaled by the world size, so DDP's average is exact for both
+        z_s, z_t = gather_pair(z_s, z_t, self.gather)
         con, inv = icd_loss(z_s, z_t, self.scale(), self.b)
         return {"icd_con": con, "icd_inv": self.alpha_inv * inv}
 

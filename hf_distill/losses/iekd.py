@@ -29,7 +29,8 @@ from .base import (
     StepInfo,
     resolve_selectors,
 )
-from .factor import AutoEncoder, ConvCoder, check_conv_map, match_spatial, mean_pnorm, parse_selector
+from .factor import AutoEncoder, ConvCoder, mean_pnorm
+from .maps import check_conv_maps, parse_single_selector, pool_to_common_size
 from .registry import METHODS, Preset, get_method, instantiate, register_method, register_preset
 
 __all__ = ["IEKD", "cosine_factor_loss", "iekd_loss", "normalized_distance"]
@@ -96,8 +97,8 @@ def iekd_loss(
     """
     if form not in _FORMS:
         raise ValueError(f"iekd form must be one of {', '.join(_FORMS)}, got {form!r}")
-    t_i, s_i = match_spatial(factor_t, factor_inh)
-    t_e, s_e = match_spatial(factor_t, factor_exp)
+    t_i, s_i = pool_to_common_size(factor_t, factor_inh)
+    t_e, s_e = pool_to_common_size(factor_t, factor_exp)
     if form == "norm":
         return normalized_distance(t_i, s_i, p), -normalized_distance(t_e, s_e, p)
     return cosine_factor_loss(t_i, s_i), cosine_factor_loss(t_e, s_e, negative=True)
@@ -229,8 +230,8 @@ class IEKD(DistillationLoss):
         self.rec_p = float(rec_p)
         self.init_epochs = float(init_epochs)
         self.init_learning_rate = None if init_learning_rate is None else float(init_learning_rate)
-        self.student_layer = parse_selector(student_layer)
-        self.teacher_layer = parse_selector(teacher_layer)
+        self.student_layer = parse_single_selector(student_layer, "--iekd-student_layer")
+        self.teacher_layer = parse_single_selector(teacher_layer, "--iekd-teacher_layer")
         self.ie_student_layer = ""
         self.ie_teacher_layer = ""
 
@@ -295,10 +296,10 @@ class IEKD(DistillationLoss):
         self.teacher_layers = list(dict.fromkeys(t))
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
+        check_conv_maps(student, [self.ie_student_layer], "student", "iekd", "--iekd-student_layer")
+        check_conv_maps(teacher, [self.ie_teacher_layer], "teacher", "iekd", "--iekd-teacher_layer")
         s_shape = tuple(student.maps[self.ie_student_layer])
         t_shape = tuple(teacher.maps[self.ie_teacher_layer])
-        check_conv_map(s_shape, "student", self.ie_student_layer, "iekd")
-        check_conv_map(t_shape, "teacher", self.ie_teacher_layer, "iekd")
         c_s, c_t = s_shape[0], t_shape[0]
         if c_s < 2:
             raise ValueError(

@@ -1,8 +1,4 @@
-"""NST: Huang & Wang, "Like What You Like: Knowledge Distill via Neuron Selectivity Transfer" (arXiv 2017).
-
-This module also holds two small helpers that the other map-based methods of the CRD benchmark (AB, FSP) share:
-:func:`parse_layers` (the ``layers`` hyperparameter) and :func:`pool_to_common_size` (spatial size mismatch).
-"""
+"""NST: Huang & Wang, "Like What You Like: Knowledge Distill via Neuron Selectivity Transfer" (arXiv 2017)."""
 
 from __future__ import annotations
 
@@ -12,99 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import (
-    DataInfo,
-    DistillationLoss,
-    FeatureNeeds,
-    Features,
-    FeatureSpec,
-    MapSelector,
-    MethodNeeds,
-    StepInfo,
-)
+from .base import DataInfo, DistillationLoss, Features, FeatureSpec, StepInfo
+from .maps import PairedMaps, pool_to_common_size, reduce_layers
 from .registry import register_method
-
-
-def parse_layers(value: str | int | Sequence[MapSelector], option: str) -> tuple[MapSelector, ...]:
-    """Turn a ``layers`` hyperparameter into map selectors.
-
-    Args:
-        value: "stages", "last", "all", a layer name, an integer position, or a comma-separated list of those
-            (e.g. ``"stage2,stage3"`` or ``"1,-1"``); a list/tuple of selectors is accepted as is.
-        option: the hyperparameter's name, for the error message.
-
-    Returns:
-        The selectors, integers converted to ``int``.
-
-    Raises:
-        ValueError: the value names no layer at all.
-    """
-    if isinstance(value, int):
-        return (value,)
-    items = value.split(",") if isinstance(value, str) else list(value)
-    out: list[MapSelector] = []
-    for item in items:
-        if isinstance(item, int):
-            out.append(item)
-            continue
-        tok = str(item).strip()
-        if not tok:
-            continue
-        try:
-            out.append(int(tok))
-        except ValueError:
-            out.append(tok)
-    if not out:
-        raise ValueError(
-            f"{option} selects no feature layer (got {value!r}); use 'stages', 'last', 'all', layer names or "
-            "integer positions, comma-separated."
-        )
-    return tuple(out)
-
-
-def pool_to_common_size(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Adaptive-average-pool the spatially larger of two (B, C, H, W) maps down to the smaller size.
-
-    RepDistiller does this for NST and FSP (square maps); height and width are handled separately here, so
-    non-square maps work too.
-
-    Args:
-        a: (B, Ca, Ha, Wa).
-        b: (B, Cb, Hb, Wb).
-
-    Returns:
-        ``a`` and ``b`` with spatial size (min(Ha, Hb), min(Wa, Wb)).
-    """
-    size = (min(a.shape[-2], b.shape[-2]), min(a.shape[-1], b.shape[-1]))
-    if tuple(a.shape[-2:]) != size:
-        a = F.adaptive_avg_pool2d(a, size)
-    if tuple(b.shape[-2:]) != size:
-        b = F.adaptive_avg_pool2d(b, size)
-    return a, b
-
-
-def check_conv_maps(spec: FeatureSpec, names: Sequence[str], who: str, method: str) -> None:
-    """Raise a clear error if a selected map is not a (C, H, W) convolutional map."""
-    for n in names:
-        shape = spec.maps.get(n)
-        if shape is None or len(shape) != 3:
-            raise ValueError(
-                f"{method} needs convolutional feature maps (C, H, W), but the {who} layer {n!r} has shape "
-                f"{shape}. Use a CNN (CIFAR zoo, timm CNN) for {method}, or another method."
-            )
-
-
-def check_pairs(
-    student_layers: Sequence[str], teacher_layers: Sequence[str], method: str, option: str
-) -> None:
-    """Raise a clear error when the selected student and teacher layers cannot be paired one to one."""
-    if len(student_layers) != len(teacher_layers) or not student_layers:
-        raise ValueError(
-            f"{method} pairs the selected student and teacher layers one to one, but the student gives "
-            f"{len(student_layers)} ({', '.join(student_layers) or 'none'}) and the teacher "
-            f"{len(teacher_layers)} ({', '.join(teacher_layers) or 'none'}). Choose matching layers with "
-            f"--{option}-layers (both sides) and --{option}-layers_teacher (teacher side only)."
-        )
 
 
 def polynomial_mmd(student: Tensor, teacher: Tensor, degree: int = 2, c: float = 0.0) -> Tensor:
@@ -146,18 +52,17 @@ def nst_loss(
     Returns:
         Scalar loss.
     """
-    total = None
+    terms = []
     for s, t in zip(student_maps, teacher_maps, strict=True):
         s, t = pool_to_common_size(s, t)
         fs = F.normalize(s.flatten(2), dim=2)
         ft = F.normalize(t.flatten(2), dim=2)
-        term = polynomial_mmd(fs, ft, degree, c)
-        total = term if total is None else total + term
-    return total
+        terms.append(polynomial_mmd(fs, ft, degree, c))
+    return reduce_layers(terms, "sum")
 
 
 @register_method("nst")
-class NST(DistillationLoss):
+class NST(PairedMaps, DistillationLoss):
     """Neuron Selectivity Transfer: match the distributions of the channels' spatial activation patterns.
 
     Formula (per paired layer, per sample; RepDistiller ``distiller_zoo/NST.py``): every channel of the map is a
@@ -206,21 +111,10 @@ class NST(DistillationLoss):
             )
         self.degree = int(degree)
         self.c = float(c)
-        self.layers = layers
-        self.layers_teacher = layers_teacher
-        self._student_sel = parse_layers(layers, "--nst-layers")
-        self._teacher_sel = parse_layers(layers_teacher, "--nst-layers_teacher") if layers_teacher else None
-
-    def needs(self) -> MethodNeeds:
-        return MethodNeeds(
-            student=FeatureNeeds(maps=self._student_sel),
-            teacher=FeatureNeeds(maps=self._teacher_sel or self._student_sel),
-        )
+        self.select_layers(layers, layers_teacher)
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
-        check_pairs(self.student_layers, self.teacher_layers, "NST", "nst")
-        check_conv_maps(student, self.student_layers, "student", "NST")
-        check_conv_maps(teacher, self.teacher_layers, "teacher", "NST")
+        self.check_maps(student, teacher)
 
     def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
         s = student.map_list(self.student_layers)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .base import DistillationLoss, FeatureNeeds, Features, MethodNeeds, StepInfo
-from .distributed import gather_with_grad
+from .distributed import gather_pair
 from .registry import register_method
 
 
@@ -85,7 +85,5 @@ class PKT(DistillationLoss):
         return MethodNeeds(student=FeatureNeeds(embedding=True), teacher=FeatureNeeds(embedding=True))
 
     def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
-        s, t = student.embedding, teacher.embedding
-        if self.gather:
-            s, t = gather_with_grad(s), gather_with_grad(t)
+        s, t = gather_pair(student.embedding, teacher.embedding, self.gather)
         return {"pkt": pkt_loss(s, t, self.eps)}

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import DistillationLoss, FeatureNeeds, Features, MethodNeeds, StepInfo
-from .distributed import gather_with_grad
+from .distributed import gather_pair
 from .registry import register_method
 
 
@@ -102,8 +102,6 @@ class RKD(DistillationLoss):
         return MethodNeeds(student=FeatureNeeds(embedding=True), teacher=FeatureNeeds(embedding=True))
 
     def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
-        s, t = student.embedding, teacher.embedding
-        if self.gather:
-            s, t = gather_with_grad(s), gather_with_grad(t)
+        s, t = gather_pair(student.embedding, teacher.embedding, self.gather)
         loss_d, loss_a = rkd_loss(s, t)
         return {"rkd_dist": self.w_dist * loss_d, "rkd_angle": self.w_angle * loss_a}

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
-from .at import LAYER_REDUCTIONS, check_pairing, parse_map_option, reduce_layers
-from .base import DataInfo, DistillationLoss, FeatureNeeds, Features, FeatureSpec, MethodNeeds, StepInfo
+from .base import DataInfo, DistillationLoss, Features, FeatureSpec, StepInfo
 from .distributed import gather_with_grad
+from .maps import PairedMaps, check_layer_reduction, reduce_layers
 from .registry import register_method
 
 
@@ -41,7 +41,7 @@ def sp_loss(student_maps: Sequence[Tensor], teacher_maps: Sequence[Tensor], redu
 
 
 @register_method("sp")
-class SP(DistillationLoss):
+class SP(PairedMaps, DistillationLoss):
     """Similarity-Preserving KD: match the batch's pairwise-similarity matrices.
 
     For paired maps ``f_s`` (B, C_s, H_s, W_s) and ``f_t`` (B, C_t, H_t, W_t):
@@ -78,27 +78,18 @@ class SP(DistillationLoss):
         gather: bool = False,
     ) -> None:
         super().__init__()
-        if layer_reduction not in LAYER_REDUCTIONS:
-            raise ValueError(f"sp layer_reduction must be one of {LAYER_REDUCTIONS}, got {layer_reduction!r}")
-        self.student_maps = student_maps
-        self.teacher_maps = teacher_maps
+        check_layer_reduction(layer_reduction, "sp")
         self.layer_reduction = layer_reduction
         self.gather = bool(gather)
-        self._s_sel = parse_map_option(student_maps, "sp student_maps")
-        self._t_sel = parse_map_option(teacher_maps, "sp teacher_maps")
-
-    def needs(self) -> MethodNeeds:
-        return MethodNeeds(student=FeatureNeeds(maps=self._s_sel), teacher=FeatureNeeds(maps=self._t_sel))
+        self.select_maps(student_maps, teacher_maps)
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
-        check_pairing(
-            len(self.student_layers), len(self.teacher_layers), "sp", "student_maps", "teacher_maps"
-        )
+        self.check_maps()
 
     def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
+        self.check_maps()
         s = student.map_list(self.student_layers)
         t = teacher.map_list(self.teacher_layers)
-        check_pairing(len(s), len(t), "sp", "student_maps", "teacher_maps")
         if self.gather:
             s = [gather_with_grad(f) for f in s]
             t = [gather_with_grad(f) for f in t]

@@ -8,15 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .at import (
-    LAYER_REDUCTIONS,
-    check_conv_map,
-    check_pairing,
-    parse_map_option,
-    pool_to_common_size,
-    reduce_layers,
-)
-from .base import DataInfo, DistillationLoss, FeatureNeeds, Features, FeatureSpec, MethodNeeds, StepInfo
+from .base import DataInfo, DistillationLoss, Features, FeatureSpec, StepInfo
+from .maps import PairedMaps, check_layer_reduction, pool_to_common_size, reduce_layers
 from .registry import register_method
 
 
@@ -74,7 +67,7 @@ class VIDHead(nn.Module):
 
 
 @register_method("vid")
-class VID(DistillationLoss):
+class VID(PairedMaps, DistillationLoss):
     """Variational Information Distillation: maximize a variational lower bound of the mutual information between
     paired student and teacher maps, i.e. minimize the Gaussian negative log-likelihood of the teacher's map under a
     mean predicted from the student's map.
@@ -120,29 +113,16 @@ class VID(DistillationLoss):
             raise ValueError(f"vid eps must be > 0, got {eps}")
         if init_pred_var <= eps:
             raise ValueError(f"vid init_pred_var must be > eps ({eps}), got {init_pred_var}")
-        if layer_reduction not in LAYER_REDUCTIONS:
-            raise ValueError(
-                f"vid layer_reduction must be one of {LAYER_REDUCTIONS}, got {layer_reduction!r}"
-            )
-        self.student_maps = student_maps
-        self.teacher_maps = teacher_maps
+        check_layer_reduction(layer_reduction, "vid")
         self.init_pred_var = float(init_pred_var)
         self.eps = float(eps)
         self.layer_reduction = layer_reduction
-        self._s_sel = parse_map_option(student_maps, "vid student_maps")
-        self._t_sel = parse_map_option(teacher_maps, "vid teacher_maps")
-
-    def needs(self) -> MethodNeeds:
-        return MethodNeeds(student=FeatureNeeds(maps=self._s_sel), teacher=FeatureNeeds(maps=self._t_sel))
+        self.select_maps(student_maps, teacher_maps)
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
-        check_pairing(
-            len(self.student_layers), len(self.teacher_layers), "vid", "student_maps", "teacher_maps"
-        )
+        self.check_maps(student, teacher)
         heads = []
         for s_name, t_name in zip(self.student_layers, self.teacher_layers):
-            check_conv_map(student.maps[s_name], s_name, "student", "vid")
-            check_conv_map(teacher.maps[t_name], t_name, "teacher", "vid")
             s_c, t_c = student.maps[s_name][0], teacher.maps[t_name][0]
             heads.append(VIDHead(s_c, t_c, t_c, self.init_pred_var, self.eps))
         self.heads = nn.ModuleList(heads)

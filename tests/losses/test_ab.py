@@ -1,22 +1,22 @@
-import functools
-
 import numpy as np
 import pytest
 import torch
-from transformers import TrainingArguments
 
 import hf_distill.losses.ab  # noqa: F401  (registers "ab")
-from hf_distill import DistillationTrainer
-from hf_distill.data import collate, prepare_split
-from hf_distill.losses import DataInfo, DistillationObjective, Features, FeatureSpec, InitStage, StepInfo
+from hf_distill.losses import DistillationObjective, Features, FeatureSpec, InitStage, StepInfo
 from hf_distill.losses.ab import AB, ab_criterion, ab_loss
-from hf_distill.losses.base import resolve_selectors
-from hf_distill.models.modeling_cifar import create_cifar_model
-from hf_distill.models.taps import TapRequest, feature_tap
-from tests.conftest import TEACHER_DIR
-from tests.helpers import CIFAR_SPEC
+from tests.losses._common import (
+    PRETRAINED_TEACHER,
+    ZOO_PAIRS,
+    built,
+    check_init_stage_once_then_zero_term,
+    check_loss_on_random_maps,
+    init_stage_trainer,
+    np_block_pool,
+    teacher_map_losses,
+    zoo_spec,
+)
 
-DATA = DataInfo(num_samples=64, num_classes=10)
 STEP = StepInfo(labels=torch.zeros(2, dtype=torch.long))
 
 
@@ -39,44 +39,8 @@ def _np_ab(s_maps, t_maps, m=1.0) -> float:
     return sum(w * _np_criterion(s, t, m) for w, s, t in zip(weights, s_maps, t_maps)) / batch * 3 / 1000
 
 
-def _model_spec(model, selectors=("stages",), preact: bool = True) -> FeatureSpec:
-    """FeatureSpec of a real model from one forward through its tap (as the trainer's dry run)."""
-    tap = feature_tap(model)
-    names = resolve_selectors(selectors, tap.names)
-    with torch.no_grad():
-        f = tap(model.eval(), torch.randn(2, 3, 32, 32), TapRequest(maps=tuple(names), preact=preact))
-    return FeatureSpec(names=tuple(tap.names), maps={k: tuple(v.shape[1:]) for k, v in f.maps.items()})
-
-
-@functools.cache
-def _zoo_spec(arch: str) -> FeatureSpec:
-    torch.manual_seed(0)
-    return _model_spec(create_cifar_model(arch, num_labels=10))
-
-
-def _built(method: AB, s_spec: FeatureSpec, t_spec: FeatureSpec) -> AB:
-    method.resolve_layers(s_spec.names, t_spec.names)
-    method.build(s_spec, t_spec, DATA)
-    return method
-
-
-def _teacher():
-    """The pretrained CIFAR-10 resnet56 when it is there (realistic activations), else a random zoo resnet20."""
-    if (TEACHER_DIR / "config.json").exists():
-        from hf_distill.models.loading import load_model
-
-        return load_model(str(TEACHER_DIR), role="teacher").eval(), 0.05
-    return create_cifar_model("resnet20", num_labels=10).eval(), 0.01
-
-
 def _spec(shapes: dict[str, tuple[int, ...]]) -> FeatureSpec:
     return FeatureSpec(names=tuple(shapes), maps=dict(shapes))
-
-
-@pytest.fixture(scope="module")
-def real_batch(subset_train):
-    split = prepare_split(subset_train, CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, True, max_samples=64)
-    return split, collate([split.dataset[i] for i in range(16)])
 
 
 # -- 1. values against independent computations ------------------------------------------------------------------
@@ -103,7 +67,7 @@ def test_method_uses_connectors_and_pools_to_smaller_size():
     """Connector (1x1 conv + BN, eval BN = identity at init) and pooling, reproduced with numpy."""
     s_spec = _spec({"stem": (4, 8, 8), "stage1": (3, 8, 8), "stage2": (5, 4, 4)})
     t_spec = _spec({"stem": (4, 8, 8), "stage1": (6, 4, 4), "stage2": (5, 2, 2)})
-    m = _built(AB(main_stage_loss=True), s_spec, t_spec).eval()
+    m = built(AB(main_stage_loss=True), s_spec, t_spec).eval()
     assert isinstance(m.connectors[0], torch.nn.Sequential)  # 3 -> 6 channels
     assert isinstance(m.connectors[1], torch.nn.Identity)  # 5 == 5 channels (RepDistiller: identity)
     g = torch.Generator().manual_seed(1)
@@ -112,8 +76,7 @@ def test_method_uses_connectors_and_pools_to_smaller_size():
     out = m(Features(maps={"stage1": s1, "stage2": s2}), Features(maps={"stage1": t1, "stage2": t2}), STEP)
 
     def pool2(x):  # 2x2 block means
-        b, c, h, w = x.shape
-        return x.reshape(b, c, h // 2, 2, w // 2, 2).mean(axis=(3, 5))
+        return np_block_pool(x, x.shape[2] // 2, x.shape[3] // 2)
 
     w = m.connectors[0][0].weight.detach().numpy()[:, :, 0, 0]  # (6, 3)
     eps = m.connectors[0][1].eps
@@ -128,7 +91,7 @@ def test_main_stage_is_zero_by_default_and_init_stage_configured():
     assert AB(init_epochs=3).init_stage.epochs == 3
     assert AB(init_epochs=0, main_stage_loss=True).init_stage is None
     spec = _spec({"stem": (4, 4, 4), "stage1": (4, 4, 4)})
-    _built(m, spec, spec)
+    built(m, spec, spec)
     f = Features(maps={"stage1": torch.randn(2, 4, 4, 4)})
     assert m(f, f, STEP)["ab"].item() == 0.0
     assert m.init_stage_loss(Features(maps={"stage1": f.maps["stage1"] * 0}), f, STEP)["ab"].item() > 0
@@ -160,7 +123,7 @@ def test_gradcheck_double():
 def test_gradients_reach_student_and_connectors_only():
     s_spec = _spec({"stem": (4, 8, 8), "stage1": (3, 8, 8), "stage2": (5, 4, 4)})
     t_spec = _spec({"stem": (4, 8, 8), "stage1": (6, 8, 8), "stage2": (7, 4, 4)})
-    m = _built(AB(main_stage_loss=True), s_spec, t_spec).train()
+    m = built(AB(main_stage_loss=True), s_spec, t_spec).train()
     s = {
         "stage1": torch.randn(4, 3, 8, 8, requires_grad=True),
         "stage2": torch.randn(4, 5, 4, 4, requires_grad=True),
@@ -182,18 +145,10 @@ def test_gradients_reach_student_and_connectors_only():
 
 
 # -- 3. mismatched shapes from real zoo pairs ---------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "teacher,student",
-    [
-        ("resnet32x4", "shufflenetv2"),
-        ("vgg13", "mobilenetv2"),
-        ("wrn_40_2", "wrn_16_2"),
-        ("resnet56", "resnet20"),
-    ],
-)
+@pytest.mark.parametrize("teacher,student", ZOO_PAIRS)
 def test_zoo_pairs(teacher, student):
-    s_spec, t_spec = _zoo_spec(student), _zoo_spec(teacher)
-    m = _built(AB(main_stage_loss=True), s_spec, t_spec)
+    s_spec, t_spec = zoo_spec(student), zoo_spec(teacher)
+    m = built(AB(main_stage_loss=True), s_spec, t_spec)
     assert len(m.connectors) == len(m.student_layers) == len(m.teacher_layers)
     for conn, sn, tn in zip(m.connectors, m.student_layers, m.teacher_layers):
         cs, ct = s_spec.maps[sn][0], t_spec.maps[tn][0]
@@ -201,79 +156,30 @@ def test_zoo_pairs(teacher, student):
             assert isinstance(conn, torch.nn.Identity)
         else:
             assert conn[0].in_channels == cs and conn[0].out_channels == ct
-    s = Features(maps={n: torch.randn(2, *s_spec.maps[n], requires_grad=True) for n in m.student_layers})
-    t = Features(maps={n: torch.randn(2, *t_spec.maps[n]) for n in m.teacher_layers})
-    loss = m(s, t, STEP)["ab"]
-    assert torch.isfinite(loss) and loss.item() > 0
-    loss.backward()
-    assert all(v.grad is not None for v in s.maps.values())
+    check_loss_on_random_maps(m, s_spec, t_spec, "ab", STEP)
 
 
 def test_layer_count_mismatch_is_a_clear_error():
-    s_spec, t_spec = _zoo_spec("resnet20"), _zoo_spec("vgg13")  # 3 stages vs 4
+    s_spec, t_spec = zoo_spec("resnet20"), zoo_spec("vgg13")  # 3 stages vs 4
     with pytest.raises(ValueError, match="--ab-layers"):
-        _built(AB(), s_spec, t_spec)
-    m = _built(AB(layers_teacher="stage1,stage2,stage3"), s_spec, t_spec)
+        built(AB(), s_spec, t_spec)
+    m = built(AB(layers_teacher="stage1,stage2,stage3"), s_spec, t_spec)
     assert m.teacher_layers == ["stage1", "stage2", "stage3"]
     # the hyperparameters are reported as given, not overwritten by the resolved layer names
     assert m.hparams()["layers"] == "stages" and m.hparams()["layers_teacher"] == "stage1,stage2,stage3"
 
 
 # -- 4. a few real training steps ---------------------------------------------------------------------------------
-def test_training_steps_decrease_loss(real_batch):
-    _, batch = real_batch
-    torch.manual_seed(0)
-    student = create_cifar_model("resnet8", num_labels=10).train()
-    teacher, lr = _teacher()
-    s_tap, t_tap = feature_tap(student), feature_tap(teacher)
-    m = AB(connector="always")
-    s_spec, t_spec = _zoo_spec("resnet8"), _model_spec(teacher)
-    _built(m, s_spec, t_spec).train()
-    req = TapRequest(maps=tuple(m.student_layers), preact=True)
-    with torch.no_grad():
-        t_feats = t_tap(teacher, batch["pixel_values"], req)
-    opt = torch.optim.SGD(list(student.parameters()) + list(m.parameters()), lr=lr, momentum=0.9)
-    losses = []
-    for _ in range(8):
-        loss = m.init_stage_loss(s_tap(student, batch["pixel_values"], req), t_feats, STEP)["ab"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+def test_training_steps_decrease_loss(train_batch):
+    lr = 0.05 if PRETRAINED_TEACHER else 0.01
+    losses = teacher_map_losses(AB(connector="always"), train_batch["pixel_values"], "ab", lr, STEP)
     assert losses[-1] < 0.8 * losses[0], losses
 
 
 # -- the init stage inside the trainer -------------------------------------------------------------------------------
-def test_init_stage_in_trainer(tmp_path, real_batch):
-    split, _ = real_batch
-    torch.manual_seed(0)
-    student = create_cifar_model("resnet8", num_labels=10)
-    teacher = create_cifar_model("resnet20", num_labels=10)
-    obj = DistillationObjective.from_names(
-        "ab", method_kwargs={"ab": {"init_epochs": 1, "connector": "always"}}
-    )
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=16,
-        max_steps=2,
-        learning_rate=0.05,
-        optim="sgd",
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-    )
-    t = DistillationTrainer(
-        model=student,
-        teacher=teacher,
-        objective=obj,
-        args=args,
-        train_dataset=split.dataset,
-        student_input=CIFAR_SPEC,
-        teacher_input=CIFAR_SPEC,
-    )
+def test_init_stage_in_trainer(tmp_path, tiny):
+    t = init_stage_trainer(tmp_path, tiny, "ab", {"init_epochs": 1, "connector": "always"})
+    student = t.model.student
     ab = t.model.objective.methods["ab"]
     conn_before = {k: v.clone() for k, v in ab.connectors.state_dict().items()}
     conv_before = student.model.state_dict()
@@ -283,9 +189,4 @@ def test_init_stage_in_trainer(tmp_path, real_batch):
     assert any(not torch.equal(v, conn_before[k]) for k, v in ab.connectors.state_dict().items())
     changed = [k for k, v in student.model.state_dict().items() if not torch.equal(v, conv_before[k])]
     assert any("weight" in k for k in changed)
-    rec = [h for h in t.state.log_history if "init_stage_loss" in h]
-    assert len(rec) == 1 and rec[0]["init_stage_steps"] == 4 and rec[0]["init_stage_loss"] > 0
-    t.train()
-    assert sum("init_stage_loss" in h for h in t.state.log_history) == 1
-    main = [h for h in t.state.log_history if "loss_ab" in h]
-    assert main and all(h["loss_ab"] == 0.0 for h in main)  # RepDistiller: CE only in the main stage
+    check_init_stage_once_then_zero_term(t, "ab")

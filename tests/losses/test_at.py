@@ -4,22 +4,18 @@ import torch
 
 from hf_distill.config import parse_method_flags
 from hf_distill.losses import Features, FeatureSpec, StepInfo, resolve_objective
-from hf_distill.losses.at import AT, at_loss, parse_map_option, pool_to_common_size
-from tests.losses._dist import (
+from hf_distill.losses.at import AT, at_loss
+from hf_distill.losses.maps import parse_selectors
+from tests.losses._common import (
     ZOO_PAIRS,
     build_method,
-    cifar_batch,
     method_training_losses,
+    np_block_pool,
     random_features,
     zoo_spec,
 )
 
 STEP = StepInfo(labels=torch.zeros(2, dtype=torch.long))
-
-
-@pytest.fixture(scope="module")
-def batch(subset_train):
-    return cifar_batch(subset_train, 16)
 
 
 def _np_at(f, p=2.0):
@@ -28,19 +24,13 @@ def _np_at(f, p=2.0):
     return a / np.linalg.norm(a, axis=1, keepdims=True)
 
 
-def _np_block_pool(f, h, w):
-    """Average pooling of (B, C, H, W) to (h, w) for sizes that divide evenly."""
-    b, c, hh, ww = f.shape
-    return f.reshape(b, c, h, hh // h, w, ww // w).mean(axis=(3, 5))
-
-
 def test_value_matches_numpy_with_pooling_and_layer_sum():
     rng = np.random.default_rng(0)
     s = [rng.random((2, 3, 4, 4)), rng.random((2, 2, 2, 2))]
     t = [rng.random((2, 5, 2, 2)), rng.random((2, 4, 4, 4))]  # pair 1: student larger; pair 2: teacher larger
     per_layer = [
-        np.mean((_np_at(_np_block_pool(s[0], 2, 2)) - _np_at(t[0])) ** 2),
-        np.mean((_np_at(s[1]) - _np_at(_np_block_pool(t[1], 2, 2))) ** 2),
+        np.mean((_np_at(np_block_pool(s[0], 2, 2)) - _np_at(t[0])) ** 2),
+        np.mean((_np_at(s[1]) - _np_at(np_block_pool(t[1], 2, 2))) ** 2),
     ]
     got = at_loss([torch.tensor(x) for x in s], [torch.tensor(x) for x in t])
     assert got.item() == pytest.approx(sum(per_layer), rel=1e-10)
@@ -55,11 +45,6 @@ def test_concrete_value():
     expected = ((1 - 2**-0.5) ** 2 + 0.5) / 2
     assert at_loss([fs], [ft]).item() == pytest.approx(expected, rel=1e-6)
     assert at_loss([ft], [ft * 3]).item() == pytest.approx(0.0, abs=1e-12)
-
-
-def test_pooling_helper_pools_the_larger_per_dimension():
-    a, b = pool_to_common_size(torch.rand(1, 2, 8, 4), torch.rand(1, 3, 4, 8))
-    assert a.shape == (1, 2, 4, 4) and b.shape == (1, 3, 4, 4)
 
 
 def test_gradcheck_and_gradient_only_to_student():
@@ -93,7 +78,7 @@ def test_layer_count_mismatch_is_a_clear_error_and_selection_fixes_it():
 
 
 def test_option_validation_and_defaults():
-    assert parse_map_option("1, stage2,-1", "x") == (1, "stage2", -1)
+    assert parse_selectors("1, stage2,-1", "x") == (1, "stage2", -1)
     with pytest.raises(ValueError, match="empty"):
         AT(student_maps="stage1,,stage2")
     with pytest.raises(ValueError, match="layer_reduction"):

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerCallback
 
 import hf_distill.losses.crd  # noqa: F401  (registers crd and crd_kd)
 from hf_distill.config import parse_method_flags
@@ -19,6 +19,7 @@ from hf_distill.losses.crd import CRD, masked_nce_loss, nce_loss
 from hf_distill.losses.crd_memory import exp_scores, momentum_update_, sample_contrast_indices
 from hf_distill.models.modeling_cifar import create_cifar_model
 from tests.helpers import CIFAR_SPEC
+from tests.losses._common import distill_trainer, train_split, trainer_args
 
 # ---------------------------------------------------------------------------------------------------------------
 # independent computations (numpy / python loops, written from the paper's Eq. 18 and RepDistiller's description)
@@ -410,47 +411,26 @@ class _StopAt(TrainerCallback):
 
 
 def _trainer(out, split, seed=0, **kw):
-    from hf_distill import DistillationTrainer
-
     torch.manual_seed(seed)
     student = create_cifar_model("resnet8", num_labels=10)
     torch.manual_seed(100)
     teacher = create_cifar_model("resnet14", num_labels=10)
-    args = TrainingArguments(
-        output_dir=str(out),
-        per_device_train_batch_size=16,
+    args = trainer_args(
+        out,
         max_steps=8,
-        learning_rate=0.05,
-        optim="sgd",
         optim_args="momentum=0.9",
-        logging_steps=1,
-        report_to="none",
         save_strategy="steps",
         save_steps=4,
         lr_scheduler_type="linear",
-        use_cpu=True,
-        seed=0,
         data_seed=0,
-        disable_tqdm=True,
     )
     obj = DistillationObjective.from_names("crd", method_kwargs={"crd": {"nce_k": 32}})
-    return DistillationTrainer(
-        model=student,
-        teacher=teacher,
-        objective=obj,
-        args=args,
-        train_dataset=split.dataset,
-        student_input=CIFAR_SPEC,
-        teacher_input=CIFAR_SPEC,
-        **kw,
-    )
+    return distill_trainer(args, obj, split.dataset, student, teacher, **kw)
 
 
 @pytest.mark.slow
 def test_trainer_resume_equals_uninterrupted_run(tmp_path, subset_train):
-    from hf_distill.data import prepare_split
-
-    split = prepare_split(subset_train, CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, train=True, max_samples=64)
+    split = train_split(subset_train, 64)
     full = _trainer(tmp_path / "a", split)
     full.train()
     ref = {k: v.detach().clone() for k, v in full.model.state_dict().items()}

@@ -6,7 +6,7 @@ import torch
 from hf_distill.losses import DataInfo, Features, FeatureSpec, StepInfo
 from hf_distill.losses.crd import CRD, _global_mean
 from hf_distill.losses.crd_memory import momentum_update_
-from tests.losses._dist import check_gather_matches_full_batch, run_world
+from tests.losses._common import check_gather_matches_full_batch, run_world
 
 N, S_DIM, T_DIM = 40, 6, 5
 LABELS = torch.arange(N) % 4

@@ -5,7 +5,7 @@ import torch
 
 from hf_distill.losses import DistillationObjective, Features, StepInfo
 from hf_distill.losses.cskd import CSKD, class_cosine_distance, cswt_temperatures
-from tests.losses._logit_utils import train_losses
+from tests.losses._common import train_losses
 
 
 def _softmax(row, T):
@@ -140,7 +140,7 @@ def test_cskd_gather_single_process_is_the_plain_loss():
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_cskd_gather_over_two_processes_equals_full_batch():
-    from tests.losses._dist import check_gather_matches_full_batch, zoo_spec
+    from tests.losses._common import check_gather_matches_full_batch, zoo_spec
 
     spec = zoo_spec("resnet8")
     check_gather_matches_full_batch(CSKD, {}, spec, spec, batch=8)

@@ -5,7 +5,7 @@ import torch
 
 from hf_distill.losses import DistillationObjective, Features, StepInfo
 from hf_distill.losses.dkd import DKD, dkd_loss, linear_warmup
-from tests.losses._logit_utils import train_losses
+from tests.losses._common import train_losses
 
 
 def _softmax(row, T):

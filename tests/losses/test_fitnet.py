@@ -6,19 +6,17 @@ from torch import nn
 from hf_distill.config import parse_method_flags
 from hf_distill.losses import Features, FeatureSpec, InitStage, StepInfo, resolve_objective
 from hf_distill.losses.fitnet import FitNet, HintRegressor, hint_loss
-from tests.losses._dist import (
+from tests.losses._common import (
     ZOO_PAIRS,
     build_method,
-    cifar_batch,
+    distill_trainer,
     method_training_losses,
     random_features,
+    train_split,
+    trainer_args,
+    zoo_model,
     zoo_spec,
 )
-
-
-@pytest.fixture(scope="module")
-def batch(subset_train):
-    return cifar_batch(subset_train, 16)
 
 
 def test_hint_loss_matches_numpy():
@@ -145,32 +143,17 @@ def test_training_steps_decrease_the_loss(batch):
 
 @pytest.mark.slow
 def test_init_stage_runs_in_the_trainer(tmp_path, subset_train):
-    from transformers import TrainingArguments
+    from hf_distill import DistillationObjective
 
-    from hf_distill import DistillationObjective, DistillationTrainer
-    from hf_distill.data import prepare_split
-    from tests.helpers import CIFAR_SPEC
-    from tests.losses._dist import zoo_model
-
-    tr = prepare_split(subset_train, CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, True, max_samples=32)
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=16,
-        max_steps=1,
-        learning_rate=0.01,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
-    t = DistillationTrainer(
-        model=zoo_model("resnet8"),
+    tr = train_split(subset_train, 32)
+    # the transformers defaults for the optimizer, the logging interval and the seed
+    args = trainer_args(tmp_path, max_steps=1, learning_rate=0.01, optim=None, logging_steps=None, seed=None)
+    t = distill_trainer(
+        student=zoo_model("resnet8"),
         teacher=zoo_model("resnet8", seed=1),
         objective=DistillationObjective.from_names("fitnet", method_kwargs={"fitnet": {"init_epochs": 1}}),
         args=args,
         train_dataset=tr.dataset,
-        student_input=CIFAR_SPEC,
-        teacher_input=CIFAR_SPEC,
     )
     student = t.model.student
     before = {n: p.detach().clone() for n, p in student.named_parameters()}

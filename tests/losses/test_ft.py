@@ -4,79 +4,34 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from transformers import TrainingArguments
 
 import hf_distill.losses.ft  # noqa: F401  (registers "ft")
-from hf_distill import DistillationTrainer
 from hf_distill.config import parse_method_flags
-from hf_distill.data import collate, prepare_split
-from hf_distill.losses import (
-    DataInfo,
-    DistillationObjective,
-    Features,
-    FeatureSpec,
-    StepInfo,
-    resolve_objective,
-)
+from hf_distill.losses import DataInfo, Features, FeatureSpec, StepInfo, resolve_objective
 from hf_distill.losses.factor import AutoEncoder
 from hf_distill.losses.ft import FT, ft_factor, ft_loss
-from hf_distill.models.modeling_cifar import create_cifar_model
-from hf_distill.models.taps import TapRequest, feature_tap
 from hf_distill.trainer import DISTILL_STATE_NAME
-from tests.helpers import CIFAR_SPEC
+from tests.losses._common import (
+    checkpointing_trainer,
+    dry_run_build,
+    np_block_pool,
+    sgd_losses,
+    state_copy,
+    zoo_model,
+)
 
 
 # -- test-only helpers -------------------------------------------------------------------------------------------
-def _np_block_pool(x: np.ndarray, size: int) -> np.ndarray:
-    """Average pooling of (B, C, H, H) to (B, C, size, size) for H divisible by size (= adaptive pooling there)."""
-    b, c, h, _ = x.shape
-    k = h // size
-    return x.reshape(b, c, size, k, size, k).mean(axis=(3, 5))
-
-
 def _np_ft(fs: np.ndarray, ft: np.ndarray, p1: float = 2.0, p2: float = 1.0) -> float:
     """RepDistiller's FactorTransfer.factor_loss written with numpy only."""
     size = min(fs.shape[2], ft.shape[2])
-    fs, ft = _np_block_pool(fs, size), _np_block_pool(ft, size)
+    fs, ft = np_block_pool(fs, size), np_block_pool(ft, size)
 
     def factor(f):
         v = (np.abs(f) ** p1).mean(axis=1).reshape(f.shape[0], -1)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
     return float((np.abs(factor(fs) - factor(ft)) ** p2).mean())
-
-
-def _zoo(arch: str, seed: int = 0):
-    torch.manual_seed(seed)
-    return create_cifar_model(arch, num_labels=10)
-
-
-def _build(method, student, teacher, x):
-    """Resolve layers, run both nets once and build the method, like the trainer's dry run."""
-    s_tap, t_tap = feature_tap(student), feature_tap(teacher)
-    method.resolve_layers(s_tap.names, t_tap.names)
-    n = method.needs()
-    s_req = TapRequest(logits=n.student.logits, maps=tuple(method.student_layers))
-    t_req = TapRequest(logits=n.teacher.logits, maps=tuple(method.teacher_layers))
-    with torch.no_grad():
-        fs, ft = s_tap(student.eval(), x, s_req), t_tap(teacher.eval(), x, t_req)
-
-    def spec(f, names):
-        return FeatureSpec(names=tuple(names), maps={k: tuple(v.shape[1:]) for k, v in f.maps.items()})
-
-    method.build(spec(fs, s_tap.names), spec(ft, t_tap.names), DataInfo(num_samples=64, num_classes=10))
-    return s_tap, t_tap, s_req, t_req
-
-
-@pytest.fixture(scope="module")
-def batch(subset_train):
-    split = prepare_split(subset_train, CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, train=False, max_samples=16)
-    return collate([split.dataset[i] for i in range(16)])
-
-
-@pytest.fixture(scope="module")
-def tiny(subset_train):
-    return prepare_split(subset_train, CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, train=True, max_samples=64)
 
 
 # -- 1. value ----------------------------------------------------------------------------------------------------
@@ -100,7 +55,7 @@ def test_ft_loss_matches_numpy_formula_with_spatial_mismatch():
 def test_ft_module_value_and_init_stage_loss_by_hand():
     torch.manual_seed(0)
     ft = FT()
-    _build(ft, _zoo("resnet8"), _zoo("resnet20", 1), torch.randn(2, 3, 32, 32))
+    dry_run_build(ft, zoo_model("resnet8"), zoo_model("resnet20", 1), torch.randn(2, 3, 32, 32))
     fs, ftm = torch.randn(4, 64, 8, 8), torch.randn(4, 64, 8, 8).relu()
     s, t = Features(maps={"stage3": fs}), Features(maps={"stage3": ftm})
     got = ft(s, t, StepInfo(labels=torch.zeros(4, dtype=torch.long)))["ft"].item()
@@ -145,7 +100,7 @@ def test_ft_loss_gradcheck():
 def test_gradients_reach_student_and_translator_only():
     torch.manual_seed(0)
     ft = FT()
-    _build(ft, _zoo("resnet8"), _zoo("resnet20", 1), torch.randn(2, 3, 32, 32))
+    dry_run_build(ft, zoo_model("resnet8"), zoo_model("resnet20", 1), torch.randn(2, 3, 32, 32))
     fs = torch.randn(4, 64, 8, 8, requires_grad=True)
     tmap = torch.randn(4, 64, 8, 8).relu()
     s, t = Features(maps={"stage3": fs}), Features(maps={"stage3": tmap})
@@ -178,10 +133,10 @@ def test_gradients_reach_student_and_translator_only():
 def test_mixed_architectures(teacher, student, expect):
     c_t, c_s, size = expect
     torch.manual_seed(0)
-    s_net, t_net = _zoo(student), _zoo(teacher, 1)
+    s_net, t_net = zoo_model(student), zoo_model(teacher, 1)
     x = torch.randn(2, 3, 32, 32)
     ft = FT()
-    s_tap, t_tap, s_req, t_req = _build(ft, s_net, t_net, x)
+    s_tap, t_tap, s_req, t_req = dry_run_build(ft, s_net, t_net, x)
     assert ft.translator[0].in_channels == c_s and ft.translator.out_channels == c_t // 2
     assert ft.paraphraser.encoder.in_channels == c_t and ft.paraphraser.decoder.out_channels == c_t
     fs = s_tap(s_net.train(), x, s_req)
@@ -210,88 +165,48 @@ def test_token_maps_and_tiny_rate_are_clear_errors():
 # -- 4. real data ------------------------------------------------------------------------------------------------
 def test_init_stage_then_main_steps_decrease_losses_on_real_batch(batch):
     torch.manual_seed(0)
-    student, teacher = _zoo("resnet8"), _zoo("resnet20", 1)
+    student, teacher = zoo_model("resnet8"), zoo_model("resnet20", 1)
     ft = FT()
-    s_tap, t_tap, s_req, t_req = _build(ft, student, teacher, batch["pixel_values"][:2])
+    s_tap, t_tap, s_req, t_req = dry_run_build(ft, student, teacher, batch["pixel_values"][:2])
     x, y = batch["pixel_values"], batch["labels"]
     with torch.no_grad():
         tf = t_tap(teacher.eval(), x, t_req)
     step = StepInfo(labels=y)
-    opt = torch.optim.SGD(ft.paraphraser.parameters(), lr=0.01, momentum=0.9)
-    rec = []
-    for _ in range(10):
-        loss = ft.init_stage_loss(None, tf, step)["rec"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        rec.append(loss.item())
+    rec = sgd_losses(
+        lambda: ft.init_stage_loss(None, tf, step)["rec"], ft.paraphraser.parameters(), 10, 0.01, final=False
+    )
     assert rec[-1] < rec[0]
     ft.on_init_stage_end()
     frozen = {k: v.clone() for k, v in ft.paraphraser.state_dict().items()}
     student.train()
     ft.train()
-    opt = torch.optim.SGD(
-        [p for p in list(student.parameters()) + list(ft.parameters()) if p.requires_grad], lr=0.01
+    vals = sgd_losses(
+        lambda: ft(s_tap(student, x, s_req), tf, step)["ft"],
+        [p for p in list(student.parameters()) + list(ft.parameters()) if p.requires_grad],
+        8,
+        0.01,
+        momentum=0.0,
+        scale=200.0,
+        final=False,
     )
-    vals = []
-    for _ in range(8):
-        loss = ft(s_tap(student, x, s_req), tf, step)["ft"]
-        opt.zero_grad()
-        (200.0 * loss).backward()
-        opt.step()
-        vals.append(loss.item())
     assert vals[-1] < vals[0]
     for k, v in ft.paraphraser.state_dict().items():
         assert torch.equal(v, frozen[k]), k
 
 
 # -- the trainer: init stage, freezing, checkpoint, resume ----------------------------------------------------------
-def _trainer(tmp_path, tiny, seed=0, **kw):
-    args = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=32,
-        max_steps=2,
-        learning_rate=0.05,
-        optim="sgd",
-        logging_steps=1,
-        report_to="none",
-        save_strategy="steps",
-        save_steps=1,
-        use_cpu=True,
-        seed=seed,
-        data_seed=0,
-        disable_tqdm=True,
-    )
-    args.update(kw)
-    torch.manual_seed(seed)
-    return DistillationTrainer(
-        model=create_cifar_model("resnet8", num_labels=10),
-        teacher=create_cifar_model("resnet20", num_labels=10),
-        objective=DistillationObjective.from_names("ft", method_kwargs={"ft": {"init_epochs": 1}}),
-        args=TrainingArguments(**args),
-        train_dataset=tiny.dataset,
-        student_input=CIFAR_SPEC,
-        teacher_input=CIFAR_SPEC,
-        report_teacher_accuracy=False,
-    )
-
-
-def _sd(m):
-    return {k: v.detach().clone() for k, v in m.state_dict().items()}
-
-
 @pytest.mark.slow
 def test_trainer_init_stage_freezes_paraphraser_and_resume_restores_it(tmp_path, tiny):
-    t = _trainer(tmp_path, tiny)
+    t = checkpointing_trainer(tmp_path, tiny, "ft", {"init_epochs": 1})
     ft = t.model.objective.methods["ft"]
     assert isinstance(ft.paraphraser, AutoEncoder)
-    p0, tr0 = _sd(ft.paraphraser), _sd(ft.translator)
+    p0, tr0 = state_copy(ft.paraphraser), state_copy(ft.translator)
     t.run_init_stage()
     rec = [h for h in t.state.log_history if "init_stage_loss" in h]
     assert len(rec) == 1 and rec[0]["init_stage_steps"] == 2 and rec[0]["init_stage_epochs"] == 1
-    p1 = _sd(ft.paraphraser)
+    p1 = state_copy(ft.paraphraser)
     assert any(not torch.equal(p0[k], p1[k]) for k in p0 if k != "frozen")  # trained in the stage
-    assert all(torch.equal(tr0[k], v) for k, v in _sd(ft.translator).items())  # the translator waited
+    assert all(torch.equal(tr0[k], v) for k, v in state_copy(ft.translator).items())  # the translator waited
     assert bool(ft.paraphraser.frozen) and not any(p.requires_grad for p in ft.paraphraser.parameters())
     t.train()
     assert sum("init_stage_loss" in h for h in t.state.log_history) == 1
@@ -300,9 +215,9 @@ def test_trainer_init_stage_freezes_paraphraser_and_resume_restores_it(tmp_path,
     assert not ({id(p) for p in ft.paraphraser.parameters()} & opt_ids)
     assert {id(p) for p in ft.translator.parameters()} <= opt_ids
     assert not ft.paraphraser.training
-    for k, v in _sd(ft.paraphraser).items():  # unchanged by the main stage
+    for k, v in state_copy(ft.paraphraser).items():  # unchanged by the main stage
         assert torch.equal(v, p1[k]), k
-    assert any(not torch.equal(tr0[k], v) for k, v in _sd(ft.translator).items())
+    assert any(not torch.equal(tr0[k], v) for k, v in state_copy(ft.translator).items())
     state = safetensors.torch.load_file(str(tmp_path / "out" / "checkpoint-1" / DISTILL_STATE_NAME))
     pre = "objective.methods.ft.paraphraser."
     assert bool(state[pre + "frozen"]) and bool(state["init_stage_done"])
@@ -310,13 +225,13 @@ def test_trainer_init_stage_freezes_paraphraser_and_resume_restores_it(tmp_path,
         assert torch.equal(state[pre + k], v), k
 
     # resume in a fresh trainer whose own (seed-7) paraphraser is untrained and different
-    r = _trainer(tmp_path, tiny, seed=7)
+    r = checkpointing_trainer(tmp_path, tiny, "ft", {"init_epochs": 1}, seed=7)
     rft = r.model.objective.methods["ft"]
     assert not torch.equal(rft.paraphraser.encoder[0].weight, p1["encoder.0.weight"])
     r.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-1"))
     # not trained again: the only stage record is the one carried in the checkpoint's log history
     assert sum("init_stage_loss" in h for h in r.state.log_history) == 1
-    for k, v in _sd(rft.paraphraser).items():
+    for k, v in state_copy(rft.paraphraser).items():
         assert torch.equal(v, p1[k]), k
     assert not any(p.requires_grad for p in rft.paraphraser.parameters()) and not rft.paraphraser.training
     opt_ids = {id(p) for g in r.optimizer.param_groups for p in g["params"]}

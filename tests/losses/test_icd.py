@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hf_distill.losses import DistillationObjective, Features, FeatureSpec, StepInfo
 from hf_distill.losses.icd import ICD, icd_loss
 from hf_distill.losses.registry import PRESETS
-from tests.losses._logit_utils import features, real_batch, train_losses, zoo
+from tests.losses._common import real_batch, train_losses, zoo_features, zoo_model
 
 
 def _icd_by_hand(zs, zt, scale, bias, alpha):
@@ -124,9 +124,9 @@ def test_icd_fixed_scale_option():
 @pytest.mark.parametrize(("teacher", "student"), [("resnet32x4", "shufflenetv2"), ("vgg13", "mobilenetv2")])
 def test_icd_mismatched_embedding_dims_from_real_zoo_models(teacher, student):
     x = torch.randn(4, 3, 32, 32)
-    nets = {k: zoo(k).eval() for k in (teacher, student)}
+    nets = {k: zoo_model(k).eval() for k in (teacher, student)}
     with torch.no_grad():
-        ft, fs = features(nets[teacher], x), features(nets[student], x)
+        ft, fs = zoo_features(nets[teacher], x, maps=()), zoo_features(nets[student], x, maps=())
     specs = {
         k: FeatureSpec(names=("x",), embedding=tuple(f.embedding.shape[1:]), logits=(10,))
         for k, f in ((teacher, ft), (student, fs))
@@ -188,7 +188,7 @@ def test_icd_gather_single_process_is_the_plain_loss():
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_icd_gather_over_two_processes_equals_full_batch():
-    from tests.losses._dist import check_gather_matches_full_batch
+    from tests.losses._common import check_gather_matches_full_batch
 
     check_gather_matches_full_batch(ICD, {"feat_dim": 16}, _spec(64), _spec(256), batch=8)
 

@@ -6,13 +6,10 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from transformers import TrainingArguments
 
 import hf_distill.losses.ft  # noqa: F401  (registers "ft", a base)
 import hf_distill.losses.iekd  # noqa: F401  (registers "iekd" and the "ie_kd" preset)
-from hf_distill import DistillationTrainer
 from hf_distill.config import parse_method_flags
-from hf_distill.data import collate, prepare_split
 from hf_distill.losses import (
     DataInfo,
     DistillationObjective,
@@ -24,10 +21,15 @@ from hf_distill.losses import (
 from hf_distill.losses.factor import mean_pnorm
 from hf_distill.losses.iekd import IEKD, cosine_factor_loss, iekd_loss, normalized_distance
 from hf_distill.losses.kd import kd_loss
-from hf_distill.models.modeling_cifar import create_cifar_model
-from hf_distill.models.taps import TapRequest, feature_tap
 from hf_distill.trainer import DISTILL_STATE_NAME
-from tests.helpers import CIFAR_SPEC
+from tests.losses._common import (
+    checkpointing_trainer,
+    dry_run_build,
+    np_block_pool,
+    sgd_losses,
+    state_copy,
+    zoo_model,
+)
 
 
 # -- test-only helpers -------------------------------------------------------------------------------------------
@@ -46,52 +48,13 @@ def _np_cos(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (_np_unit(x) * _np_unit(y)).sum(axis=1)
 
 
-def _np_pool(x: np.ndarray, size: int) -> np.ndarray:
-    b, c, h, _ = x.shape
-    k = h // size
-    return x.reshape(b, c, size, k, size, k).mean(axis=(3, 5))
-
-
-def _zoo(arch: str, seed: int = 0):
-    torch.manual_seed(seed)
-    return create_cifar_model(arch, num_labels=10)
-
-
 def _build(method, student, teacher, x, seed=0):
-    """Resolve layers, run both nets once and build the method, like the trainer's dry run."""
-    s_tap, t_tap = feature_tap(student), feature_tap(teacher)
-    method.resolve_layers(s_tap.names, t_tap.names)
-    n = method.needs()
-    s_req = TapRequest(logits=n.student.logits, maps=tuple(method.student_layers))
-    t_req = TapRequest(logits=n.teacher.logits, maps=tuple(method.teacher_layers))
-    with torch.no_grad():
-        fs, ft = s_tap(student.eval(), x, s_req), t_tap(teacher.eval(), x, t_req)
-
-    def spec(f, names):
-        return FeatureSpec(
-            names=tuple(names),
-            maps={k: tuple(v.shape[1:]) for k, v in f.maps.items()},
-            logits=None if f.logits is None else tuple(f.logits.shape[1:]),
-        )
-
-    torch.manual_seed(seed)
-    method.build(spec(fs, s_tap.names), spec(ft, t_tap.names), DataInfo(num_samples=64, num_classes=10))
-    return s_tap, t_tap, s_req, t_req
+    """The trainer's dry run, with the RNG reseeded right before the build (the auto-encoder, the random split)."""
+    return dry_run_build(method, student, teacher, x, seed=seed)
 
 
 def _step(b=4):
     return StepInfo(labels=torch.zeros(b, dtype=torch.long))
-
-
-@pytest.fixture(scope="module")
-def batch(subset_train):
-    split = prepare_split(subset_train, CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, train=False, max_samples=16)
-    return collate([split.dataset[i] for i in range(16)])
-
-
-@pytest.fixture(scope="module")
-def tiny(subset_train):
-    return prepare_split(subset_train, CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, train=True, max_samples=64)
 
 
 # -- 1. values ---------------------------------------------------------------------------------------------------
@@ -118,7 +81,7 @@ def test_iekd_loss_forms_and_spatial_pooling():
     rng = np.random.default_rng(1)
     t = rng.standard_normal((2, 3, 4, 4))
     i, e = rng.standard_normal((2, 3, 2, 2)), rng.standard_normal((2, 3, 2, 2))
-    tp = _np_pool(t, 2)
+    tp = np_block_pool(t, 2)
     inh, exp = iekd_loss(torch.tensor(t), torch.tensor(i), torch.tensor(e), "norm", 1.0)
     assert inh.item() == pytest.approx(_np_dp(tp, i), rel=1e-10)
     assert exp.item() == pytest.approx(-_np_dp(tp, e), rel=1e-10)
@@ -132,7 +95,7 @@ def test_iekd_loss_forms_and_spatial_pooling():
 def test_module_value_split_and_init_loss_by_hand():
     torch.manual_seed(0)
     m = IEKD(split="natural", inh_weight=2.0, exp_weight=0.5)
-    _build(m, _zoo("resnet8"), _zoo("resnet20", 1), torch.randn(2, 3, 32, 32))
+    _build(m, zoo_model("resnet8"), zoo_model("resnet20", 1), torch.randn(2, 3, 32, 32))
     assert m.channel_order.tolist() == list(range(64))
     assert m.teacher_ae.encoder.out_channels == 32 and m.inh_encoder[1].in_channels == 32
     fs, tmap = torch.randn(4, 64, 8, 8), torch.randn(4, 64, 8, 8).relu()
@@ -227,7 +190,7 @@ def test_iekd_loss_gradcheck(form, p):
 def test_gradients_reach_student_and_encoders_only_and_ae_is_frozen():
     torch.manual_seed(0)
     m = IEKD(split="random")
-    _build(m, _zoo("resnet8"), _zoo("resnet20", 1), torch.randn(2, 3, 32, 32))
+    _build(m, zoo_model("resnet8"), zoo_model("resnet20", 1), torch.randn(2, 3, 32, 32))
     fs = torch.randn(4, 64, 8, 8, requires_grad=True)
     tmap = torch.randn(4, 64, 8, 8).relu()
     s, t = Features(maps={"stage3": fs}), Features(maps={"stage3": tmap})
@@ -256,7 +219,7 @@ def test_gradients_reach_student_and_encoders_only_and_ae_is_frozen():
 )
 def test_mixed_architectures(teacher, student):
     torch.manual_seed(0)
-    s_net, t_net = _zoo(student), _zoo(teacher, 1)
+    s_net, t_net = zoo_model(student), zoo_model(teacher, 1)
     x = torch.randn(2, 3, 32, 32)
     m = IEKD(split="random", form="cos")
     s_tap, t_tap, s_req, t_req = _build(m, s_net, t_net, x)
@@ -286,21 +249,16 @@ def test_token_maps_and_single_channel_are_clear_errors():
 @pytest.mark.parametrize("form", ["norm", "cos"])
 def test_steps_on_real_batch_decrease_the_loss(batch, form):
     torch.manual_seed(0)
-    student, teacher = _zoo("resnet8"), _zoo("resnet20", 1)
+    student, teacher = zoo_model("resnet8"), zoo_model("resnet20", 1)
     m = IEKD(form=form, split="random")
     s_tap, t_tap, s_req, t_req = _build(m, student, teacher, batch["pixel_values"][:2])
     x = batch["pixel_values"]
     with torch.no_grad():
         tf = t_tap(teacher.eval(), x, t_req)
     step = StepInfo(labels=batch["labels"])
-    opt = torch.optim.SGD(m.teacher_ae.parameters(), lr=0.1, momentum=0.9)
-    rec = []
-    for _ in range(8):
-        loss = m.init_stage_loss(None, tf, step)["rec"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        rec.append(loss.item())
+    rec = sgd_losses(
+        lambda: m.init_stage_loss(None, tf, step)["rec"], m.teacher_ae.parameters(), 8, 0.1, final=False
+    )
     assert rec[-1] < rec[0]
     m.on_init_stage_end()
     student.train()
@@ -327,7 +285,7 @@ def test_base_kd_needs_layers_terms_and_objective_prefix():
     obj = DistillationObjective.from_names("ie_kd")
     m = obj.methods["iekd"]
     assert m.needs().student.logits and m.needs().teacher.logits and m.needs().student.maps == ("last",)
-    s_net, t_net = _zoo("resnet8"), _zoo("resnet20", 1)
+    s_net, t_net = zoo_model("resnet8"), zoo_model("resnet20", 1)
     x = torch.randn(4, 3, 32, 32)
     s_tap, t_tap, s_req, t_req = _build(m, s_net, t_net, x[:2])
     assert m.student_layers == ["stage3"] and m.base_loss.student_layers == []
@@ -350,7 +308,7 @@ def test_base_ft_merges_the_init_stages():
     assert st.epochs == 3 and st.learning_rate == 0.01 and not st.train_student  # max epochs, the lower rate
     assert m.base_weight == 200.0
     assert IEKD(base="ft", init_learning_rate=0.05).init_stage.learning_rate == 0.05
-    s_net, t_net = _zoo("resnet8"), _zoo("resnet20", 1)
+    s_net, t_net = zoo_model("resnet8"), zoo_model("resnet20", 1)
     x = torch.randn(4, 3, 32, 32)
     s_tap, t_tap, s_req, t_req = _build(m, s_net, t_net, x[:2])
     assert m.student_layers == ["stage3", "stage2"] and m.teacher_layers == ["stage3"]
@@ -382,7 +340,7 @@ def test_base_ft_merges_the_init_stages():
 def test_base_at_composes():
     torch.manual_seed(0)
     m = IEKD(base="at")
-    s_net, t_net = _zoo("resnet8"), _zoo("resnet20", 1)
+    s_net, t_net = zoo_model("resnet8"), zoo_model("resnet20", 1)
     x = torch.randn(4, 3, 32, 32)
     s_tap, t_tap, s_req, t_req = _build(m, s_net, t_net, x[:2])
     assert set(m.base_loss.student_layers) <= set(m.student_layers)
@@ -395,40 +353,6 @@ def test_base_at_composes():
 
 
 # -- the trainer: init stage, freezing, checkpoint, resume ----------------------------------------------------------
-def _trainer(tmp_path, tiny, kwargs, seed=0, **kw):
-    args = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=32,
-        max_steps=2,
-        learning_rate=0.05,
-        optim="sgd",
-        logging_steps=1,
-        report_to="none",
-        save_strategy="steps",
-        save_steps=1,
-        use_cpu=True,
-        seed=seed,
-        data_seed=0,
-        disable_tqdm=True,
-    )
-    args.update(kw)
-    torch.manual_seed(seed)
-    return DistillationTrainer(
-        model=create_cifar_model("resnet8", num_labels=10),
-        teacher=create_cifar_model("resnet20", num_labels=10),
-        objective=DistillationObjective.from_names("iekd", method_kwargs={"iekd": kwargs}),
-        args=TrainingArguments(**args),
-        train_dataset=tiny.dataset,
-        student_input=CIFAR_SPEC,
-        teacher_input=CIFAR_SPEC,
-        report_teacher_accuracy=False,
-    )
-
-
-def _sd(m):
-    return {k: v.detach().clone() for k, v in m.state_dict().items()}
-
-
 def _changed(a, b):
     return any(not torch.equal(a[k], b[k]) for k in a if k != "frozen" and "num_batches" not in k)
 
@@ -436,14 +360,14 @@ def _changed(a, b):
 @pytest.mark.slow
 def test_trainer_init_stage_freezes_autoencoder_and_resume_restores_it_and_the_split(tmp_path, tiny):
     kw = {"init_epochs": 1, "split": "random"}
-    t = _trainer(tmp_path, tiny, kw)
+    t = checkpointing_trainer(tmp_path, tiny, "iekd", kw)
     m = t.model.objective.methods["iekd"]
-    ae0, enc0, order = _sd(m.teacher_ae), _sd(m.inh_encoder), m.channel_order.clone()
+    ae0, enc0, order = state_copy(m.teacher_ae), state_copy(m.inh_encoder), m.channel_order.clone()
     t.run_init_stage()
     rec = [h for h in t.state.log_history if "init_stage_loss" in h]
     assert len(rec) == 1 and rec[0]["init_stage_steps"] == 2 and rec[0]["init_stage_epochs"] == 1
-    ae1 = _sd(m.teacher_ae)
-    assert _changed(ae0, ae1) and not _changed(enc0, _sd(m.inh_encoder))
+    ae1 = state_copy(m.teacher_ae)
+    assert _changed(ae0, ae1) and not _changed(enc0, state_copy(m.inh_encoder))
     assert bool(m.teacher_ae.frozen) and not any(p.requires_grad for p in m.teacher_ae.parameters())
     t.train()
     assert any("loss_iekd_inh" in h and "loss_iekd_exp" in h for h in t.state.log_history)
@@ -453,9 +377,9 @@ def test_trainer_init_stage_freezes_autoencoder_and_resume_restores_it_and_the_s
         id(p) for p in m.exp_encoder.parameters()
     } <= opt_ids
     assert not m.teacher_ae.training
-    for k, v in _sd(m.teacher_ae).items():  # weights and BN statistics unchanged by the main stage
+    for k, v in state_copy(m.teacher_ae).items():  # weights and BN statistics unchanged by the main stage
         assert torch.equal(v, ae1[k]), k
-    assert _changed(enc0, _sd(m.inh_encoder)) and torch.equal(m.channel_order, order)
+    assert _changed(enc0, state_copy(m.inh_encoder)) and torch.equal(m.channel_order, order)
     state = safetensors.torch.load_file(str(tmp_path / "out" / "checkpoint-1" / DISTILL_STATE_NAME))
     pre = "objective.methods.iekd."
     assert bool(state[pre + "teacher_ae.frozen"]) and torch.equal(state[pre + "channel_order"], order)
@@ -463,12 +387,12 @@ def test_trainer_init_stage_freezes_autoencoder_and_resume_restores_it_and_the_s
         assert torch.equal(state[pre + "teacher_ae." + k], v), k
 
     # a fresh trainer with another seed draws another split and another auto-encoder; resume restores both
-    r = _trainer(tmp_path, tiny, kw, seed=7)
+    r = checkpointing_trainer(tmp_path, tiny, "iekd", kw, seed=7)
     rm = r.model.objective.methods["iekd"]
     assert not torch.equal(rm.channel_order, order)
     r.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-1"))
     assert torch.equal(rm.channel_order, order)
-    for k, v in _sd(rm.teacher_ae).items():
+    for k, v in state_copy(rm.teacher_ae).items():
         assert torch.equal(v, ae1[k]), k
     assert not any(p.requires_grad for p in rm.teacher_ae.parameters()) and not rm.teacher_ae.training
     opt_ids = {id(p) for g in r.optimizer.param_groups for p in g["params"]}
@@ -477,23 +401,24 @@ def test_trainer_init_stage_freezes_autoencoder_and_resume_restores_it_and_the_s
 
 @pytest.mark.slow
 def test_trainer_with_base_ft_runs_both_init_stages(tmp_path, tiny):
-    t = _trainer(
+    t = checkpointing_trainer(
         tmp_path,
         tiny,
+        "iekd",
         {"init_epochs": 1, "base": "ft", "base_kwargs": {"init_epochs": 1}},
         save_strategy="no",
     )
     m = t.model.objective.methods["iekd"]
     para = m.base_loss.paraphraser
-    ae0, p0 = _sd(m.teacher_ae), _sd(para)
+    ae0, p0 = state_copy(m.teacher_ae), state_copy(para)
     t.run_init_stage()  # one merged stage trains both auto-encoders
     rec = [h for h in t.state.log_history if "init_stage_loss" in h]
     assert len(rec) == 1 and rec[0]["init_stage_epochs"] == 1 and rec[0]["init_stage_steps"] == 2
-    ae1, p1 = _sd(m.teacher_ae), _sd(para)
+    ae1, p1 = state_copy(m.teacher_ae), state_copy(para)
     assert _changed(ae0, ae1) and _changed(p0, p1)
     assert bool(m.teacher_ae.frozen) and bool(para.frozen)
     t.train()
-    assert not _changed(ae1, _sd(m.teacher_ae)) and not _changed(p1, _sd(para))
+    assert not _changed(ae1, state_copy(m.teacher_ae)) and not _changed(p1, state_copy(para))
     opt_ids = {id(p) for g in t.optimizer.param_groups for p in g["params"]}
     assert not ({id(p) for p in m.teacher_ae.parameters()} & opt_ids)
     assert not ({id(p) for p in para.parameters()} & opt_ids)

@@ -4,11 +4,10 @@ import torch
 
 from hf_distill.losses import Features, FeatureSpec, StepInfo, resolve_objective
 from hf_distill.losses.pkt import PKT, cosine_conditional_probs, pkt_loss
-from tests.losses._dist import (
+from tests.losses._common import (
     ZOO_PAIRS,
     build_method,
     check_gather_matches_full_batch,
-    cifar_batch,
     method_training_losses,
     random_features,
     zoo_spec,
@@ -16,11 +15,6 @@ from tests.losses._dist import (
 
 STEP = StepInfo(labels=torch.zeros(4, dtype=torch.long))
 EPS = 1e-7
-
-
-@pytest.fixture(scope="module")
-def batch(subset_train):
-    return cifar_batch(subset_train, 16)
 
 
 def _np_pkt(s, t):

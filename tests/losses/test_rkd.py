@@ -7,22 +7,16 @@ import torch
 
 from hf_distill.losses import Features, FeatureSpec, StepInfo, resolve_objective
 from hf_distill.losses.rkd import RKD, pairwise_distances, rkd_loss
-from tests.losses._dist import (
+from tests.losses._common import (
     ZOO_PAIRS,
     build_method,
     check_gather_matches_full_batch,
-    cifar_batch,
     method_training_losses,
     random_features,
     zoo_spec,
 )
 
 STEP = StepInfo(labels=torch.zeros(4, dtype=torch.long))
-
-
-@pytest.fixture(scope="module")
-def batch(subset_train):
-    return cifar_batch(subset_train, 16)
 
 
 def _huber(x):

@@ -11,7 +11,7 @@ from hf_distill.losses.cskd import CSKD
 from hf_distill.losses.dkd import DKD, dkd_loss
 from hf_distill.losses.kd import kd_loss
 from hf_distill.losses.skd import SKD, LearningSimplifier
-from tests.losses._logit_utils import train_losses
+from tests.losses._common import distill_trainer, train_losses, train_split, trainer_args
 
 SPEC = FeatureSpec(names=("stem",), logits=(10,))
 
@@ -204,42 +204,20 @@ def test_skd_training_steps_decrease_the_loss():
     assert m.simplifier.gate.item() != pytest.approx(0.1)  # the simplifier was trained too
 
 
-def test_skd_parts_are_optimized_and_checkpointed_by_the_trainer(tmp_path):
-    from transformers import TrainingArguments
-
-    from hf_distill import DistillationTrainer
-    from hf_distill.data import load_image_dataset, prepare_split
+def test_skd_parts_are_optimized_and_checkpointed_by_the_trainer(tmp_path, subset_train):
     from hf_distill.trainer import DISTILL_STATE_NAME
-    from tests.conftest import SUBSET
-    from tests.helpers import CIFAR_SPEC, timm_model
+    from tests.helpers import timm_model
 
-    tr = prepare_split(
-        load_image_dataset(str(SUBSET), "train"), CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, True, max_samples=32
-    )
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=16,
-        max_steps=2,
-        learning_rate=0.05,
-        optim="sgd",
-        logging_steps=1,
-        report_to="none",
-        save_strategy="steps",
-        save_steps=2,
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-    )
-    t = DistillationTrainer(
-        model=timm_model(seed=0),
+    tr = train_split(subset_train, 32)
+    args = trainer_args(tmp_path / "out", save_strategy="steps", save_steps=2)
+    t = distill_trainer(
+        student=timm_model(seed=0),
         teacher=timm_model(seed=100),
         objective=DistillationObjective.from_names(
             "skd", method_kwargs={"skd": {"base": "dkd", "gate_init": 0.1}}
         ),
         args=args,
         train_dataset=tr.dataset,
-        student_input=CIFAR_SPEC,
-        teacher_input=CIFAR_SPEC,
     )
     skd = t.model.objective.methods["skd"]
     assert skd.base_method.name == "dkd"

@@ -7,21 +7,9 @@ from torch import nn
 
 from hf_distill.losses import Features, FeatureSpec, StepInfo, resolve_objective
 from hf_distill.losses.vid import VID, VIDHead, vid_nll
-from tests.losses._dist import (
-    ZOO_PAIRS,
-    build_method,
-    cifar_batch,
-    method_training_losses,
-    random_features,
-    zoo_spec,
-)
+from tests.losses._common import ZOO_PAIRS, build_method, method_training_losses, random_features, zoo_spec
 
 STEP = StepInfo(labels=torch.zeros(2, dtype=torch.long))
-
-
-@pytest.fixture(scope="module")
-def batch(subset_train):
-    return cifar_batch(subset_train, 16)
 
 
 def _np_head(head, fs):
