@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from hf_distill.cli import LOG_FORMAT, exit_on_bad_input
 from hf_distill.config import parse_args
 from hf_distill.pipeline import build_run
 
@@ -57,13 +57,10 @@ DEFAULTS = {
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:
+    logging.basicConfig(format=LOG_FORMAT, level=logging.INFO)
+    with exit_on_bad_input(ValueError):  # bad input: one readable line, exit status 2, no traceback
         model_args, data_args, distill_args, training_args, method_kwargs = parse_args(argv, DEFAULTS)
         run = build_run(model_args, data_args, distill_args, training_args, method_kwargs)
-    except ValueError as e:  # bad input: one readable line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
     trainer = run.trainer
     trainer.log_objective()
     t0 = time.time()

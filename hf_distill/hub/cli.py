@@ -7,18 +7,15 @@ with exit_on_bad_input(ValueError, FileNotFoundError):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
-from collections.abc import Iterator
 from typing import TypeVar
 
 from transformers import HfArgumentParser
 
-T = TypeVar("T")
+from ..cli import LOG_FORMAT, exit_on_bad_input
 
-#: the log line format of every recipe
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+T = TypeVar("T")
 
 
 def parse_recipe_args(
@@ -46,21 +43,6 @@ def parse_recipe_args(
             argv = [f"--{positional}", argv[0], *argv[1:]]
     (args,) = HfArgumentParser(arg_class).parse_args_into_dataclasses(args=argv)
     return args
-
-
-@contextlib.contextmanager
-def exit_on_bad_input(*errors: type[Exception]) -> Iterator[None]:
-    """Turn bad input into one readable line, ``error: <message>`` on stderr, and exit status 2 (no traceback).
-
-    Args:
-        *errors: the exception types that mean bad input (default: ``ValueError``).
-    """
-    caught = errors or (ValueError,)
-    try:
-        yield
-    except caught as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 __all__ = ["LOG_FORMAT", "exit_on_bad_input", "parse_recipe_args"]

@@ -21,7 +21,7 @@ def main() -> None:
     model_args, data_args, distill_args, training_args, kw = parse_args(sys.argv[2:])
     run = build_run(model_args, data_args, distill_args, training_args, kw)
     trainer = run.trainer
-    trainer.train()
+    train_metrics = trainer.train().metrics
     metrics = trainer.evaluate()
     container = trainer.accelerator.unwrap_model(trainer.model)
     state = {k: digest(v) for k, v in container.state_dict().items()}
@@ -43,6 +43,7 @@ def main() -> None:
                 "model_wrapped": type(trainer.model_wrapped).__name__,
                 "state": state,
                 "metrics": metrics,
+                "train_metrics": train_metrics,
             },
             f,
         )
