@@ -14,7 +14,9 @@ README = (REPO / "README.md").read_text()
 def test_methods_table_is_generated_from_the_registry():
     start = README.index("<!-- methods-table:start -->\n") + len("<!-- methods-table:start -->\n")
     end = README.index("<!-- methods-table:end -->")
-    assert README[start:end] == markdown(), "README is stale: paste `python -m hf_distill.losses.table` into it"
+    assert README[start:end] == markdown(), (
+        "README is stale: paste `python -m hf_distill.losses.table` into it"
+    )
 
 
 def test_recipe_commands_in_the_readme_parse():
@@ -25,7 +27,9 @@ def test_recipe_commands_in_the_readme_parse():
         if "--config" in argv:
             assert (REPO / argv[argv.index("--config") + 1]).exists(), cmd
         model_args, data_args, distill_args, training_args, kwargs = parse_args(argv)
-        DistillationObjective.from_names(distill_args.method, distill_args.weights(), distill_args.ce_weight, kwargs)
+        DistillationObjective.from_names(
+            distill_args.method, distill_args.weights(), distill_args.ce_weight, kwargs
+        )
 
 
 def test_ci_runs_the_readme_test_command():
@@ -39,3 +43,14 @@ def test_ci_runs_the_readme_test_command():
     ).stdout.strip()
     assert extracted == lines[2]
     assert "README.md" in (REPO / ".ci" / "run").read_text()
+
+
+def test_python_api_example_runs(monkeypatch):
+    start = README.index("## Python API")
+    block = README[README.index("```python\n", start) + len("```python\n") : README.index("```\n", start + 20)]
+    monkeypatch.chdir(REPO)
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - the documented example, run as written
+    trainer = scope["trainer"]
+    assert trainer.state.global_step == 64  # 512 samples / the default batch of 8, one epoch
+    assert (REPO / "outputs" / "api_example" / "model.safetensors").exists()
