@@ -121,6 +121,7 @@ class DistillationSummary:
     student_architecture: str | None = None
     library_name: str = "transformers"
     base_model: str | None = None
+    init_checkpoint: str | None = None
     repo_id: str | None = None
     remote_code: bool = False
     teacher: str | None = None
@@ -283,6 +284,16 @@ def model_reference(name_or_path: str | None) -> str | None:
     if os.path.isabs(s) or os.path.exists(s) or s.startswith("."):
         return os.path.basename(os.path.normpath(s)) or None
     return s.removeprefix("hf-hub:")
+
+
+def hub_reference(name_or_path: str | None) -> str | None:
+    """:func:`model_reference` if ``name_or_path`` names a Hub model (an id or a Hub cache snapshot), else None."""
+    ref = model_reference(name_or_path)
+    if ref is None:
+        return None
+    s = str(name_or_path)
+    local = os.path.isabs(s) or os.path.exists(s) or s.startswith(".")
+    return ref if not local or "/snapshots/" in s.replace("\\", "/") else None
 
 
 def _unwrap(model: Any) -> Any:
@@ -468,7 +479,10 @@ def collect_summary(trainer: Any, **overrides: Any) -> DistillationSummary:
         student_class=type(student).__name__,
         student_architecture=_architecture(student),
         library_name="timm" if is_timm_student(student) else "transformers",
-        base_model=model_reference(getattr(getattr(student, "config", None), "_name_or_path", None)),
+        # base_model files the student under its initialization on the Hub: only a Hub id qualifies; a local
+        # folder is named in the card body instead (init_checkpoint).
+        base_model=hub_reference(getattr(getattr(student, "config", None), "_name_or_path", None)),
+        init_checkpoint=model_reference(getattr(getattr(student, "config", None), "_name_or_path", None)),
         repo_id=trainer.args.hub_model_id,
         remote_code=uses_remote_code(student),
         teacher=model_reference(getattr(getattr(teacher, "config", None), "_name_or_path", None))

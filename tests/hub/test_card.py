@@ -126,6 +126,20 @@ def test_base_model_is_the_initialization_never_the_teacher(trained):
     assert build_card(s).data.base_model == "org/resnet8-pretrained"
 
 
+def test_a_local_initialization_is_named_in_the_body_not_as_base_model(trained):
+    student = trained.trainer.model.student
+    old = student.config._name_or_path
+    student.config._name_or_path = str(trained.folder)  # a local folder: not a Hub id
+    try:
+        s = collect_summary(trained.trainer)
+    finally:
+        student.config._name_or_path = old
+    assert s.base_model is None and s.init_checkpoint == trained.folder.name
+    card = build_card(s)
+    assert card.data.base_model is None
+    assert f"initialized from the local checkpoint `{trained.folder.name}`" in card.text
+
+
 def _result(value: float, split: str = "test") -> EvalResult:
     return EvalResult(
         task_type="image-classification",
