@@ -28,10 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "assets"
 
 # The embedded default: needs no network and finishes in a few minutes on 2 CPU cores. The data is a class-balanced
-# CIFAR-10 subset and the teacher the pretrained akamaster resnet56, both committed under assets/ (with licences).
+# CIFAR-10 subset and the teacher the pretrained akamaster resnet56 adapted to these JPEG images, both committed under
+# assets/ (with licences).
 DEFAULTS = {
     "dataset": str(ASSETS / "cifar10-subset"),
-    "teacher": str(ASSETS / "teachers" / "cifar10-resnet56"),
+    "teacher": str(ASSETS / "teachers" / "cifar10-resnet56-jpeg"),
     "student": "cifar_resnet20",
     "method": "kd",
     "output_dir": "outputs/default",

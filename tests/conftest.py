@@ -14,7 +14,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "assets"
 SUBSET = ASSETS / "cifar10-subset"
-TEACHER_DIR = ASSETS / "teachers" / "cifar10-resnet56"
+TEACHER_DIR = ASSETS / "teachers" / "cifar10-resnet56"  # the akamaster weights, converted unchanged
+JPEG_TEACHER_DIR = (
+    ASSETS / "teachers" / "cifar10-resnet56-jpeg"
+)  # the default teacher: adapted to the JPEG images
+STUDENT_INIT_DIR = ASSETS / "students" / "cifar10-resnet20"  # the akamaster resnet20, converted unchanged
 SHARED = REPO.parent / "shared"
 
 
