@@ -162,7 +162,14 @@ def test_save_model_writes_the_student_alone(tmp_path, tiny):
     t.save_model(str(out))
     assert not (out / DISTILL_STATE_NAME).exists()
     sd = safetensors.torch.load_file(str(out / "model.safetensors"))
-    assert all(k.startswith("timm_model.") for k in sd)
+    # a timm student is exported in timm's own format: exactly the timm model's weights, nothing of the methods
+    student = t.model.student.timm_model.state_dict()
+    assert sd.keys() == student.keys()
+    assert all(torch.equal(sd[k], v) for k, v in student.items())
+    reloaded = AutoModelForImageClassification.from_pretrained(str(out))
+    x = torch.randn(2, 3, 32, 32)
+    t.model.student.eval()
+    assert torch.allclose(reloaded.eval()(x).logits, t.model.student(x).logits, atol=1e-6)
 
 
 def test_gradient_accumulation_keeps_working(tmp_path, tiny):
