@@ -76,3 +76,30 @@ def test_two_process_kd_run(tmp_path):
     # evaluation is gathered over the full eval set on both processes
     assert r0["metrics"]["eval_accuracy"] == r1["metrics"]["eval_accuracy"]
     assert r0["metrics"]["eval_teacher_accuracy"] == r1["metrics"]["eval_teacher_accuracy"]
+
+
+@pytest.mark.parametrize(
+    "method, extra",
+    [
+        ("icd", ["--icd-gather", "true"]),  # trainable heads and scale, global-batch similarity matrix
+        ("ab", ["--ab-init-epochs", "0.5"]),  # an initialization stage under DDP
+        ("skd", ["--skd-base", "dkd"]),  # a wrapper with a trainable simplifier around another method
+    ],
+)
+def test_the_recipe_runs_under_a_two_process_launch(tmp_path, method, extra):
+    """`accelerate launch recipes/distill.py --method NAME` as a user types it (with a tiny slice)."""
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
+    cmd = [
+        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_port", "0", str(REPO / "recipes" / "distill.py"), "--method", method,
+        "--max_train_samples", "64", "--max_eval_samples", "32", "--num_train_epochs", "1", "--disable_tqdm", "true",
+        "--per_device_train_batch_size", "16", "--output_dir", str(tmp_path / "out"),
+    ] + extra  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(REPO), env=env)
+    assert p.returncode == 0, p.stderr[-4000:]
+    results = json.loads((tmp_path / "out" / "distill_results.json").read_text())
+    assert method in results["objective"]["methods"]
+    assert 0.0 <= results["eval_accuracy"] <= 1.0 and results["eval_teacher_accuracy"] > 0.6
+    if method == "ab":
+        assert "init_stage_loss" in p.stdout + p.stderr  # the stage ran (and was recorded) under DDP

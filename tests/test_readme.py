@@ -47,7 +47,9 @@ def test_ci_runs_the_readme_test_command():
 
 def test_python_api_example_runs(monkeypatch):
     start = README.index("## Python API")
-    block = README[README.index("```python\n", start) + len("```python\n") : README.index("```\n", start + 20)]
+    block = README[
+        README.index("```python\n", start) + len("```python\n") : README.index("```\n", start + 20)
+    ]
     monkeypatch.chdir(REPO)
     scope: dict = {}
     exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - the documented example, run as written

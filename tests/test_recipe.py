@@ -120,3 +120,8 @@ def test_bad_input_exit_code_from_the_command_line():
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1].startswith("error: Unknown distillation method 'nope'")
     assert "Traceback" not in p.stderr
+
+
+def test_feature_layer_that_does_not_exist(recipe, capsys):
+    line = _fails(recipe, capsys, ["--method", "at", "--at-student_maps", "stage9"])
+    assert "'stage9' does not exist in the student" in line and "stem, stage1, stage2, stage3" in line

@@ -7,6 +7,7 @@ from transformers import AutoModelForImageClassification, TrainerCallback, Train
 
 from hf_distill import DistillationTrainer
 from hf_distill.data import prepare_split
+from hf_distill.losses import DistillationObjective
 from hf_distill.trainer import DISTILL_STATE_NAME
 from tests.helpers import CIFAR_SPEC, timm_model
 
@@ -235,3 +236,39 @@ def test_method_needing_row_index_without_index(tmp_path, tiny):
             student_input=CIFAR_SPEC,
             teacher_input=CIFAR_SPEC,
         )
+
+
+def test_a_transformers_model_trains_as_student_with_feature_methods(tmp_path, tiny):
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    cfg = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=10, image_size=32)
+    student = ResNetForImageClassification(cfg)
+    tr, te = tiny
+    t = DistillationTrainer(
+        model=student,
+        teacher=timm_model(seed=100),
+        # logits, embedding and named maps; the HF student has 2 stages, the timm teacher 4: pick two of them
+        objective=DistillationObjective.from_names(
+            "kd,rkd,at", method_kwargs={"at": {"teacher_maps": "layer3,layer4"}}
+        ),
+        args=_args(tmp_path, max_steps=2),
+        train_dataset=tr.dataset,
+        eval_dataset=te.dataset,
+        student_input=CIFAR_SPEC,
+        teacher_input=CIFAR_SPEC,
+    )
+    at = t.model.objective.methods["at"]
+    assert at.student_layers == ["hidden_states.1", "hidden_states.2"]  # the stages after the embedding
+    assert at.teacher_layers == ["layer3", "layer4"]
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    t.train()
+    logs = [h for h in t.state.log_history if "loss" in h]
+    assert logs and all(k in logs[-1] for k in ("loss_kd", "loss_rkd_dist", "loss_at"))
+    assert any(not torch.equal(v, before[k]) for k, v in student.state_dict().items())
+    out = tmp_path / "export"
+    t.save_model(str(out))
+    assert (
+        type(AutoModelForImageClassification.from_pretrained(str(out))).__name__
+        == "ResNetForImageClassification"
+    )

@@ -134,7 +134,7 @@ class AB(PairedMaps, InitStageThenCE):
     def __init__(
         self,
         margin: float = 1.0,
-        init_epochs: int = 30,
+        init_epochs: float = 30.0,
         main_stage_loss: bool = False,
         connector: str = "auto",
         layers: str = "stages",

@@ -119,7 +119,7 @@ class FSP(PairedMaps, InitStageThenCE):
 
     def __init__(
         self,
-        init_epochs: int = 30,
+        init_epochs: float = 30.0,
         main_stage_loss: bool = False,
         layers: str = "all",
         layers_teacher: str = "",

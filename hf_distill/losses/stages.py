@@ -21,7 +21,7 @@ class InitStageThenCE(DistillationLoss):
     under the method's registry name in both stages.
     """
 
-    def set_schedule(self, init_epochs: int, main_stage_loss: bool) -> None:
+    def set_schedule(self, init_epochs: float, main_stage_loss: bool) -> None:
         """Validate and store ``init_epochs`` and ``main_stage_loss`` and set ``init_stage``.
 
         The stage trains the student too (``train_student=True``) at the main run's learning rate, as RepDistiller.
@@ -37,7 +37,7 @@ class InitStageThenCE(DistillationLoss):
                 f"{m} with init_epochs=0 and main_stage_loss=false would distill nothing: set --{m}-init_epochs > 0 "
                 f"(RepDistiller: 30) or --{m}-main_stage_loss true."
             )
-        self.init_epochs = init_epochs
+        self.init_epochs = float(init_epochs)
         self.main_stage_loss = bool(main_stage_loss)
         self.init_stage = (
             InitStage(epochs=init_epochs, learning_rate=None, train_student=True) if init_epochs > 0 else None
