@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,3 +64,26 @@ class InitStageProbe(StatefulProbe):
 for _name, _cls in (("test_probe", StatefulProbe), ("test_init_probe", InitStageProbe)):
     if _name not in METHODS:
         register_method(_name)(_cls)
+
+
+def trainer_args(output_dir, **overrides):
+    """``TrainingArguments`` of the short CPU runs of these tests: 2 SGD steps at 0.05 with batches of 16, a log
+    every step, no checkpoints, seed 0. ``overrides`` replace any of them; an override of ``None`` leaves that
+    argument at the transformers default."""
+    from transformers import TrainingArguments
+
+    args: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=16,
+        max_steps=2,
+        learning_rate=0.05,
+        optim="sgd",
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    args.update(overrides)
+    return TrainingArguments(**{k: v for k, v in args.items() if v is not None})

@@ -3,13 +3,13 @@ import os
 import pytest
 import safetensors.torch
 import torch
-from transformers import AutoModelForImageClassification, TrainerCallback, TrainingArguments
+from transformers import AutoModelForImageClassification, TrainerCallback
 
 from hf_distill import DistillationTrainer
 from hf_distill.data import prepare_split
 from hf_distill.losses import DistillationObjective
 from hf_distill.trainer import DISTILL_STATE_NAME
-from tests.helpers import CIFAR_SPEC, timm_model
+from tests.helpers import CIFAR_SPEC, timm_model, trainer_args
 
 
 @pytest.fixture(scope="module")
@@ -20,24 +20,8 @@ def tiny(subset_train, subset_test):
 
 
 def _args(tmp_path, **kw):
-    base = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=16,
-        per_device_eval_batch_size=32,
-        max_steps=4,
-        learning_rate=0.05,
-        optim="sgd",
-        optim_args="momentum=0.9",
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-        data_seed=0,
-    )
-    base.update(kw)
-    return TrainingArguments(**base)
+    base = dict(per_device_eval_batch_size=32, max_steps=4, optim_args="momentum=0.9", data_seed=0)
+    return trainer_args(tmp_path / "out", **{**base, **kw})
 
 
 def _trainer(tmp_path, tiny, method="kd", seed=0, teacher=None, **kw):

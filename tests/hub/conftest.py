@@ -17,7 +17,6 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from transformers import TrainingArguments
 
 from hf_distill import DistillationTrainer
 from hf_distill.data import prepare_split
@@ -25,7 +24,7 @@ from hf_distill.hub import DistillationSummary, complete_folder
 from hf_distill.models.loading import load_model
 from hf_distill.models.normalization import input_spec
 from tests.conftest import REPO, TEACHER_DIR
-from tests.helpers import CIFAR_SPEC, timm_model
+from tests.helpers import CIFAR_SPEC, timm_model, trainer_args
 from tests.hub.hub_server import HubTestServer
 
 NUM_EVAL = 64
@@ -56,22 +55,12 @@ def trained(tmp_path_factory, subset_train, subset_test) -> Trained:
     train = prepare_split(subset_train, spec.mean, spec.std, 32, True, max_samples=32)
     test = prepare_split(subset_test, spec.mean, spec.std, 32, False, max_samples=NUM_EVAL)
     folder = tmp_path_factory.mktemp("student") / "cifar10-resnet8-kd"
-    args = TrainingArguments(
-        output_dir=str(folder),
-        per_device_train_batch_size=16,
+    args = trainer_args(
+        folder,
         per_device_eval_batch_size=NUM_EVAL,
-        max_steps=2,
-        learning_rate=0.05,
-        optim="sgd",
         optim_args="momentum=0.9",
-        logging_steps=1,
         eval_strategy="steps",
         eval_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
     )
     trainer = DistillationTrainer(
         model=student,

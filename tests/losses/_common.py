@@ -8,7 +8,7 @@
 * a few SGD steps of a method on a real batch (:func:`sgd_losses`; :func:`method_training_losses` against a
   random-init teacher, :func:`teacher_map_losses` for map methods and :func:`train_losses` for logit/embedding
   methods against :func:`cifar_teacher`);
-* short :class:`DistillationTrainer` runs (:func:`trainer_args`, :func:`distill_trainer`; :func:`init_stage_trainer`
+* short :class:`DistillationTrainer` runs (:func:`tests.helpers.trainer_args`, :func:`distill_trainer`; :func:`init_stage_trainer`
   with :func:`check_init_stage_once_then_zero_term`, :func:`checkpointing_trainer`, :func:`state_copy`) for the
   init-stage, freezing and resume tests;
 * a 2-process CPU launcher (``torch.multiprocessing`` spawn, gloo backend), and
@@ -35,7 +35,7 @@ import torch.multiprocessing as mp
 
 from hf_distill.losses.base import DataInfo, DistillationLoss, Features, FeatureSpec, StepInfo
 from tests.conftest import SUBSET, TEACHER_DIR
-from tests.helpers import CIFAR_SPEC
+from tests.helpers import CIFAR_SPEC, trainer_args
 
 # the cross-architecture pairs of the contract (teacher, student)
 ZOO_PAIRS = (
@@ -387,29 +387,6 @@ def train_losses(
 
 
 # -- short trainer runs ---------------------------------------------------------------------------------------------
-def trainer_args(output_dir: str | Path, **overrides: Any) -> Any:
-    """``TrainingArguments`` of the short CPU runs of these tests: 2 SGD steps at 0.05 with batches of 16, a log
-    every step, no checkpoints, seed 0. ``overrides`` replace any of them; an override of ``None`` leaves that
-    argument at the transformers default."""
-    from transformers import TrainingArguments
-
-    args: dict[str, Any] = dict(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=16,
-        max_steps=2,
-        learning_rate=0.05,
-        optim="sgd",
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-    )
-    args.update(overrides)
-    return TrainingArguments(**{k: v for k, v in args.items() if v is not None})
-
-
 def distill_trainer(
     args: Any,
     objective: Any,
