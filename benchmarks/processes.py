@@ -25,7 +25,7 @@ SCRIPT = REPO / "tests" / "scripts" / "ddp_run.py"
 def run(nproc: int, batch: int, args: argparse.Namespace) -> dict:
     out = Path(tempfile.mkdtemp(prefix=f"bench_{nproc}p_"))
     common = [
-        "--dataset", str(REPO / "assets" / "cifar10-subset"), "--teacher", str(REPO / "assets" / "teachers" / "cifar10-resnet56"),
+        "--dataset", str(REPO / "assets" / "cifar10-subset"), "--teacher", str(REPO / "assets" / "teachers" / "cifar10-resnet56-jpeg"),
         "--student", args.student, "--method", args.method, "--per_device_train_batch_size", str(batch),
         "--max_steps", str(args.steps), "--max_eval_samples", "64", "--output_dir", str(out / "run"),
         "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no", "--use_cpu", "true",
