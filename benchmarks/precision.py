@@ -19,8 +19,7 @@ from hf_distill.data import collate, load_image_dataset, prepare_split
 from hf_distill.losses import METHODS, DataInfo, DistillationObjective, StepInfo
 from hf_distill.models.loading import load_model
 from hf_distill.models.normalization import TeacherInput, input_spec
-from hf_distill.models.taps import feature_tap
-from hf_distill.trainer import DistillationModel, DistillationTrainer, _request
+from hf_distill.trainer import build_distillation_model
 
 REPO = Path(__file__).resolve().parents[1]
 # methods whose main-stage term is 0 by default (RepDistiller) are measured with the term switched on
@@ -37,6 +36,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, args.dtype)
     teacher = load_model(args.teacher, role="teacher").eval().to(device)
+    torch.manual_seed(0)  # the same random student on every run
     student = load_model(args.student, id2label=teacher.config.id2label).to(device)
     s_in, t_in = input_spec(student), input_spec(teacher)
     ds = load_image_dataset(str(REPO / "assets" / "cifar10-subset"), "train")
@@ -51,23 +51,15 @@ def main() -> None:
     for name in sorted(m for m in METHODS if not m.startswith("test_")):
         torch.manual_seed(0)
         obj = DistillationObjective.from_names(name, method_kwargs={name: KWARGS.get(name, {})})
-        s_tap, t_tap = feature_tap(student), feature_tap(teacher)
-        obj.resolve_layers(s_tap.names, t_tap.names)
-        needs = obj.needs()
-        s_req, t_req = (
-            _request(needs.student, obj.student_layers()),
-            _request(needs.teacher, obj.teacher_layers()),
+        built = build_distillation_model(
+            student, teacher, obj, split.dataset, data_info=DataInfo(len(split.dataset), 10, split.labels)
         )
-        s_spec, t_spec = DistillationTrainer._dry_run(
-            student, teacher, s_tap, t_tap, s_req, t_req, split.dataset, collate, needs
-        )
-        obj.build(s_spec, t_spec, DataInfo(len(split.dataset), 10, split.labels))
-        container = DistillationModel(student, obj, s_req).to(device).eval()
+        container = built.container.to(device).eval()
         step = StepInfo(labels=batch["labels"], index=batch["index"], epoch=30.0)
         losses = []
         for enabled in (False, True):
             with torch.no_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
-                tf = t_tap(teacher, x_t, t_req)
+                tf = built.teacher_tap(teacher, x_t, built.teacher_request)
                 losses.append(
                     container(batch["pixel_values"], batch["labels"], batch["index"], tf, step)["loss"].item()
                 )

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import datasets
@@ -129,6 +130,104 @@ class DistillationModel(nn.Module):
         return {"loss": total, "logits": s.logits, "loss_terms": terms}
 
 
+@dataclass
+class BuiltDistillation:
+    """What :func:`build_distillation_model` returns.
+
+    Attributes:
+        container: the student and the built objective in one module (what the Trainer optimizes).
+        teacher_tap: extracts the teacher's features (``None`` without a teacher).
+        teacher_request: what to extract from the teacher on each step.
+        data_info: the training set's facts the methods were built with.
+    """
+
+    container: DistillationModel
+    teacher_tap: FeatureTap | None
+    teacher_request: TapRequest
+    data_info: DataInfo
+
+
+def build_distillation_model(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    objective: DistillationObjective,
+    train_dataset=None,
+    collator: Callable = collate,
+    data_info: DataInfo | None = None,
+) -> BuiltDistillation:
+    """Resolve the methods' feature layers and build their trainable parts and buffers for a student/teacher pair.
+
+    The feature layers named by every method are resolved against both networks (a name that matches no layer is a
+    clear error listing the valid ones); the methods' lazily created parts (regressors, heads, memory banks) are then
+    built from the shapes seen in a dry run on two real training samples (or a zero image without a dataset). This is
+    the construction step of :class:`DistillationTrainer`, public so that benchmarks and tests build exactly what the
+    trainer builds.
+
+    Args:
+        student: the student network.
+        teacher: the frozen teacher, or ``None`` for an objective that needs none.
+        objective: the distillation objective (unbuilt).
+        train_dataset: the prepared training set (rows with ``pixel_values``, ``labels``, ``index``).
+        collator: turns a list of rows into a batch.
+        data_info: the training set's size, class count and labels (default: read from ``train_dataset``).
+
+    Returns:
+        A :class:`BuiltDistillation` with the container, the teacher's tap and request, and the data facts.
+    """
+    needs = objective.needs()
+    s_tap = feature_tap(student)
+    t_tap = feature_tap(teacher) if teacher is not None else None
+    objective.resolve_layers(s_tap.names, t_tap.names if t_tap is not None else [])
+    s_req = _request(needs.student, objective.student_layers())
+    t_req = _request(needs.teacher, objective.teacher_layers())
+    s_tap.check(s_req, "student")
+    if t_tap is not None and needs.teacher.anything:
+        t_tap.check(t_req, "teacher")
+    info = data_info or _data_info(train_dataset, num_labels_of(student))
+    if needs.index and train_dataset is not None and info.num_samples == 0:
+        raise ValueError("The training set is empty.")
+    s_spec, t_spec = _probe_shapes(
+        student, teacher, s_tap, t_tap, s_req, t_req, train_dataset, collator, needs
+    )
+    objective.build(s_spec, t_spec, info)
+    return BuiltDistillation(DistillationModel(student, objective, s_req), t_tap, t_req, info)
+
+
+@torch.no_grad()
+def _probe_shapes(model, teacher, s_tap, t_tap, s_req, t_req, train_dataset, collator, needs):
+    """Run both networks once (eval mode, no grad) to learn the shapes the methods will see."""
+    if train_dataset is not None and len(train_dataset) > 0:
+        batch = collator([train_dataset[i] for i in range(min(2, len(train_dataset)))])
+        x = batch["pixel_values"]
+    else:
+        size = input_spec(model).image_size
+        x = torch.zeros(2, 3, size, size)
+
+    def spec(net, tap, req, xin):
+        if net is None:
+            return FeatureSpec(names=())
+        p = next(net.parameters(), None)
+        was = net.training
+        net.eval()
+        try:
+            f = tap(net, xin.to(p.device if p is not None else "cpu"), req)
+        finally:
+            net.train(was)
+        return FeatureSpec(
+            names=tuple(tap.names),
+            maps={k: tuple(v.shape[1:]) for k, v in f.maps.items()},
+            logits=None if f.logits is None else tuple(f.logits.shape[1:]),
+            embedding=None if f.embedding is None else tuple(f.embedding.shape[1:]),
+        )
+
+    s_spec = spec(model, s_tap, s_req, x)
+    t_spec = FeatureSpec(names=())
+    if teacher is not None and needs.teacher.anything:
+        adapter = TeacherInput(input_spec(model), input_spec(teacher))
+        t_spec = spec(teacher, t_tap, t_req, adapter(x))
+    return s_spec, t_spec
+
+
 class DistillationTrainer(Trainer):
     """Train a student against a frozen teacher with pluggable distillation methods.
 
@@ -193,34 +292,17 @@ class DistillationTrainer(Trainer):
             model.to(memory_format=torch.channels_last)
             if teacher is not None:
                 teacher.to(memory_format=torch.channels_last)
-        # Resolve the feature layers of every method (clear error for a layer that does not exist), then build the
-        # methods' trainable parts and buffers from a dry run on two real training samples.
-        torch.manual_seed(args.seed)
-        s_tap = feature_tap(model)
-        t_tap = feature_tap(teacher) if teacher is not None else None
-        objective.resolve_layers(s_tap.names, t_tap.names if t_tap is not None else [])
-        s_req = _request(needs.student, objective.student_layers())
-        t_req = _request(needs.teacher, objective.teacher_layers())
-        s_tap.check(s_req, "student")
-        if t_tap is not None and needs.teacher.anything:
-            t_tap.check(t_req, "teacher")
+        torch.manual_seed(args.seed)  # the methods' lazily built parts are initialized from the run's seed
+        built = build_distillation_model(model, teacher, objective, train_dataset, data_collator, data_info)
         self.student_input = student_input or input_spec(model, kwargs.get("processing_class"))
         self.teacher_input = teacher_input or (input_spec(teacher) if teacher is not None else None)
         self.teacher_adapter = (
             TeacherInput(self.student_input, self.teacher_input) if teacher is not None else None
         )
-        info = data_info or _data_info(train_dataset, num_labels_of(model))
-        if needs.index and train_dataset is not None and info.num_samples == 0:
-            raise ValueError("The training set is empty.")
-        s_spec, t_spec = self._dry_run(
-            model, teacher, s_tap, t_tap, s_req, t_req, train_dataset, data_collator, needs
-        )
-        objective.build(s_spec, t_spec, info)
-        self.data_info = info
-
-        container = DistillationModel(model, objective, s_req)
-        self.teacher_request = t_req
-        self.teacher_tap = t_tap
+        self.data_info = built.data_info
+        container = built.container
+        self.teacher_request = built.teacher_request
+        self.teacher_tap = built.teacher_tap
         self.report_teacher_accuracy = report_teacher_accuracy and teacher is not None
         self._teacher_metrics: dict[str, float] | None = None
         self.lr_milestones = list(lr_milestones or [])
@@ -260,42 +342,6 @@ class DistillationTrainer(Trainer):
                 k: {"student": m.student_layers, "teacher": m.teacher_layers} for k, m in obj.methods.items()
             }
             logger.info("Distillation objective: %s; feature layers: %s", obj.describe(), layers)
-
-    # -- construction helpers ------------------------------------------------------------------------------------
-    @staticmethod
-    @torch.no_grad()
-    def _dry_run(model, teacher, s_tap, t_tap, s_req, t_req, train_dataset, collator, needs):
-        """Run both networks once (eval mode, no grad) to learn the shapes the methods will see."""
-        if train_dataset is not None and len(train_dataset) > 0:
-            batch = collator([train_dataset[i] for i in range(min(2, len(train_dataset)))])
-            x = batch["pixel_values"]
-        else:
-            size = input_spec(model).image_size
-            x = torch.zeros(2, 3, size, size)
-
-        def spec(net, tap, req, xin):
-            if net is None:
-                return FeatureSpec(names=())
-            p = next(net.parameters(), None)
-            was = net.training
-            net.eval()
-            try:
-                f = tap(net, xin.to(p.device if p is not None else "cpu"), req)
-            finally:
-                net.train(was)
-            return FeatureSpec(
-                names=tuple(tap.names),
-                maps={k: tuple(v.shape[1:]) for k, v in f.maps.items()},
-                logits=None if f.logits is None else tuple(f.logits.shape[1:]),
-                embedding=None if f.embedding is None else tuple(f.embedding.shape[1:]),
-            )
-
-        s_spec = spec(model, s_tap, s_req, x)
-        t_spec = FeatureSpec(names=())
-        if teacher is not None and needs.teacher.anything:
-            adapter = TeacherInput(input_spec(model), input_spec(teacher))
-            t_spec = spec(teacher, t_tap, t_req, adapter(x))
-        return s_spec, t_spec
 
     # -- the loss ------------------------------------------------------------------------------------------------
     def _step_info(self, inputs: dict[str, Tensor]) -> StepInfo:
@@ -763,4 +809,11 @@ def _data_info(train_dataset, num_classes: int | None) -> DataInfo:
     return DataInfo(num_samples=len(train_dataset), num_classes=num_classes or 0, labels=labels)
 
 
-__all__ = ["DistillationModel", "DistillationTrainer", "load_checkpoint_into", "num_labels_of"]
+__all__ = [
+    "BuiltDistillation",
+    "DistillationModel",
+    "DistillationTrainer",
+    "build_distillation_model",
+    "load_checkpoint_into",
+    "num_labels_of",
+]

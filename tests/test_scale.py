@@ -10,10 +10,10 @@ from transformers import TrainingArguments
 
 from hf_distill import DistillationTrainer
 from hf_distill.data import collate, prepare_split
-from hf_distill.losses import METHODS, DistillationObjective, StepInfo
+from hf_distill.losses import METHODS, DataInfo, DistillationObjective, StepInfo
 from hf_distill.models.loading import load_model
 from hf_distill.models.taps import feature_tap
-from hf_distill.trainer import DistillationModel, _request
+from hf_distill.trainer import build_distillation_model
 from tests.conftest import REPO, SUBSET, TEACHER_DIR
 from tests.helpers import CIFAR_SPEC, timm_model
 from tests.test_multiprocess import launch
@@ -146,23 +146,15 @@ def test_bf16_losses_agree_with_float32(method, zoo_batch, tmp_path):
     """Networks in bf16 autocast, loss math in float32: the loss stays within 5% (bf16 keeps ~3 significant
     digits of every activation; the terms are sums of many of them, so their relative error is far smaller)."""
     teacher, student, split, batch = zoo_batch
-    from hf_distill.losses.base import DataInfo
-
     obj = DistillationObjective.from_names(method, method_kwargs={method: SMALL_KW.get(method, {})})
-    s_tap, t_tap = feature_tap(student), feature_tap(teacher)
-    obj.resolve_layers(s_tap.names, t_tap.names)
-    needs = obj.needs()
-    s_req, t_req = (
-        _request(needs.student, obj.student_layers()),
-        _request(needs.teacher, obj.teacher_layers()),
+    # the trainer's own construction step builds the lazy parts
+    built = build_distillation_model(
+        student, teacher, obj, split.dataset, data_info=DataInfo(len(split.dataset), 10, split.labels)
     )
-    trainer = DistillationTrainer._dry_run  # the trainer's own shape probe builds the lazy parts
-    s_spec, t_spec = trainer(student, teacher, s_tap, t_tap, s_req, t_req, split.dataset, collate, needs)
-    obj.build(s_spec, t_spec, DataInfo(len(split.dataset), 10, split.labels))
-    container = DistillationModel(student, obj, s_req).eval()  # eval: BN statistics and banks stay put
+    container = built.container.eval()  # eval: BN statistics and banks stay put
     step = StepInfo(labels=batch["labels"], index=batch["index"], epoch=30.0)
-    full, terms32 = _loss(container, teacher, t_req, batch, step, bf16=False)
-    half, terms16 = _loss(container, teacher, t_req, batch, step, bf16=True)
+    full, terms32 = _loss(container, teacher, built.teacher_request, batch, step, bf16=False)
+    half, terms16 = _loss(container, teacher, built.teacher_request, batch, step, bf16=True)
     assert full.dtype == half.dtype == torch.float32  # the loss math ran in float32
     assert torch.isfinite(half)
     torch.testing.assert_close(half, full, rtol=0.05, atol=1e-4)
