@@ -154,6 +154,7 @@ def build_distillation_model(
     train_dataset=None,
     collator: Callable = collate,
     data_info: DataInfo | None = None,
+    teacher_adapter: TeacherInput | None = None,
 ) -> BuiltDistillation:
     """Resolve the methods' feature layers and build their trainable parts and buffers for a student/teacher pair.
 
@@ -170,6 +171,8 @@ def build_distillation_model(
         train_dataset: the prepared training set (rows with ``pixel_values``, ``labels``, ``index``).
         collator: turns a list of rows into a batch.
         data_info: the training set's size, class count and labels (default: read from ``train_dataset``).
+        teacher_adapter: converts the student's input to the teacher's (default: from both models' own input
+            specs); pass the one training will use so that the probed teacher shapes are the trained ones.
 
     Returns:
         A :class:`BuiltDistillation` with the container, the teacher's tap and request, and the data facts.
@@ -186,15 +189,19 @@ def build_distillation_model(
     info = data_info or _data_info(train_dataset, num_labels_of(student))
     if needs.index and train_dataset is not None and info.num_samples == 0:
         raise ValueError("The training set is empty.")
+    if teacher is not None and teacher_adapter is None:
+        teacher_adapter = TeacherInput(input_spec(student), input_spec(teacher))
     s_spec, t_spec = _probe_shapes(
-        student, teacher, s_tap, t_tap, s_req, t_req, train_dataset, collator, needs
+        student, teacher, s_tap, t_tap, s_req, t_req, train_dataset, collator, needs, teacher_adapter
     )
     objective.build(s_spec, t_spec, info)
     return BuiltDistillation(DistillationModel(student, objective, s_req), t_tap, t_req, info)
 
 
 @torch.no_grad()
-def _probe_shapes(model, teacher, s_tap, t_tap, s_req, t_req, train_dataset, collator, needs):
+def _probe_shapes(
+    model, teacher, s_tap, t_tap, s_req, t_req, train_dataset, collator, needs, teacher_adapter
+):
     """Run both networks once (eval mode, no grad) to learn the shapes the methods will see."""
     if train_dataset is not None and len(train_dataset) > 0:
         batch = collator([train_dataset[i] for i in range(min(2, len(train_dataset)))])
@@ -223,8 +230,7 @@ def _probe_shapes(model, teacher, s_tap, t_tap, s_req, t_req, train_dataset, col
     s_spec = spec(model, s_tap, s_req, x)
     t_spec = FeatureSpec(names=())
     if teacher is not None and needs.teacher.anything:
-        adapter = TeacherInput(input_spec(model), input_spec(teacher))
-        t_spec = spec(teacher, t_tap, t_req, adapter(x))
+        t_spec = spec(teacher, t_tap, t_req, teacher_adapter(x))
     return s_spec, t_spec
 
 
@@ -292,12 +298,14 @@ class DistillationTrainer(Trainer):
             model.to(memory_format=torch.channels_last)
             if teacher is not None:
                 teacher.to(memory_format=torch.channels_last)
-        torch.manual_seed(args.seed)  # the methods' lazily built parts are initialized from the run's seed
-        built = build_distillation_model(model, teacher, objective, train_dataset, data_collator, data_info)
         self.student_input = student_input or input_spec(model, kwargs.get("processing_class"))
         self.teacher_input = teacher_input or (input_spec(teacher) if teacher is not None else None)
         self.teacher_adapter = (
             TeacherInput(self.student_input, self.teacher_input) if teacher is not None else None
+        )
+        torch.manual_seed(args.seed)  # the methods' lazily built parts are initialized from the run's seed
+        built = build_distillation_model(
+            model, teacher, objective, train_dataset, data_collator, data_info, self.teacher_adapter
         )
         self.data_info = built.data_info
         container = built.container
