@@ -8,6 +8,7 @@ from transformers import AutoModelForImageClassification, TrainerCallback
 from hf_distill import DistillationTrainer
 from hf_distill.data import prepare_split
 from hf_distill.losses import DistillationObjective
+from hf_distill.models.loading import load_model
 from hf_distill.trainer import DISTILL_STATE_NAME
 from tests.helpers import CIFAR_SPEC, timm_model, trainer_args
 
@@ -128,6 +129,32 @@ def test_interrupted_save_leaves_no_checkpoint(tmp_path, tiny, monkeypatch):
     from transformers.trainer_utils import get_last_checkpoint
 
     assert get_last_checkpoint(str(tmp_path / "out")) is None
+
+
+def test_teacher_shapes_are_probed_through_the_training_input(tmp_path, tiny):
+    """A 32 px zoo student and a timm teacher whose own spec says 160 px, fed 32 px in training (teacher_input):
+    the methods must be built from the maps the teacher produces in training, not from a 32 -> 160 px resize."""
+    obj = DistillationObjective.from_names("fitnet")
+    seen = {}
+    build = obj.build
+
+    def recording_build(s_spec, t_spec, info):
+        seen["teacher"] = t_spec
+        return build(s_spec, t_spec, info)
+
+    obj.build = recording_build
+    t = DistillationTrainer(
+        model=load_model("cifar_resnet8", num_labels=10),
+        teacher=timm_model(seed=100),
+        objective=obj,
+        args=_args(tmp_path),
+        train_dataset=tiny[0].dataset,
+        teacher_input=CIFAR_SPEC,
+    )
+    batch = t.data_collator([tiny[0].dataset[0]])
+    maps = t.teacher_features(batch["pixel_values"]).maps
+    assert seen["teacher"].maps == {k: tuple(v.shape[1:]) for k, v in maps.items()}
+    assert all(shape[-1] < 160 // 4 for shape in seen["teacher"].maps.values())  # not probed at 160 px
 
 
 def test_evaluation_reports_student_and_teacher_accuracy_once(tmp_path, tiny):
