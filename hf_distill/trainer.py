@@ -27,6 +27,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rota
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .data import collate
+from .hub.card import TRAINING_ARGS_JSON
 from .losses import DataInfo, DistillationObjective, Features, FeatureSpec, StepInfo
 from .metrics import classification_metrics
 from .models.normalization import InputSpec, TeacherInput, input_spec
@@ -581,7 +582,12 @@ class DistillationTrainer(Trainer):
             )
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        torch.save(
+            self.args, os.path.join(output_dir, "training_args.bin")
+        )  # the HF convention, never read back
+        # The JSON twin is what the card reads: a model folder's pickle is never unpickled (it could run code).
+        with open(os.path.join(output_dir, TRAINING_ARGS_JSON), "w", encoding="utf-8") as f:
+            f.write(self.args.to_json_string())
 
     # -- Hub -----------------------------------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:

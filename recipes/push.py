@@ -7,7 +7,7 @@
 
 The folder is what ``recipes/distill.py`` (``trainer.save_model()``) wrote. The card is rendered from
 ``distillation_summary.json`` when the trainer wrote one, else rebuilt from the run's files (``config.json``,
-``trainer_state.json``, ``distill_results.json``, ``training_args.bin``); the options below fill in what those do
+``trainer_state.json``, ``distill_results.json``, ``training_args.json``; a pickle is never loaded); the options below fill in what those do
 not record (teacher id, dataset id, baseline accuracy, ...). The Hub endpoint follows ``HF_ENDPOINT``.
 """
 

@@ -31,6 +31,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 SUMMARY_NAME = "distillation_summary.json"
+TRAINING_ARGS_JSON = "training_args.json"  # the run's TrainingArguments as JSON (see summary_from_folder)
 PLOT_NAME = "training_curves.png"
 CARD_NAME = "README.md"
 #: Put in every card body written by hf_distill, so a regenerated card may replace it (and only it).
@@ -573,7 +574,8 @@ def _read_json_file(path: str) -> dict[str, Any] | None:
 def summary_from_folder(folder: str | os.PathLike, **overrides: Any) -> DistillationSummary:
     """A summary for a model folder: its ``distillation_summary.json`` when there is one, else rebuilt from the
     files a run leaves (``config.json``, ``preprocessor_config.json``, ``trainer_state.json`` of the folder or its
-    last checkpoint, ``distill_results.json`` of ``recipes/distill.py``, ``training_args.bin``).
+    last checkpoint, ``distill_results.json`` of ``recipes/distill.py``, ``training_args.json``). Only JSON is read:
+    ``training_args.bin`` is a pickle and is never loaded.
 
     Args:
         folder: the model folder (a training ``output_dir``).
@@ -634,25 +636,21 @@ def summary_from_folder(folder: str | os.PathLike, **overrides: Any) -> Distilla
         )
     training: dict[str, Any] = {}
     precision = "fp32"
-    args_path = os.path.join(folder, "training_args.bin")
-    if os.path.isfile(args_path):
-        try:
-            import torch
-
-            a = torch.load(args_path, weights_only=False)  # written by this library's own Trainer
-            training = {
-                "learning_rate": a.learning_rate,
-                "train_batch_size": a.per_device_train_batch_size,
-                "gradient_accumulation_steps": a.gradient_accumulation_steps,
-                "optimizer": str(getattr(a.optim, "value", a.optim))
-                + (f" ({a.optim_args})" if a.optim_args else ""),
-                "weight_decay": a.weight_decay,
-                "lr_scheduler": str(getattr(a.lr_scheduler_type, "value", a.lr_scheduler_type)),
-                "seed": a.seed,
-            }
-            precision = "bf16" if a.bf16 else "fp16" if a.fp16 else "fp32"
-        except Exception as e:  # an unreadable pickle only costs the hyperparameter table
-            training = {"note": f"training_args.bin unreadable ({type(e).__name__})"}
+    # Hyperparameters come from JSON only. ``training_args.bin`` is a pickle: unpickling a file from a folder a
+    # user points us at would run whatever code it holds, so it is never read.
+    args = _read_json_file(os.path.join(folder, TRAINING_ARGS_JSON)) or {}
+    if args:
+        training = {
+            "learning_rate": args.get("learning_rate"),
+            "train_batch_size": args.get("per_device_train_batch_size"),
+            "gradient_accumulation_steps": args.get("gradient_accumulation_steps"),
+            "optimizer": str(args.get("optim"))
+            + (f" ({args['optim_args']})" if args.get("optim_args") else ""),
+            "weight_decay": args.get("weight_decay"),
+            "lr_scheduler": str(args.get("lr_scheduler_type")),
+            "seed": args.get("seed"),
+        }
+        precision = "bf16" if args.get("bf16") else "fp16" if args.get("fp16") else "fp32"
     minutes = results.get("train_minutes")
     summary = DistillationSummary(
         model_name=os.path.basename(os.path.normpath(folder)),

@@ -150,7 +150,7 @@ def test_push_recipe_completes_a_plain_run_folder(trained, tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()
     for name, data in model_files(
-        trained.folder, ("config.json", "model.safetensors", "training_args.bin")
+        trained.folder, ("config.json", "model.safetensors", "training_args.json")
     ).items():
         (folder / name).write_bytes(data)
     results = {
@@ -176,6 +176,44 @@ def test_push_recipe_completes_a_plain_run_folder(trained, tmp_path):
     assert check_folder(folder) == []
     meta = (folder / "README.md").read_text()
     assert "teacher: me/teacher" in meta and "gain: 0.05" in meta and "| `kd` | 0.9 | temperature=4 |" in meta
+    assert "| learning_rate |" in meta  # the hyperparameters were read from training_args.json
     with pytest.raises(SystemExit) as e:
         push.main([str(folder)])  # neither --hub_model_id nor --no_push
     assert e.value.code == 2
+
+
+class _Payload:
+    """Unpickling this runs ``touch <marker>``: what a crafted ``training_args.bin`` could do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("with_config", [True, False])
+def test_a_crafted_pickle_in_a_model_folder_never_runs(tmp_path, with_config):
+    """A folder's ``training_args.bin`` is never unpickled, by the card code or by recipes/push.py."""
+    import pickle
+
+    from hf_distill.hub import summary_from_folder
+
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    marker = tmp_path / "pwned"
+    (folder / "training_args.bin").write_bytes(pickle.dumps(_Payload(str(marker))))
+    if with_config:
+        (folder / "config.json").write_text(
+            json.dumps({"model_type": "hf_distill_cifar", "id2label": {"0": "a"}})
+        )
+        summary = summary_from_folder(folder)
+        assert summary.training == {}
+    else:
+        with pytest.raises(FileNotFoundError):
+            summary_from_folder(folder)
+    with pytest.raises(SystemExit):
+        load_recipe("push").main([str(folder), "--no_push"])
+    assert not marker.exists()
