@@ -30,6 +30,8 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .shipped import template_path as template_path_default
+
 SUMMARY_NAME = "distillation_summary.json"
 TRAINING_ARGS_JSON = "training_args.json"  # the run's TrainingArguments as JSON (see summary_from_folder)
 PLOT_NAME = "training_curves.png"
@@ -48,40 +50,6 @@ METRIC_TYPES = {
     "baseline_accuracy": ("baseline_accuracy", "No-distillation baseline top-1 accuracy"),
     "baseline_top5_accuracy": ("baseline_top5_accuracy", "No-distillation baseline top-5 accuracy"),
 }
-
-
-def repo_file(*parts: str) -> Path:
-    """A file shipped at the root of the hf_distill repository (``model_cards/``, ``metrics/``).
-
-    Looked up next to the package (an editable or source install), then in the current directory (a run from the
-    repository root with hf_distill installed elsewhere).
-
-    Args:
-        *parts: path components below the repository root.
-
-    Returns:
-        The path (the package-relative one when neither exists).
-    """
-    here = Path(__file__).resolve().parents[2].joinpath(*parts)
-    if here.exists():
-        return here
-    cwd = Path.cwd().joinpath(*parts)
-    return cwd if cwd.exists() else here
-
-
-def default_template_path() -> Path:
-    """The student card template, ``model_cards/student.md.jinja`` at the repository root.
-
-    Raises:
-        FileNotFoundError: the template is not there (hf_distill installed without its repository files).
-    """
-    path = repo_file("model_cards", "student.md.jinja")
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"The model card template {path} is missing: install hf_distill from its repository (pip install -e .) "
-            "or pass template_path=."
-        )
-    return path
 
 
 class CardError(ValueError):
@@ -975,7 +943,7 @@ def build_card(
         The :class:`huggingface_hub.ModelCard`.
     """
     summary = as_summary(source, **overrides)
-    path = Path(template_path) if template_path is not None else default_template_path()
+    path = Path(template_path) if template_path is not None else template_path_default()
     data = card_data(summary, dataset_name)
     card = ModelCard.from_template(data, template_path=str(path), **template_variables(summary, plot_file))
     # Re-parse: Jinja may leave trailing blank lines; the card text is what gets written and pushed.
@@ -1213,7 +1181,6 @@ __all__ = [
     "card_data",
     "collect_summary",
     "default_tags",
-    "default_template_path",
     "distillation_metadata",
     "eval_results",
     "eval_results_index",

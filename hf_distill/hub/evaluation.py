@@ -22,8 +22,9 @@ import torch
 from huggingface_hub import EvalResult
 
 from ..data import class_names, collate, load_image_dataset, prepare_split, resolve_columns
-from .card import TASK, CardError, eval_results_index, parse_card, repo_file, update_card_file
+from .card import TASK, CardError, eval_results_index, parse_card, update_card_file
 from .processor import model_input_spec
+from .shipped import metrics_dir
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +40,6 @@ class LabelMismatchError(ValueError):
 
 
 # -- metrics -------------------------------------------------------------------------------------------------------
-def metrics_dir() -> Path:
-    """The folder of the shipped metric scripts (``<repo>/metrics``)."""
-    return repo_file("metrics")
-
-
 def metric_path(name: str) -> str:
     """Path of a shipped metric script folder (``metrics/<name>``), for ``evaluate.load``.
 
@@ -54,13 +50,12 @@ def metric_path(name: str) -> str:
         The folder path.
 
     Raises:
-        FileNotFoundError: no such metric in the repository.
+        FileNotFoundError: no such shipped metric.
     """
     path = metrics_dir() / name
     if not (path / f"{name}.py").is_file():
         raise FileNotFoundError(
-            f"Metric script {path}/{name}.py not found; shipped metrics: {', '.join(METRIC_NAMES)} (install hf_distill "
-            "from its repository to have them)."
+            f"Metric script {path}/{name}.py not found; shipped metrics: {', '.join(METRIC_NAMES)}."
         )
     return str(path)
 
