@@ -6,6 +6,12 @@
     push_folder(trainer.args.output_dir, "me/resnet8-kd")
     evaluate_model("me/resnet8-kd", "uoft-cs/cifar10", split="test", update_card=True)
 
+One concern per module: ``summary`` (the run summary, stored as ``distillation_summary.json``), ``collect`` (it,
+from a trainer or a model folder), ``metadata`` (``model-index`` and the ``distillation:`` block), ``card``
+(rendering), ``plot`` (training curves), ``card_file`` (reading and merging existing cards), ``publish`` (complete
+folder, push), ``loading`` and ``evaluation`` (a Hub model on a dataset), ``shipped`` (the template and metric
+scripts in both a source checkout and an installed wheel).
+
 Heavy dependencies (``evaluate``, ``matplotlib``, ``timm``) are imported only by the functions that need them.
 """
 

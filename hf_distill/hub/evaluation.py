@@ -1,9 +1,9 @@
 """Evaluate a published (or local) student, and write the results into its model card.
 
-The model is loaded the way a Hub user loads it (``AutoModelForImageClassification.from_pretrained`` on the
+The model is loaded the way a Hub user loads it (:mod:`hf_distill.hub.loading`: ``from_pretrained`` on the
 downloaded snapshot or the local folder, with its saved image processor), the data goes through hf_distill's own
 evaluation pipeline (:func:`hf_distill.data.prepare_split` with the model's normalization), and the metrics are the
-``evaluate`` metric scripts shipped in the repository (``metrics/accuracy``, ``metrics/top5_accuracy``), loaded by
+``evaluate`` metric scripts shipped with hf_distill (``metrics/accuracy``, ``metrics/top5_accuracy``), loaded by
 path so that nothing is fetched from the Hub. ``evaluate`` is imported only here, and only when a metric is
 needed.
 """

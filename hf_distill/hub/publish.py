@@ -169,7 +169,7 @@ def write_card(
         The path of the card.
 
     Raises:
-        hf_distill.hub.card.CardError: the existing card has malformed metadata (it is left untouched).
+        hf_distill.hub.card_file.CardError: the existing card has malformed metadata (it is left untouched).
     """
     path = os.path.join(folder, CARD_NAME)
     card = build_card(summary, template_path=template_path, plot_file=plot_file, dataset_name=dataset_name)
@@ -195,7 +195,7 @@ def complete_folder(
 
     Args:
         source: a :class:`~hf_distill.DistillationTrainer` (then the student, its input spec, its processor and the
-            output folder come from it) or a :class:`~hf_distill.hub.card.DistillationSummary`.
+            output folder come from it) or a :class:`~hf_distill.hub.summary.DistillationSummary`.
         folder: the model folder (default: the trainer's ``output_dir``).
         student: the student model (default: the trainer's, or loaded from ``folder`` when needed).
         spec: the student's input spec (default: the trainer's ``student_input`` or the summary's).
@@ -204,7 +204,7 @@ def complete_folder(
         dataset_name: display name of the dataset in ``model-index``.
         overwrite_card: replace an existing ``README.md`` instead of merging into it.
         plot: draw ``training_curves.png`` from the log history.
-        **overrides: :class:`~hf_distill.hub.card.DistillationSummary` fields (``dataset``, ``base_model``,
+        **overrides: :class:`~hf_distill.hub.summary.DistillationSummary` fields (``dataset``, ``base_model``,
             ``baseline_accuracy``, ``license``, ``repo_id``, ``tags``, ...).
 
     Returns:
@@ -212,7 +212,7 @@ def complete_folder(
 
     Raises:
         PublishError: no weights/config in the folder and no student to write them.
-        hf_distill.hub.card.CardError: an existing card with malformed metadata (left untouched).
+        hf_distill.hub.card_file.CardError: an existing card with malformed metadata (left untouched).
     """
     if not isinstance(source, DistillationSummary):
         t_student, t_spec, t_processor = _trainer_parts(source)
