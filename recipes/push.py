@@ -92,8 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     from hf_distill.hub.cli import exit_on_bad_input, parse_recipe_args
 
     args = parse_recipe_args(PushArguments, argv, positional="output_dir")
-    from hf_distill.hub.card import summary_from_folder
-    from hf_distill.hub.publish import complete_folder, push_folder
+    from hf_distill.hub import complete_folder, push_folder, summary_from_folder
 
     with exit_on_bad_input(ValueError, FileNotFoundError):
         if not os.path.isdir(args.output_dir):

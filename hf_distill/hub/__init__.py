@@ -6,29 +6,19 @@
     push_folder(trainer.args.output_dir, "me/resnet8-kd")
     evaluate_model("me/resnet8-kd", "uoft-cs/cifar10", split="test", update_card=True)
 
+One concern per module: ``summary`` (the run summary, stored as ``distillation_summary.json``), ``collect`` (it,
+from a trainer or a model folder), ``metadata`` (``model-index`` and the ``distillation:`` block), ``card``
+(rendering), ``plot`` (training curves), ``card_file`` (reading and merging existing cards), ``publish`` (complete
+folder, push), ``loading`` and ``evaluation`` (a Hub model on a dataset), ``shipped`` (the template and metric
+scripts in both a source checkout and an installed wheel).
+
 Heavy dependencies (``evaluate``, ``matplotlib``, ``timm``) are imported only by the functions that need them.
 """
 
-from .card import (
-    CARD_MARKER,
-    PLOT_NAME,
-    SUMMARY_NAME,
-    CardError,
-    DistillationSummary,
-    MethodSummary,
-    build_card,
-    card_data,
-    collect_summary,
-    eval_results,
-    merge_eval_results,
-    model_reference,
-    plot_training_curves,
-    read_card,
-    summary_from_folder,
-    update_card_file,
-    usage_snippet,
-)
+from .card import CARD_MARKER, build_card, usage_snippet
+from .card_file import CardError, merge_eval_results, read_card, update_card_file
 from .cli import exit_on_bad_input, parse_recipe_args
+from .collect import collect_summary, model_reference, summary_from_folder
 from .evaluation import (
     EvaluationResult,
     LabelMismatchError,
@@ -43,6 +33,8 @@ from .evaluation import (
     resolve_model,
     update_model_card,
 )
+from .metadata import card_data, eval_results
+from .plot import PLOT_NAME, plot_training_curves
 from .processor import model_input_spec, student_image_processor
 from .publish import (
     IGNORE_PATTERNS,
@@ -54,6 +46,7 @@ from .publish import (
     trainer_model_card,
     write_card,
 )
+from .summary import SUMMARY_NAME, DistillationSummary, MethodSummary
 from .timm_export import save_timm_folder
 
 __all__ = [

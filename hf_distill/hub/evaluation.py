@@ -1,9 +1,9 @@
 """Evaluate a published (or local) student, and write the results into its model card.
 
-The model is loaded the way a Hub user loads it (``AutoModelForImageClassification.from_pretrained`` on the
+The model is loaded the way a Hub user loads it (:mod:`hf_distill.hub.loading`: ``from_pretrained`` on the
 downloaded snapshot or the local folder, with its saved image processor), the data goes through hf_distill's own
 evaluation pipeline (:func:`hf_distill.data.prepare_split` with the model's normalization), and the metrics are the
-``evaluate`` metric scripts shipped in the repository (``metrics/accuracy``, ``metrics/top5_accuracy``), loaded by
+``evaluate`` metric scripts shipped with hf_distill (``metrics/accuracy``, ``metrics/top5_accuracy``), loaded by
 path so that nothing is fetched from the Hub. ``evaluate`` is imported only here, and only when a metric is
 needed.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,16 +21,14 @@ import torch
 from huggingface_hub import EvalResult
 
 from ..data import class_names, collate, load_image_dataset, prepare_split, resolve_columns
-from .card import TASK, CardError, eval_results_index, parse_card, repo_file, update_card_file
+from .card_file import CARD_NAME, CardError, parse_card, update_card_file
+from .collect import label_names
+from .loading import LoadedModel, ModelNotFoundError, classification_pipeline, load_classifier, resolve_model
+from .metadata import accuracy_results, eval_results_index
 from .processor import model_input_spec
-
-logger = logging.getLogger(__name__)
+from .shipped import metrics_dir
 
 METRIC_NAMES = ("accuracy", "top5_accuracy")
-
-
-class ModelNotFoundError(ValueError):
-    """A model reference that is neither a model folder nor a model repository on the Hub."""
 
 
 class LabelMismatchError(ValueError):
@@ -39,11 +36,6 @@ class LabelMismatchError(ValueError):
 
 
 # -- metrics -------------------------------------------------------------------------------------------------------
-def metrics_dir() -> Path:
-    """The folder of the shipped metric scripts (``<repo>/metrics``)."""
-    return repo_file("metrics")
-
-
 def metric_path(name: str) -> str:
     """Path of a shipped metric script folder (``metrics/<name>``), for ``evaluate.load``.
 
@@ -54,13 +46,12 @@ def metric_path(name: str) -> str:
         The folder path.
 
     Raises:
-        FileNotFoundError: no such metric in the repository.
+        FileNotFoundError: no such shipped metric.
     """
     path = metrics_dir() / name
     if not (path / f"{name}.py").is_file():
         raise FileNotFoundError(
-            f"Metric script {path}/{name}.py not found; shipped metrics: {', '.join(METRIC_NAMES)} (install hf_distill "
-            "from its repository to have them)."
+            f"Metric script {path}/{name}.py not found; shipped metrics: {', '.join(METRIC_NAMES)}."
         )
     return str(path)
 
@@ -103,131 +94,6 @@ def image_classification_evaluator() -> Any:
 
     _evaluate_transformers5_compat()
     return evaluate.evaluator("image-classification")
-
-
-# -- models ----------------------------------------------------------------------------------------------------------
-def resolve_model(
-    model: str,
-    revision: str | None = None,
-    token: str | None = None,
-    endpoint: str | None = None,
-    cache_dir: str | None = None,
-) -> str:
-    """A local folder for a model reference: the folder itself, or a snapshot downloaded from the Hub.
-
-    Args:
-        model: a model folder or a Hub model id.
-        revision: branch, tag or commit of a Hub model.
-        token: Hub token.
-        endpoint: Hub endpoint (default: ``HF_ENDPOINT`` / huggingface.co).
-        cache_dir: Hub cache folder.
-
-    Returns:
-        The local folder.
-
-    Raises:
-        ModelNotFoundError: no such folder and no such model repository (or it cannot be reached).
-    """
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-    from huggingface_hub.utils import validate_repo_id
-
-    if os.path.isdir(model):
-        if not os.path.isfile(os.path.join(model, "config.json")):
-            raise ModelNotFoundError(f"{model!r} is a folder but not a model folder: it has no config.json.")
-        return model
-    if os.path.exists(model) or model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise ModelNotFoundError(f"Model {model!r} does not exist: there is no such folder.")
-    try:
-        validate_repo_id(model)
-    except HFValidationError as e:
-        raise ModelNotFoundError(
-            f"Model {model!r} is neither a local folder nor a valid Hub model id ({e})."
-        ) from e
-    where = endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
-    try:
-        return snapshot_download(
-            repo_id=model,
-            revision=revision,
-            token=token,
-            endpoint=endpoint,
-            cache_dir=cache_dir,
-            repo_type="model",
-        )
-    except RepositoryNotFoundError as e:
-        raise ModelNotFoundError(
-            f"Model {model!r} does not exist: it is not a local folder, and the Hub at {where} has no model "
-            "repository with that id (if it is private or gated, log in with `hf auth login` or set HF_TOKEN)."
-        ) from e
-    except RevisionNotFoundError as e:
-        raise ModelNotFoundError(
-            f"Model {model!r} has no revision {revision!r} on the Hub at {where}."
-        ) from e
-    except LocalEntryNotFoundError as e:
-        raise ModelNotFoundError(
-            f"Model {model!r} is not a local folder and could not be downloaded from {where} "
-            f"({str(e).splitlines()[0]}). Check the connection, unset HF_HUB_OFFLINE, or pass a local folder."
-        ) from e
-
-
-@dataclass
-class LoadedModel:
-    """A classifier loaded for evaluation, with its processor and where it came from."""
-
-    model: Any
-    processor: Any
-    folder: str
-    reference: str
-
-
-def load_classifier(
-    model: str,
-    trust_remote_code: bool | None = None,
-    revision: str | None = None,
-    token: str | None = None,
-    endpoint: str | None = None,
-) -> LoadedModel:
-    """Load an image classifier and its image processor with ``from_pretrained``.
-
-    CIFAR-zoo models use hf_distill's own classes (registered with the Auto classes); any other custom code needs
-    ``trust_remote_code=True``.
-
-    Args:
-        model: a model folder or Hub model id.
-        trust_remote_code: passed to ``from_pretrained`` (None: transformers' default).
-        revision: Hub revision.
-        token: Hub token.
-        endpoint: Hub endpoint.
-
-    Returns:
-        A :class:`LoadedModel` (the model in eval mode).
-
-    Raises:
-        ModelNotFoundError: see :func:`resolve_model`.
-    """
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-    from ..models import modeling_cifar  # noqa: F401  (zoo classes without remote code)
-
-    folder = resolve_model(model, revision=revision, token=token, endpoint=endpoint)
-    kw = {} if trust_remote_code is None else {"trust_remote_code": trust_remote_code}
-    net = AutoModelForImageClassification.from_pretrained(folder, **kw).eval()
-    try:
-        processor = AutoImageProcessor.from_pretrained(folder, **kw)
-    except (OSError, ValueError, KeyError) as e:
-        logger.warning("No image processor in %s (%s); using the model config's normalization.", folder, e)
-        processor = None
-    return LoadedModel(net, processor, folder, model)
-
-
-def _model_labels(model: Any) -> list[str]:
-    id2label = getattr(model.config, "id2label", None) or {}
-    return [str(id2label[k]) for k in sorted(id2label, key=int)]
 
 
 def _generic(names: list[str]) -> bool:
@@ -312,21 +178,9 @@ class EvaluationResult:
         Returns:
             A list of :class:`huggingface_hub.EvalResult`.
         """
-        names = {"accuracy": "Top-1 accuracy", "top5_accuracy": "Top-5 accuracy"}
-        return [
-            EvalResult(
-                task_type=TASK,
-                task_name="Image Classification",
-                dataset_type=self.dataset,
-                dataset_name=dataset_name or self.dataset,
-                dataset_config=self.dataset_config if self.dataset_config not in (None, "default") else None,
-                dataset_split=self.split_label,
-                metric_type=k,
-                metric_name=names[k],
-                metric_value=round(float(v), 6),
-            )
-            for k, v in self.metrics().items()
-        ]
+        return accuracy_results(
+            self.metrics(), self.dataset, self.split_label, dataset_name, self.dataset_config
+        )
 
     def table(self) -> str:
         """A Markdown table of the result."""
@@ -417,7 +271,7 @@ def evaluate_classifier(
     dataset_ref = dataset_ref or _dataset_id(dataset)
     model_ref = model_ref or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
     img_col, lab_col = resolve_columns(ds, image_column, label_column)
-    check_label_names(_model_labels(model), class_names(ds, lab_col), model_ref, dataset_ref)
+    check_label_names(label_names(model.config.id2label), class_names(ds, lab_col), model_ref, dataset_ref)
     spec = model_input_spec(model, processor)
     prepared = prepare_split(ds, spec.mean, spec.std, spec.image_size, False, img_col, lab_col, max_samples)
     logits, labels = predict_logits(model, prepared.dataset, batch_size, device)
@@ -437,23 +291,6 @@ def evaluate_classifier(
         top5_accuracy=None if top5 is None else float(top5),
         max_samples=max_samples if max_samples is not None and max_samples < len(ds) else None,
         dataset_config=getattr(getattr(ds, "info", None), "config_name", None),
-    )
-
-
-def classification_pipeline(loaded: LoadedModel, device: str | int | None = None) -> Any:
-    """A transformers ``image-classification`` pipeline for a loaded model (for ``evaluate``'s evaluator).
-
-    Args:
-        loaded: from :func:`load_classifier`.
-        device: pipeline device (default: CPU).
-
-    Returns:
-        The pipeline.
-    """
-    from transformers import pipeline
-
-    return pipeline(
-        "image-classification", model=loaded.model, image_processor=loaded.processor, device=device or "cpu"
     )
 
 
@@ -488,7 +325,7 @@ def update_model_card(
     """
     results = result.as_eval_results(dataset_name)
     if os.path.isdir(model):
-        path = os.path.join(model, "README.md")
+        path = os.path.join(model, CARD_NAME)
         update_card_file(path, results, model_name=os.path.basename(os.path.normpath(model)))
         return path
     from huggingface_hub import hf_hub_download, metadata_update

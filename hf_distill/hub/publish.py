@@ -17,7 +17,6 @@ The same :func:`complete_folder` runs from the trainer (``save_model``/``push_to
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -26,22 +25,13 @@ from huggingface_hub import CommitInfo, HfApi
 from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from ..models.normalization import InputSpec
-from .card import (
-    CARD_MARKER,
-    CARD_NAME,
-    PLOT_NAME,
-    DistillationSummary,
-    as_summary,
-    build_card,
-    is_timm_student,
-    merge_eval_results,
-    parse_card,
-    plot_training_curves,
-)
+from .card import CARD_MARKER, build_card
+from .card_file import CARD_NAME, merge_cards, save_card
+from .collect import CIFAR_MODEL_TYPE, as_summary, is_timm_student, trainer_student
+from .plot import PLOT_NAME, plot_training_curves
 from .processor import student_image_processor
+from .summary import DistillationSummary
 from .timm_export import save_timm_folder
-
-logger = logging.getLogger(__name__)
 
 PROCESSOR_NAME = "preprocessor_config.json"
 #: Never uploaded: checkpoints, the init stage's scratch folder, logs, hidden and private files.
@@ -68,8 +58,11 @@ def _read_json(path: str) -> dict[str, Any]:
 
 
 def _trainer_parts(trainer: Any) -> tuple[Any, InputSpec | None, Any]:
-    student = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False).student
-    return student, getattr(trainer, "student_input", None), getattr(trainer, "processing_class", None)
+    return (
+        trainer_student(trainer),
+        getattr(trainer, "student_input", None),
+        getattr(trainer, "processing_class", None),
+    )
 
 
 def _spec_from_summary(summary: DistillationSummary) -> InputSpec | None:
@@ -122,7 +115,7 @@ def _ensure_model_files(folder: str, student: Any, spec: InputSpec | None, libra
             "(trainer.save_model() or model.save_pretrained())."
         )
     config = _read_json(config_path)
-    if config.get("model_type") == "hf_distill_cifar":
+    if config.get("model_type") == CIFAR_MODEL_TYPE:
         code = [v.split(".")[0] + ".py" for v in (config.get("auto_map") or {}).values()]
         if not code or any(not os.path.isfile(os.path.join(folder, c)) for c in code):
             if student is None:
@@ -176,45 +169,14 @@ def write_card(
         The path of the card.
 
     Raises:
-        hf_distill.hub.card.CardError: the existing card has malformed metadata (it is left untouched).
+        hf_distill.hub.card_file.CardError: the existing card has malformed metadata (it is left untouched).
     """
     path = os.path.join(folder, CARD_NAME)
-    new = build_card(summary, template_path=template_path, plot_file=plot_file, dataset_name=dataset_name)
+    card = build_card(summary, template_path=template_path, plot_file=plot_file, dataset_name=dataset_name)
     if os.path.isfile(path) and not overwrite:
         text = Path(path).read_text(encoding="utf-8")
-        old = parse_card(text, path)
-        new_data = new.data.to_dict()
-        if CARD_MARKER in text:
-            # Regenerate; keep the results only the old card has (recipes/evaluate.py --update-card): for the
-            # same metric the new value wins. Keep metadata keys a user added.
-            merged = new
-            results = list(new.data.eval_results or [])
-            for r in old.data.eval_results or []:
-                if not any(r.is_equal_except_value(n) for n in results):
-                    results.append(r)
-            merged.data.eval_results = results or None
-            if results and not merged.data.model_name:
-                merged.data.model_name = old.data.model_name or summary.model_name
-            for k, v in old.data.to_dict().items():
-                if k not in new_data and k not in ("model-index", "model_name", "eval_results"):
-                    merged.data[k] = v
-        else:
-            logger.info(
-                "%s was not written by hf_distill: keeping its text, adding metadata and results.", path
-            )
-            merged = old
-            old_keys = set(old.data.to_dict())
-            for k, v in new_data.items():
-                if k not in old_keys and k not in ("model-index", "model_name", "eval_results"):
-                    merged.data[k] = v
-            merge_eval_results(merged, new.data.eval_results or [], summary.model_name)
-        card = merged
-    else:
-        card = new
-    tmp = os.path.join(folder, f".{CARD_NAME}.tmp")
-    card.save(tmp)
-    os.replace(tmp, path)
-    return path
+        card = merge_cards(text, card, CARD_MARKER, summary.model_name, where=path)
+    return save_card(card, path)
 
 
 def complete_folder(
@@ -233,7 +195,7 @@ def complete_folder(
 
     Args:
         source: a :class:`~hf_distill.DistillationTrainer` (then the student, its input spec, its processor and the
-            output folder come from it) or a :class:`~hf_distill.hub.card.DistillationSummary`.
+            output folder come from it) or a :class:`~hf_distill.hub.summary.DistillationSummary`.
         folder: the model folder (default: the trainer's ``output_dir``).
         student: the student model (default: the trainer's, or loaded from ``folder`` when needed).
         spec: the student's input spec (default: the trainer's ``student_input`` or the summary's).
@@ -242,7 +204,7 @@ def complete_folder(
         dataset_name: display name of the dataset in ``model-index``.
         overwrite_card: replace an existing ``README.md`` instead of merging into it.
         plot: draw ``training_curves.png`` from the log history.
-        **overrides: :class:`~hf_distill.hub.card.DistillationSummary` fields (``dataset``, ``base_model``,
+        **overrides: :class:`~hf_distill.hub.summary.DistillationSummary` fields (``dataset``, ``base_model``,
             ``baseline_accuracy``, ``license``, ``repo_id``, ``tags``, ...).
 
     Returns:
@@ -250,7 +212,7 @@ def complete_folder(
 
     Raises:
         PublishError: no weights/config in the folder and no student to write them.
-        hf_distill.hub.card.CardError: an existing card with malformed metadata (left untouched).
+        hf_distill.hub.card_file.CardError: an existing card with malformed metadata (left untouched).
     """
     if not isinstance(source, DistillationSummary):
         t_student, t_spec, t_processor = _trainer_parts(source)
@@ -301,7 +263,7 @@ def check_folder(folder: str | os.PathLike) -> list[str]:
     timm_format = "pretrained_cfg" in config and "architecture" in config
     if not timm_format and not os.path.isfile(os.path.join(folder, PROCESSOR_NAME)):
         problems.append(f"no image processor ({PROCESSOR_NAME})")
-    if config.get("model_type") == "hf_distill_cifar":
+    if config.get("model_type") == CIFAR_MODEL_TYPE:
         code = [v.split(".")[0] + ".py" for v in (config.get("auto_map") or {}).values()]
         if not code:
             problems.append("a CIFAR-zoo model without auto_map (it would need hf_distill installed)")

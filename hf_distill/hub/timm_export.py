@@ -17,6 +17,7 @@ from typing import Any
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from ..models.normalization import InputSpec
+from .collect import label_names
 
 
 def timm_data_config(spec: InputSpec) -> dict[str, Any]:
@@ -62,8 +63,7 @@ def save_timm_folder(model: Any, folder: str | os.PathLike, spec: InputSpec) -> 
     if timm_model is None:
         raise TypeError(f"{type(model).__name__} is not a timm wrapper (it has no .timm_model).")
     cfg = model.config
-    id2label = getattr(cfg, "id2label", None) or {}
-    labels = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    labels = label_names(getattr(cfg, "id2label", None))
     model_config: dict[str, Any] = {}
     if labels and len(labels) == timm_model.num_classes:
         model_config["label_names"] = labels

@@ -12,6 +12,7 @@ import importlib.util
 import os
 import shutil
 import sys
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -162,3 +163,14 @@ def model_files(folder: Path, names: tuple[str, ...]) -> dict[str, bytes]:
     files = {name: (folder / name).read_bytes() for name in names}
     files.update({f: (folder / f).read_bytes() for f in os.listdir(folder) if f.endswith(".py")})
     return files
+
+
+def site_without_hf_distill(dst) -> str:
+    """A copy of site-packages (as symlinks) without hf_distill and its editable-install hooks."""
+    site = sysconfig.get_paths()["purelib"]
+    dst.mkdir()
+    for name in os.listdir(site):
+        if "hf_distill" in name or name.endswith(".pth"):
+            continue
+        os.symlink(os.path.join(site, name), dst / name)
+    return str(dst)

@@ -6,7 +6,7 @@ Hub integration uses, with the response fields and headers that client reads:
 =========================================  =====================================================================
 operation (huggingface_hub)                endpoints
 =========================================  =====================================================================
-``create_repo``                            ``POST /api/repos/create`` (409 when it exists)
+``create_repo``                            ``POST /api/repos/create`` (409 with its url when it exists)
 ``whoami``                                 ``GET /api/whoami-v2``
 ``upload_folder`` / ``upload_file`` /      ``POST /api/models/{repo}/preupload/{rev}`` (every file "regular": no
 ``create_commit`` (``metadata_update``,    LFS/Xet), ``POST /api/models/{repo}/commit/{rev}`` (ndjson),
@@ -166,9 +166,9 @@ def _now() -> str:
 
 
 class _Error(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+    def __init__(self, status: int, message: str, code: str | None = None, **fields: Any) -> None:
         super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        self.status, self.message, self.code, self.fields = status, message, code, fields
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -211,7 +211,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {"X-Error-Message": e.message}
         if e.code:
             headers["X-Error-Code"] = e.code
-        self._send(e.status, json.dumps({"error": e.message}).encode(), headers, head=head)
+        self._send(e.status, json.dumps({"error": e.message, **e.fields}).encode(), headers, head=head)
 
     def _need_auth(self) -> None:
         if not self.headers.get("Authorization", "").startswith("Bearer "):
@@ -267,7 +267,8 @@ class _Handler(BaseHTTPRequestHandler):
         prefix = "" if repo_type == "model" else f"{repo_type}s/"
         url = f"{self.hub.url}/{prefix}{repo_id}"
         if self.hub.repo(repo_id, repo_type) is not None:
-            raise _Error(409, "You already created this model repo")
+            # the Hub names the existing repository in its 409, and create_repo(exist_ok=True) returns it
+            raise _Error(409, "You already created this model repo", url=url)
         self.hub.create(repo_id, repo_type, private=payload.get("visibility") == "private")
         self._json(200, {"url": url, "name": repo_id, "id": repo_id})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 
 import pytest
@@ -11,12 +12,14 @@ from huggingface_hub import EvalResult, ModelCard
 
 from hf_distill.hub import (
     CARD_MARKER,
+    SUMMARY_NAME,
     CardError,
     DistillationSummary,
     build_card,
     collect_summary,
     model_reference,
     read_card,
+    summary_from_folder,
     update_card_file,
 )
 from hf_distill.hub.publish import write_card
@@ -223,3 +226,24 @@ def test_card_of_a_plain_run_without_results():
     assert "model-index" not in meta and "base_model" not in meta
     assert meta["distillation"]["methods"] == ["none"] and "knowledge-distillation" not in meta["tags"]
     assert "cross-entropy only (no distillation)" in card.text and "None" not in card.text
+
+
+def test_a_folder_rebuilds_the_summary_the_trainer_collected(trained, student_copy):
+    """One builder serves both sources: what a run's files say gives the summary the live trainer gave."""
+    trainer = trained.trainer
+    collected = collect_summary(trainer)
+    (student_copy / SUMMARY_NAME).unlink()
+    trainer.state.save_to_json(str(student_copy / "trainer_state.json"))
+    objective = trainer.accelerator.unwrap_model(trainer.model).objective.describe()
+    results = {"objective": objective, "eval_teacher_accuracy": collected.teacher_accuracy}
+    (student_copy / "distill_results.json").write_text(json.dumps(results))
+    rebuilt = summary_from_folder(student_copy)
+    same = [
+        "student_class", "student_architecture", "library_name", "remote_code", "ce_weight", "methods",
+        "label_names", "image_size", "image_mean", "image_std", "accuracy", "top5_accuracy",
+        "teacher_accuracy", "precision", "global_step", "epochs", "tags",
+    ]  # fmt: skip
+    assert {k: getattr(rebuilt, k) for k in same} == {k: getattr(collected, k) for k in same}
+    assert rebuilt.methods[0].paper and rebuilt.label_names[0] == "airplane"
+    # the folder does not know how many processes trained it: no total batch size, everything else equal
+    assert rebuilt.training == {k: v for k, v in collected.training.items() if k != "total_train_batch_size"}

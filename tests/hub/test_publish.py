@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import sysconfig
 import textwrap
 
 import pytest
@@ -21,7 +20,7 @@ from transformers import (
 from hf_distill.data import collate, prepare_split
 from hf_distill.hub import check_folder, model_input_spec
 from tests.helpers import CIFAR_SPEC
-from tests.hub.conftest import load_recipe, model_files, subprocess_env
+from tests.hub.conftest import load_recipe, model_files, site_without_hf_distill, subprocess_env
 
 
 def _batch(prepared, n=8):
@@ -74,22 +73,11 @@ ISOLATED = textwrap.dedent(
 )
 
 
-def _site_without_hf_distill(dst) -> str:
-    """A copy of site-packages (as symlinks) without hf_distill and its editable-install hooks."""
-    site = sysconfig.get_paths()["purelib"]
-    dst.mkdir()
-    for name in os.listdir(site):
-        if "hf_distill" in name or name.endswith(".pth"):
-            continue
-        os.symlink(os.path.join(site, name), dst / name)
-    return str(dst)
-
-
 def test_zoo_student_loads_with_remote_code_where_hf_distill_is_not_installed(trained, tmp_path):
     x = torch.randn(4, 3, 32, 32)
     torch.save(x, tmp_path / "x.pt")
     (tmp_path / "isolated.py").write_text(ISOLATED)
-    site = _site_without_hf_distill(tmp_path / "site")
+    site = site_without_hf_distill(tmp_path / "site")
     # -I: no user site, no PYTHON* variables, script dir not trusted; -S: no site-packages .pth hooks (the editable
     # install of hf_distill); cwd outside the repository.
     proc = subprocess.run(
