@@ -119,6 +119,7 @@ class CSKD(DistillationLoss):
     )
     default_weight = 2.0
     default_ce_weight = 1.0
+    min_batch_size = 2  # a class column of one sample has a cosine of 1
 
     def __init__(
         self,

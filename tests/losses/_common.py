@@ -108,8 +108,10 @@ def check_loss_on_random_maps(
 ) -> None:
     """Assert that the method's ``term`` on random maps (batch 2) of its selected layers is finite and positive and
     that its gradient reaches every student map."""
-    s = Features(maps={n: torch.randn(2, *s_spec.maps[n], requires_grad=True) for n in method.student_layers})
-    t = Features(maps={n: torch.randn(2, *t_spec.maps[n]) for n in method.teacher_layers})
+    s = Features(
+        maps={n: torch.randn(2, *s_spec.maps[n], requires_grad=True) for n in method.student_layer_names}
+    )
+    t = Features(maps={n: torch.randn(2, *t_spec.maps[n]) for n in method.teacher_layer_names})
     loss = method(s, t, step)[term]
     assert torch.isfinite(loss) and loss.item() > 0
     loss.backward()
@@ -171,8 +173,8 @@ def dry_run_build(
     s_tap, t_tap = feature_tap(student), feature_tap(teacher)
     method.resolve_layers(s_tap.names, t_tap.names)
     n = method.needs()
-    s_req = TapRequest(logits=n.student.logits, maps=tuple(method.student_layers))
-    t_req = TapRequest(logits=n.teacher.logits, maps=tuple(method.teacher_layers))
+    s_req = TapRequest(logits=n.student.logits, maps=tuple(method.student_layer_names))
+    t_req = TapRequest(logits=n.teacher.logits, maps=tuple(method.teacher_layer_names))
     with torch.no_grad():
         fs, ft = s_tap(student.eval(), x, s_req), t_tap(teacher.eval(), x, t_req)
     if seed is not None:
@@ -277,8 +279,8 @@ def method_training_losses(
     x, y = batch["pixel_values"], batch["labels"]
     t_tap, s_tap = feature_tap(teacher), feature_tap(student)
     m = build_method(cls, kwargs, model_spec(student, x[:2]), model_spec(teacher, x[:2]))
-    s_req = TapRequest(logits=True, embedding=True, maps=tuple(m.student_layers))
-    t_req = TapRequest(logits=True, embedding=True, maps=tuple(m.teacher_layers))
+    s_req = TapRequest(logits=True, embedding=True, maps=tuple(m.student_layer_names))
+    t_req = TapRequest(logits=True, embedding=True, maps=tuple(m.teacher_layer_names))
     with torch.no_grad():
         tf = t_tap(teacher.train(), x, t_req)
     teacher.eval()
@@ -322,7 +324,7 @@ def teacher_map_losses(
     teacher = cifar_teacher()
     s_tap, t_tap = feature_tap(student), feature_tap(teacher)
     built(method, zoo_spec("resnet8"), model_spec(teacher)).train()
-    req = TapRequest(maps=tuple(method.student_layers), preact=method.needs().student.preact)
+    req = TapRequest(maps=tuple(method.student_layer_names), preact=method.needs().student.preact)
     with torch.no_grad():
         t_feats = t_tap(teacher, x, req)
     loss = method.init_stage_loss if init_stage else method

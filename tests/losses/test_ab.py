@@ -149,8 +149,8 @@ def test_gradients_reach_student_and_connectors_only():
 def test_zoo_pairs(teacher, student):
     s_spec, t_spec = zoo_spec(student), zoo_spec(teacher)
     m = built(AB(main_stage_loss=True), s_spec, t_spec)
-    assert len(m.connectors) == len(m.student_layers) == len(m.teacher_layers)
-    for conn, sn, tn in zip(m.connectors, m.student_layers, m.teacher_layers):
+    assert len(m.connectors) == len(m.student_layer_names) == len(m.teacher_layer_names)
+    for conn, sn, tn in zip(m.connectors, m.student_layer_names, m.teacher_layer_names):
         cs, ct = s_spec.maps[sn][0], t_spec.maps[tn][0]
         if cs == ct:
             assert isinstance(conn, torch.nn.Identity)
@@ -161,12 +161,14 @@ def test_zoo_pairs(teacher, student):
 
 def test_layer_count_mismatch_is_a_clear_error():
     s_spec, t_spec = zoo_spec("resnet20"), zoo_spec("vgg13")  # 3 stages vs 4
-    with pytest.raises(ValueError, match="--ab-layers"):
+    with pytest.raises(ValueError, match="--ab-student-layers"):
         built(AB(), s_spec, t_spec)
-    m = built(AB(layers_teacher="stage1,stage2,stage3"), s_spec, t_spec)
-    assert m.teacher_layers == ["stage1", "stage2", "stage3"]
+    m = built(AB(teacher_layers="stage1,stage2,stage3"), s_spec, t_spec)
+    assert m.teacher_layer_names == ["stage1", "stage2", "stage3"]
     # the hyperparameters are reported as given, not overwritten by the resolved layer names
-    assert m.hparams()["layers"] == "stages" and m.hparams()["layers_teacher"] == "stage1,stage2,stage3"
+    assert (
+        m.hparams()["student_layers"] == "stages" and m.hparams()["teacher_layers"] == "stage1,stage2,stage3"
+    )
 
 
 # -- 4. a few real training steps ---------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ def test_rejects_bad_hyperparameters_and_single_layer():
         FSP(init_epochs=-2)
     spec = _spec({"stem": (2, 4, 4), "stage1": (3, 4, 4)})
     with pytest.raises(ValueError, match="at least two layers"):
-        built(FSP(layers="last"), spec, spec)
+        built(FSP(student_layers="last"), spec, spec)
 
 
 # -- 2. gradients -----------------------------------------------------------------------------------------------
@@ -119,7 +119,7 @@ def test_gradcheck_double_and_gradient_only_to_student():
 def test_zoo_pairs_with_equal_channels(teacher, student):
     s_spec, t_spec = zoo_spec(student), zoo_spec(teacher)
     m = built(FSP(main_stage_loss=True), s_spec, t_spec)
-    assert m.student_layers == ["stem", "stage1", "stage2", "stage3"]
+    assert m.student_layer_names == ["stem", "stage1", "stage2", "stage3"]
     check_loss_on_random_maps(m, s_spec, t_spec, "fsp", STEP)
 
 

@@ -86,7 +86,7 @@ def test_defaults_and_validation():
         NST(c=-1.0)
     assert parse_selectors("stage2, -1", "x") == ("stage2", -1)
     with pytest.raises(ValueError, match="selects no feature layer"):
-        parse_selectors(" , ", "--nst-layers")
+        parse_selectors(" , ", "--nst-student-layers")
 
 
 # -- 2. gradients -----------------------------------------------------------------------------------------------
@@ -110,13 +110,15 @@ def test_zoo_pairs(teacher, student):
 
 def test_layer_count_mismatch_is_a_clear_error():
     s_spec, t_spec = zoo_spec("mobilenetv2"), zoo_spec("resnet32x4")  # 4 stages vs 3
-    with pytest.raises(ValueError, match="--nst-layers"):
+    with pytest.raises(ValueError, match="--nst-student-layers"):
         built(NST(), s_spec, t_spec)
-    m = built(NST(layers="stage2,stage3,stage4", layers_teacher="stages"), s_spec, t_spec)
-    assert m.student_layers == ["stage2", "stage3", "stage4"]
-    assert m.teacher_layers == ["stage1", "stage2", "stage3"]
+    m = built(NST(student_layers="stage2,stage3,stage4", teacher_layers="stages"), s_spec, t_spec)
+    assert m.student_layer_names == ["stage2", "stage3", "stage4"]
+    assert m.teacher_layer_names == ["stage1", "stage2", "stage3"]
     # the hyperparameters are reported as given, not overwritten by the resolved layer names
-    assert m.hparams()["layers"] == "stage2,stage3,stage4" and m.hparams()["layers_teacher"] == "stages"
+    assert (
+        m.hparams()["student_layers"] == "stage2,stage3,stage4" and m.hparams()["teacher_layers"] == "stages"
+    )
 
 
 # -- 4. a few real training steps ---------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ def test_zoo_pairs(teacher, student):
     s_spec, t_spec = zoo_spec(student), zoo_spec(teacher)
     m = build_method(VID, {}, s_spec, t_spec)
     assert len(m.heads) == len(s_spec.names) - 1
-    for head, sn, tn in zip(m.heads, m.student_layers, m.teacher_layers):
+    for head, sn, tn in zip(m.heads, m.student_layer_names, m.teacher_layer_names):
         assert head.regressor[0].in_channels == s_spec.maps[sn][0]
         assert head.regressor[-1].out_channels == t_spec.maps[tn][0] == head.log_scale.numel()
     loss = m(random_features(s_spec, 2), random_features(t_spec, 2, seed=1), STEP)["vid"]
@@ -103,7 +103,7 @@ def test_zoo_pairs(teacher, student):
 
 
 def test_errors_and_defaults():
-    with pytest.raises(ValueError, match="--vid-student_maps / --vid-teacher_maps"):
+    with pytest.raises(ValueError, match="--vid-student-layers / --vid-teacher-layers"):
         build_method(VID, {}, zoo_spec("resnet20"), zoo_spec("vgg13"))
     tokens = FeatureSpec(names=("h0", "h1"), maps={"h1": (5, 8)})
     with pytest.raises(ValueError, match=r"convolutional \(C, H, W\)"):
@@ -113,8 +113,8 @@ def test_errors_and_defaults():
     spec = resolve_objective("vid")
     assert spec.weights == (1.0,) and spec.ce_weight == 1.0
     assert VID().hparams() == {
-        "student_maps": "stages",
-        "teacher_maps": "stages",
+        "student_layers": "stages",
+        "teacher_layers": "",
         "init_pred_var": 5.0,
         "eps": 1e-5,
         "layer_reduction": "sum",
