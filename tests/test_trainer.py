@@ -12,6 +12,8 @@ from hf_distill.models.loading import load_model
 from hf_distill.trainer import DISTILL_STATE_NAME
 from tests.helpers import CIFAR_SPEC, timm_model, trainer_args
 
+pytestmark = pytest.mark.usefixtures("probe_methods")  # the test-only methods test_probe / test_init_probe
+
 
 @pytest.fixture(scope="module")
 def tiny(subset_train, subset_test):

@@ -7,7 +7,6 @@ from hf_distill.losses import DistillationObjective, Features, FeatureSpec, Init
 from hf_distill.losses.ab import AB, ab_criterion, ab_loss
 from tests.losses._common import (
     PRETRAINED_TEACHER,
-    ZOO_PAIRS,
     built,
     check_init_stage_once_then_zero_term,
     check_loss_on_random_maps,
@@ -145,9 +144,8 @@ def test_gradients_reach_student_and_connectors_only():
 
 
 # -- 3. mismatched shapes from real zoo pairs ---------------------------------------------------------------------
-@pytest.mark.parametrize("teacher,student", ZOO_PAIRS)
-def test_zoo_pairs(teacher, student):
-    s_spec, t_spec = zoo_spec(student), zoo_spec(teacher)
+def test_connectors_map_student_channels_to_the_teachers():
+    s_spec, t_spec = zoo_spec("shufflenetv2"), zoo_spec("resnet32x4")  # a cross-architecture pair
     m = built(AB(main_stage_loss=True), s_spec, t_spec)
     assert len(m.connectors) == len(m.student_layer_names) == len(m.teacher_layer_names)
     for conn, sn, tn in zip(m.connectors, m.student_layer_names, m.teacher_layer_names):

@@ -7,7 +7,6 @@ from hf_distill.config import parse_method_flags
 from hf_distill.losses import Features, FeatureSpec, InitStage, StepInfo, resolve_objective
 from hf_distill.losses.fitnet import FitNet, HintRegressor, hint_loss
 from tests.losses._common import (
-    ZOO_PAIRS,
     build_method,
     distill_trainer,
     method_training_losses,
@@ -89,9 +88,8 @@ def test_gradients_reach_student_and_regressor_only():
     assert all(p.grad is not None for p in m.parameters())
 
 
-@pytest.mark.parametrize("teacher, student", ZOO_PAIRS)
-def test_zoo_pairs_hint_layer_2(teacher, student):
-    s_spec, t_spec = zoo_spec(student), zoo_spec(teacher)
+def test_regressor_maps_the_student_map_to_the_teachers_shape():
+    s_spec, t_spec = zoo_spec("shufflenetv2"), zoo_spec("resnet32x4")  # a cross-architecture pair
     m = build_method(FitNet, {}, s_spec, t_spec)
     assert m.student_layer_names == [s_spec.names[2]] and m.teacher_layer_names == [t_spec.names[2]]
     fs, ft = random_features(s_spec, 4), random_features(t_spec, 4, seed=1)

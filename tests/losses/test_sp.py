@@ -5,7 +5,6 @@ import torch
 from hf_distill.losses import Features, FeatureSpec, StepInfo, resolve_objective
 from hf_distill.losses.sp import SP, similarity_matrix, sp_loss
 from tests.losses._common import (
-    ZOO_PAIRS,
     build_method,
     check_gather_matches_full_batch,
     method_training_losses,
@@ -58,9 +57,8 @@ def test_gradcheck_and_gradient_only_to_student():
     assert len(list(SP().parameters())) == 0
 
 
-@pytest.mark.parametrize("teacher, student", ZOO_PAIRS)
-def test_zoo_pairs_last_map(teacher, student):
-    s_spec, t_spec = zoo_spec(student), zoo_spec(teacher)
+def test_last_maps_match_the_reference():
+    s_spec, t_spec = zoo_spec("shufflenetv2"), zoo_spec("resnet32x4")  # a cross-architecture pair
     m = build_method(SP, {}, s_spec, t_spec)
     assert m.student_layer_names == [s_spec.names[-1]] and m.teacher_layer_names == [t_spec.names[-1]]
     fs, ft = random_features(s_spec, 4), random_features(t_spec, 4, seed=1)

@@ -7,7 +7,7 @@ from torch import nn
 
 from hf_distill.losses import Features, FeatureSpec, StepInfo, resolve_objective
 from hf_distill.losses.vid import VID, VIDHead, vid_nll
-from tests.losses._common import ZOO_PAIRS, build_method, method_training_losses, random_features, zoo_spec
+from tests.losses._common import build_method, method_training_losses, random_features, zoo_spec
 
 STEP = StepInfo(labels=torch.zeros(2, dtype=torch.long))
 
@@ -90,9 +90,8 @@ def test_gradients_reach_student_regressor_and_variance_not_teacher():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("teacher, student", ZOO_PAIRS)
-def test_zoo_pairs(teacher, student):
-    s_spec, t_spec = zoo_spec(student), zoo_spec(teacher)
+def test_heads_map_student_channels_to_the_teachers():
+    s_spec, t_spec = zoo_spec("shufflenetv2"), zoo_spec("resnet32x4")  # a cross-architecture pair
     m = build_method(VID, {}, s_spec, t_spec)
     assert len(m.heads) == len(s_spec.names) - 1
     for head, sn, tn in zip(m.heads, m.student_layer_names, m.teacher_layer_names):
