@@ -84,7 +84,7 @@ class SKD(WrappedMethod):
     * Collapse guard: the simplifier is trained by the loss that compares its output with the student, whose
       trivial minimum is a target that imitates the student (and, KL(target || student) being mode-seeking, a
       sharp one). We keep (1) the bounded residual (``max_shift``: no softened logit moves by more than that from
-      the teacher's; an unbounded first version diverged to NaN within 40 steps at lr 0.05), (2)
+      the teacher's; an unbounded residual can diverge), (2)
       ``anchor_weight * T^2 * KL(softmax(u) || softmax(v))``, which keeps the target near the teacher, and (3)
       ``label_weight * CE(T * v, y)``, the target's own classification loss at T = 1. Both guards train only
       the simplifier. Without a guard the target drifts onto the student; the anchor stops that, and label +
