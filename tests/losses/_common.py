@@ -160,7 +160,9 @@ def dry_run_build(
     x: torch.Tensor,
     seed: int | None = None,
 ) -> tuple[Any, Any, Any, Any]:
-    """Resolve layers, run both nets once (eval, no gradient) and build the method, like the trainer's dry run.
+    """Build ``method`` for a student/teacher pair exactly as the trainer does, with the public
+    :func:`hf_distill.trainer.build_distillation_model` (its dry run on the images ``x``); both networks are left
+    in eval mode.
 
     Args:
         seed: reseed the global RNG right before the build (the method's random parts), if given.
@@ -168,23 +170,23 @@ def dry_run_build(
     Returns:
         ``(s_tap, t_tap, s_req, t_req)``: the taps and the requests of what the method reads.
     """
-    from hf_distill.models.taps import TapRequest, feature_tap
+    from hf_distill.losses import DistillationObjective
+    from hf_distill.trainer import build_distillation_model
 
-    s_tap, t_tap = feature_tap(student), feature_tap(teacher)
-    method.resolve_layers(s_tap.names, t_tap.names)
-    n = method.needs()
-    s_req = TapRequest(logits=n.student.logits, maps=tuple(method.student_layer_names))
-    t_req = TapRequest(logits=n.teacher.logits, maps=tuple(method.teacher_layer_names))
-    with torch.no_grad():
-        fs, ft = s_tap(student.eval(), x, s_req), t_tap(teacher.eval(), x, t_req)
+    objective = DistillationObjective({method.name: method}, {method.name: 1.0})
+    rows = [{"pixel_values": xi} for xi in x]
     if seed is not None:
         torch.manual_seed(seed)
-    method.build(
-        features_spec(s_tap.names, fs),
-        features_spec(t_tap.names, ft),
+    b = build_distillation_model(
+        student,
+        teacher,
+        objective,
+        rows,
+        lambda r: {"pixel_values": torch.stack([e["pixel_values"] for e in r])},
         DataInfo(num_samples=64, num_classes=10),
     )
-    return s_tap, t_tap, s_req, t_req
+    student.eval(), teacher.eval()
+    return b.container.tap, b.teacher_tap, b.container.student_request, b.teacher_request
 
 
 # -- real data and the teacher ------------------------------------------------------------------------------------------
