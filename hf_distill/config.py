@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from .losses import METHODS, PRESETS, resolve_objective
+from .data import LABEL_COLUMNS
+from .losses import METHODS, PRESETS, canonical, resolve_objective
 
 
 @dataclass
@@ -58,7 +59,7 @@ class DataArguments:
         default=None, metadata={"help": "Image column (default: detect img/image)."}
     )
     label_column: str | None = field(
-        default=None, metadata={"help": "Label column (default: detect label/fine_label)."}
+        default=None, metadata={"help": f"Label column (default: the first of {', '.join(LABEL_COLUMNS)})."}
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Use only the first N training rows."}
@@ -169,7 +170,7 @@ def parse_method_flags(extra: list[str], methods: list[str]) -> dict[str, dict[s
         if not tok.startswith("--"):
             raise ValueError(f"Unexpected argument {tok!r}.")
         body, _, inline = tok[2:].partition("=")
-        body_n = body.replace("-", "_")
+        body_n = canonical(body)
         method = next((m for m in known if body_n.startswith(m + "_")), None)
         if method is None:
             raise ValueError(
@@ -178,7 +179,10 @@ def parse_method_flags(extra: list[str], methods: list[str]) -> dict[str, dict[s
             )
         name = body_n[len(method) + 1 :]
         params = METHODS[method].hyperparameters()
-        if name not in params:
+        renamed = METHODS[
+            method
+        ].renamed_hyperparameters  # deprecated names: the method warns when it is built
+        if name not in params and name not in renamed:
             raise ValueError(
                 f"Method {method!r} has no hyperparameter {name!r} (from {tok!r}). Its hyperparameters: "
                 f"{', '.join(f'{k}={v!r}' for k, v in params.items()) or 'none'}."
@@ -196,7 +200,7 @@ def parse_method_flags(extra: list[str], methods: list[str]) -> dict[str, dict[s
                 f"{tok} was given but method {method!r} is not selected (--method {','.join(methods)})."
             )
         try:
-            out.setdefault(method, {})[name] = _convert(value, params[name])
+            out.setdefault(method, {})[name] = _convert(value, params[renamed.get(name, name)])
         except ValueError as e:
             raise ValueError(f"Bad value for {tok}: {e}") from e
     return out

@@ -19,7 +19,13 @@ import torch
 import torchvision.transforms.functional as TF
 
 IMAGE_COLUMNS = ("img", "image", "images", "picture")
+#: the label column names detected when none is given, in order of preference
 LABEL_COLUMNS = ("label", "fine_label", "labels", "target")
+
+
+def find_label_column(column_names: Sequence[str]) -> str | None:
+    """The first of :data:`LABEL_COLUMNS` among ``column_names``, or None."""
+    return next((c for c in LABEL_COLUMNS if c in column_names), None)
 
 
 class DataError(ValueError):
@@ -67,7 +73,7 @@ def resolve_columns(
 ) -> tuple[str, str]:
     """Find (or check) the image and label columns.
 
-    Detects ``img``/``image`` and ``label``/``fine_label`` when not given.
+    Detects the first of :data:`IMAGE_COLUMNS` and of :data:`LABEL_COLUMNS` when not given.
 
     Raises:
         DataError: no label column, a column that does not exist, or an image column that is not images.
@@ -75,7 +81,7 @@ def resolve_columns(
     cols = list(ds.column_names)
     feats = ds.features
     if label_column is None:
-        label_column = next((c for c in LABEL_COLUMNS if c in cols), None)
+        label_column = find_label_column(cols)
         if label_column is None:
             raise DataError(
                 f"The dataset has no label column (columns: {', '.join(cols)}). Distillation needs class labels: "

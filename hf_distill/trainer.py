@@ -26,7 +26,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rotate_checkpoints
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
-from .data import collate
+from .data import collate, find_label_column
 from .hub.card import TRAINING_ARGS_JSON
 from .losses import DataInfo, DistillationObjective, Features, FeatureSpec, StepInfo
 from .metrics import classification_metrics
@@ -182,8 +182,8 @@ def build_distillation_model(
     s_tap = feature_tap(student)
     t_tap = feature_tap(teacher) if teacher is not None else None
     objective.resolve_layers(s_tap.names, t_tap.names if t_tap is not None else [])
-    s_req = _request(needs.student, objective.student_layers())
-    t_req = _request(needs.teacher, objective.teacher_layers())
+    s_req = _request(needs.student, objective.student_layer_names())
+    t_req = _request(needs.teacher, objective.teacher_layer_names())
     s_tap.check(s_req, "student")
     if t_tap is not None and needs.teacher.anything:
         t_tap.check(t_req, "teacher")
@@ -328,6 +328,7 @@ class DistillationTrainer(Trainer):
             **kwargs,
         )
         self.add_callback(_EpochToDataset(train_dataset))
+        objective.check_batch_size(self.args.per_device_train_batch_size, self.accelerator.num_processes)
         self.teacher = None
         if teacher is not None:
             teacher.requires_grad_(False)
@@ -348,7 +349,8 @@ class DistillationTrainer(Trainer):
         if self.is_world_process_zero():
             obj = self.model.objective
             layers = {
-                k: {"student": m.student_layers, "teacher": m.teacher_layers} for k, m in obj.methods.items()
+                k: {"student": m.student_layer_names, "teacher": m.teacher_layer_names}
+                for k, m in obj.methods.items()
             }
             logger.info("Distillation objective: %s; feature layers: %s", obj.describe(), layers)
 
@@ -800,7 +802,7 @@ def _check_label_spaces(student: nn.Module, teacher: nn.Module | None, train_dat
             )
     nd = getattr(train_dataset, "num_classes", None)
     if nd is None and isinstance(train_dataset, datasets.Dataset):
-        col = next((c for c in ("labels", "label", "fine_label") if c in train_dataset.column_names), None)
+        col = find_label_column(train_dataset.column_names)
         f = train_dataset.features[col] if col is not None else None
         nd = f.num_classes if isinstance(f, datasets.ClassLabel) else None
     if nd is not None and ns is not None and nd != ns:
@@ -816,7 +818,7 @@ def _data_info(train_dataset, num_classes: int | None) -> DataInfo:
     labels = getattr(train_dataset, "labels", None)
     if not isinstance(labels, torch.Tensor) and isinstance(train_dataset, datasets.Dataset):
         raw = train_dataset.with_format(None)
-        col = next((c for c in ("labels", "label", "fine_label") if c in raw.column_names), None)
+        col = find_label_column(raw.column_names)
         labels = torch.as_tensor(raw[col], dtype=torch.long) if col is not None else None
     if not isinstance(labels, torch.Tensor):
         labels = None

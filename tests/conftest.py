@@ -22,6 +22,15 @@ STUDENT_INIT_DIR = ASSETS / "students" / "cifar10-resnet20"  # the akamaster res
 SHARED = REPO.parent / "shared"
 
 
+@pytest.fixture
+def probe_methods():
+    """Register the test-only methods ``test_probe`` / ``test_init_probe`` for one test (never in the library)."""
+    from tests.helpers import PROBES, registered_methods
+
+    with registered_methods(PROBES):
+        yield
+
+
 @pytest.fixture(scope="session")
 def subset_train():
     from hf_distill.data import load_image_dataset

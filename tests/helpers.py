@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -61,9 +63,21 @@ class InitStageProbe(StatefulProbe):
         self.ended = True
 
 
-for _name, _cls in (("test_probe", StatefulProbe), ("test_init_probe", InitStageProbe)):
-    if _name not in METHODS:
-        register_method(_name)(_cls)
+#: the test-only methods, registered by the ``probe_methods`` fixture (tests/conftest.py) for the tests that use them
+PROBES = {"test_probe": StatefulProbe, "test_init_probe": InitStageProbe}
+
+
+@contextlib.contextmanager
+def registered_methods(methods: dict[str, type[DistillationLoss]]) -> Iterator[None]:
+    """Register ``methods`` for the duration of the block, then leave the registry as it was."""
+    added = [n for n in methods if n not in METHODS]
+    for n in added:
+        register_method(n)(methods[n])
+    try:
+        yield
+    finally:
+        for n in added:
+            METHODS.pop(n, None)
 
 
 def trainer_args(output_dir, **overrides):

@@ -123,5 +123,5 @@ def test_bad_input_exit_code_from_the_command_line():
 
 
 def test_feature_layer_that_does_not_exist(recipe, capsys):
-    line = _fails(recipe, capsys, ["--method", "at", "--at-student_maps", "stage9"])
+    line = _fails(recipe, capsys, ["--method", "at", "--at-student-layers", "stage9"])
     assert "'stage9' does not exist in the student" in line and "stem, stage1, stage2, stage3" in line

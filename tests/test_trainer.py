@@ -12,6 +12,8 @@ from hf_distill.models.loading import load_model
 from hf_distill.trainer import DISTILL_STATE_NAME
 from tests.helpers import CIFAR_SPEC, timm_model, trainer_args
 
+pytestmark = pytest.mark.usefixtures("probe_methods")  # the test-only methods test_probe / test_init_probe
+
 
 @pytest.fixture(scope="module")
 def tiny(subset_train, subset_test):
@@ -261,7 +263,7 @@ def test_a_transformers_model_trains_as_student_with_feature_methods(tmp_path, t
         teacher=timm_model(seed=100),
         # logits, embedding and named maps; the HF student has 2 stages, the timm teacher 4: pick two of them
         objective=DistillationObjective.from_names(
-            "kd,rkd,at", method_kwargs={"at": {"teacher_maps": "layer3,layer4"}}
+            "kd,rkd,at", method_kwargs={"at": {"teacher_layers": "layer3,layer4"}}
         ),
         args=_args(tmp_path, max_steps=2),
         train_dataset=tr.dataset,
@@ -270,8 +272,8 @@ def test_a_transformers_model_trains_as_student_with_feature_methods(tmp_path, t
         teacher_input=CIFAR_SPEC,
     )
     at = t.model.objective.methods["at"]
-    assert at.student_layers == ["hidden_states.1", "hidden_states.2"]  # the stages after the embedding
-    assert at.teacher_layers == ["layer3", "layer4"]
+    assert at.student_layer_names == ["hidden_states.1", "hidden_states.2"]  # the stages after the embedding
+    assert at.teacher_layer_names == ["layer3", "layer4"]
     before = {k: v.clone() for k, v in student.state_dict().items()}
     t.train()
     logs = [h for h in t.state.log_history if "loss" in h]

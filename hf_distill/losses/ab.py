@@ -89,7 +89,7 @@ class AB(PairedMaps, InitStageThenCE):
                                                                   + (r_i(S_i) - m)^2 * 1{r_i(S_i) <= m, T_i > 0} ]
 
     Features: pre-activation (before the final ReLU) stage maps of both networks (RepDistiller ``preact=True``,
-    ``feat[1:-1]``; ``layers="stages"``); only CIFAR-zoo models give pre-activation maps.
+    ``feat[1:-1]``; ``student_layers="stages"``); only CIFAR-zoo models give pre-activation maps.
 
     Trainable parts: one connector per pair, a 1x1 convolution + BatchNorm from the student's to the teacher's
     channel count (AB paper / authors' code); as in RepDistiller the connector is the identity where the channel
@@ -116,8 +116,8 @@ class AB(PairedMaps, InitStageThenCE):
         init_epochs: length of the initialization stage (0: none; then ``main_stage_loss`` must be on).
         main_stage_loss: keep the AB term in the main stage (RepDistiller: off).
         connector: "auto" (identity where the channel counts match, as RepDistiller) or "always".
-        layers: map selectors for both networks ("stages", "last", "all", names, positions; comma-separated).
-        layers_teacher: selectors for the teacher only (empty: same as ``layers``).
+        student_layers: map selectors for both networks ("stages", "last", "all", names, positions; comma-separated).
+        teacher_layers: selectors for the teacher only (empty: same as ``student_layers``).
     """
 
     summary = "Hinge loss on the sign of the teacher's pre-activations (activation boundaries), init stage"
@@ -129,6 +129,7 @@ class AB(PairedMaps, InitStageThenCE):
     )
     default_weight = 1.0
     default_ce_weight = 1.0
+    renamed_hyperparameters = {"layers": "student_layers", "layers_teacher": "teacher_layers"}
     preact_maps = True
 
     def __init__(
@@ -137,8 +138,8 @@ class AB(PairedMaps, InitStageThenCE):
         init_epochs: float = 30.0,
         main_stage_loss: bool = False,
         connector: str = "auto",
-        layers: str = "stages",
-        layers_teacher: str = "",
+        student_layers: str = "stages",
+        teacher_layers: str = "",
     ) -> None:
         super().__init__()
         if margin <= 0:
@@ -148,12 +149,12 @@ class AB(PairedMaps, InitStageThenCE):
             raise ValueError(f"ab connector must be 'auto' or 'always', got {connector!r}")
         self.margin = float(margin)
         self.connector = connector
-        self.select_layers(layers, layers_teacher)
+        self.select_layers(student_layers, teacher_layers)
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
         self.check_maps(student, teacher)
         parts: list[nn.Module] = []
-        for sn, tn in zip(self.student_layers, self.teacher_layers):
+        for sn, tn in zip(self.student_layer_names, self.teacher_layer_names):
             cs, ct = student.maps[sn][0], teacher.maps[tn][0]
             same = cs == ct and self.connector == "auto"
             parts.append(nn.Identity() if same else make_connector(cs, ct))
@@ -164,8 +165,8 @@ class AB(PairedMaps, InitStageThenCE):
         s_maps, t_maps = [], []
         for conn, s, t in zip(
             self.connectors,
-            student.map_list(self.student_layers),
-            teacher.map_list(self.teacher_layers),
+            student.map_list(self.student_layer_names),
+            teacher.map_list(self.teacher_layer_names),
         ):
             s, t = pool_to_common_size(s, t)
             s_maps.append(conn(s))

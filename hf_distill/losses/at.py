@@ -58,8 +58,8 @@ class AT(PairedMaps, DistillationLoss):
 
     Args:
         p: exponent applied to the activations before the channel mean.
-        student_maps: student map selectors (a selector, or a comma list such as ``"stage1,stage3"``).
-        teacher_maps: teacher map selectors, paired in order with ``student_maps``.
+        student_layers: student map selectors (a selector, or a comma list such as ``"stage1,stage3"``).
+        teacher_layers: teacher map selectors, paired in order with ``student_layers`` (empty: the student's).
         layer_reduction: ``"sum"`` (RepDistiller) or ``"mean"`` over the pairs.
     """
 
@@ -74,12 +74,14 @@ class AT(PairedMaps, DistillationLoss):
     )
     default_weight = 1000.0
     default_ce_weight = 1.0
+    renamed_hyperparameters = {"student_maps": "student_layers", "teacher_maps": "teacher_layers"}
+    legacy_defaults = {"teacher_layers": "stages"}
 
     def __init__(
         self,
         p: float = 2.0,
-        student_maps: str = "stages",
-        teacher_maps: str = "stages",
+        student_layers: str = "stages",
+        teacher_layers: str = "",
         layer_reduction: str = "sum",
     ) -> None:
         super().__init__()
@@ -88,13 +90,13 @@ class AT(PairedMaps, DistillationLoss):
         check_layer_reduction(layer_reduction, "at")
         self.p = float(p)
         self.layer_reduction = layer_reduction
-        self.select_maps(student_maps, teacher_maps)
+        self.select_layers(student_layers, teacher_layers)
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
         self.check_maps(student, teacher)
 
     def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
         self.check_maps()
-        s = student.map_list(self.student_layers)
-        t = teacher.map_list(self.teacher_layers)
+        s = student.map_list(self.student_layer_names)
+        t = teacher.map_list(self.teacher_layer_names)
         return {"at": at_loss(s, t, self.p, self.layer_reduction)}

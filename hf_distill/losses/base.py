@@ -16,6 +16,7 @@ optimized, synchronized and checkpointed with it, and buffers travel in every ch
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -252,6 +253,17 @@ class DistillationLoss(nn.Module):
         default_ce_weight: the cross-entropy weight when the method is used alone (RepDistiller's ``-r``).
         combo_weight: the method's weight inside a combination (None: ``default_weight``); KD uses 1.0, as in
             RepDistiller's "CRD+KD" runs.
+        min_batch_size: the smallest batch the loss means something on; methods that compare the samples of a
+            batch with each other (RKD, SP, PKT, CC, ...) set it, and the trainer refuses a smaller batch at setup
+            (with ``gather=True`` the global batch counts).
+        renamed_hyperparameters: deprecated hyperparameter name -> current name; the old names are still accepted
+            (flags, configs, ``method_args``) with a ``FutureWarning``.
+        legacy_defaults: defaults the old options had (under their current names), filled in when an old name is
+            used, so that an old setting keeps its meaning.
+
+    Feature layers are selected by the hyperparameters ``student_layers`` and ``teacher_layers`` (``teacher_layers``
+    empty or None: the student's selectors); the resolved layer names are ``student_layer_names`` and
+    ``teacher_layer_names``.
     """
 
     name: ClassVar[str] = ""
@@ -261,13 +273,16 @@ class DistillationLoss(nn.Module):
     default_weight: ClassVar[float] = 1.0
     default_ce_weight: ClassVar[float] = 1.0
     combo_weight: ClassVar[float | None] = None
+    min_batch_size: ClassVar[int] = 1
+    renamed_hyperparameters: ClassVar[dict[str, str]] = {}
+    legacy_defaults: ClassVar[dict[str, Any]] = {}
 
     #: set by subclasses that want an initialization stage (an instance attribute so it can be configured).
     init_stage: InitStage | None = None
 
     #: attributes the base class owns; a hyperparameter of the same name would be overwritten by the trainer.
     _RESERVED: ClassVar[frozenset[str]] = frozenset(
-        {"student_layers", "teacher_layers", "init_stage", "name", "training"}
+        {"student_layer_names", "teacher_layer_names", "init_stage", "name", "training"}
     )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -276,13 +291,13 @@ class DistillationLoss(nn.Module):
         if clash:
             raise TypeError(
                 f"{cls.__name__}: hyperparameter name(s) {', '.join(clash)} are reserved by DistillationLoss; "
-                "rename them (e.g. layers / layers_teacher)."
+                "rename them (the feature-layer selectors are student_layers / teacher_layers)."
             )
 
     def __init__(self) -> None:
         super().__init__()
-        self.student_layers: list[str] = []
-        self.teacher_layers: list[str] = []
+        self.student_layer_names: list[str] = []
+        self.teacher_layer_names: list[str] = []
         self._is_set_up = False
 
     # -- declaration -------------------------------------------------------------------------------------------
@@ -291,13 +306,13 @@ class DistillationLoss(nn.Module):
         raise NotImplementedError
 
     def resolve_layers(self, student_names: Sequence[str], teacher_names: Sequence[str]) -> None:
-        """Resolve this method's map selectors into layer names (``self.student_layers``/``teacher_layers``).
+        """Resolve this method's map selectors into layer names (``self.student_layer_names``/``teacher_layer_names``).
 
         Called by the trainer before the dry run; raises a clear error for a layer that does not exist.
         """
         n = self.needs()
-        self.student_layers = resolve_selectors(n.student.maps, student_names, "student")
-        self.teacher_layers = resolve_selectors(n.teacher.maps, teacher_names, "teacher")
+        self.student_layer_names = resolve_selectors(n.student.maps, student_names, "student")
+        self.teacher_layer_names = resolve_selectors(n.teacher.maps, teacher_names, "teacher")
 
     # -- lazy construction -------------------------------------------------------------------------------------
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
@@ -334,6 +349,35 @@ class DistillationLoss(nn.Module):
         ``base``) overrides this.
         """
         return cls.default_weight, cls.default_ce_weight, cls.combo_weight
+
+    @classmethod
+    def upgrade_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``kwargs`` with deprecated hyperparameter names replaced by the current ones.
+
+        Warns (``FutureWarning``) once per deprecated name used, naming its replacement.
+
+        Raises:
+            ValueError: an option is given under both its old and its new name.
+        """
+        out = dict(kwargs)
+        old_names = [k for k in out if k in cls.renamed_hyperparameters]
+        for old in old_names:
+            new = cls.renamed_hyperparameters[old]
+            if new in out:
+                raise ValueError(
+                    f"{cls.name}: {old!r} is the deprecated name of {new!r}; give only --{cls.name}-{new}."
+                )
+            warnings.warn(
+                f"{cls.name}: hyperparameter {old!r} (--{cls.name}-{old}) is deprecated; use {new!r} "
+                f"(--{cls.name}-{new}).",
+                FutureWarning,
+                stacklevel=3,
+            )
+            out[new] = out.pop(old)
+        if old_names:
+            for k, v in cls.legacy_defaults.items():
+                out.setdefault(k, v)
+        return out
 
     @classmethod
     def hyperparameters(cls) -> dict[str, Any]:

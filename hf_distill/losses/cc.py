@@ -65,6 +65,7 @@ class CC(DistillationLoss):
     )
     default_weight = 0.02
     default_ce_weight = 1.0
+    min_batch_size = 2  # correlations of consecutive samples
 
     def __init__(self, feat_dim: int = 128, gather: bool = False) -> None:
         super().__init__()

@@ -168,6 +168,8 @@ class CRD(DistillationLoss):
         self.mode = mode
         self.negatives = negatives
         self.gather = bool(gather)
+        # in-batch negatives are the other samples of the batch
+        self.min_batch_size = 2 if negatives == "batch" else 1
         self.num_samples = 0
         # normalization constants of the student-anchor and teacher-anchor scores; -1 = not set yet
         self.register_buffer("z_s", torch.tensor(-1.0))

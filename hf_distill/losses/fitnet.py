@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -15,7 +17,7 @@ from .base import (
     MethodNeeds,
     StepInfo,
 )
-from .maps import check_conv_maps, parse_single_selector
+from .maps import check_conv_maps, parse_layer_pair
 from .registry import register_method
 
 
@@ -85,8 +87,8 @@ class FitNet(DistillationLoss):
     """FitNets hint learning: regress the teacher's intermediate ("hint") map from the student's ("guided") map.
 
     ``L = mean (r(f_s) - f_t)^2`` where ``r`` is a trainable :class:`HintRegressor` (conv -> BN -> ReLU, RepDistiller
-    ``ConvReg``, optimized with the student) and ``f_s``, ``f_t`` are the maps at position ``hint_layer`` of the
-    networks' map lists ``[stem, stage1, stage2, ...]`` (RepDistiller ``feat[hint_layer]``).
+    ``ConvReg``, optimized with the student) and ``f_s``, ``f_t`` are the maps at position ``student_layers`` /
+    ``teacher_layers`` of the networks' map lists ``[stem, stage1, stage2, ...]`` (RepDistiller ``feat[hint_layer]``).
 
     Defaults (RepDistiller ``--distill hint``: ``-r 1 -a 0 -b 100 --hint_layer 2``): hint layer 2 (the output of the
     second stage) on both sides, weight 100, CE weight 1, single stage: the hint loss is simply added to CE for the
@@ -96,9 +98,9 @@ class FitNet(DistillationLoss):
     paper's stage 2 uses KD instead, which is available as ``--method fitnet,kd``.
 
     Args:
-        hint_layer: teacher map: a position in ``[stem, stage1, ...]`` (int, or an integer string such as
-            ``"2"``) or a layer name. Default 2.
-        guided_layer: student map; None = the same selector as ``hint_layer``.
+        student_layers: the student's (guided) map: a position in ``[stem, stage1, ...]`` (int, or an integer
+            string such as ``"2"``) or a layer name. Default 2.
+        teacher_layers: the teacher's (hint) map; empty = the same selector as ``student_layers``.
         init_epochs: epochs of the optional hint-only first stage (0 = none, RepDistiller).
         init_learning_rate: learning rate of that stage (None = the main run's).
     """
@@ -113,29 +115,28 @@ class FitNet(DistillationLoss):
     )
     default_weight = 100.0
     default_ce_weight = 1.0
+    renamed_hyperparameters = {"guided_layer": "student_layers", "hint_layer": "teacher_layers"}
+    legacy_defaults = {"teacher_layers": "2"}
 
     def __init__(
         self,
-        hint_layer: int | str = "2",
-        guided_layer: int | str | None = None,
+        student_layers: int | str = "2",
+        teacher_layers: int | str | None = "",
         init_epochs: float = 0.0,
         init_learning_rate: float | None = None,
     ) -> None:
         super().__init__()
-        self._t_sel = parse_single_selector(hint_layer, "--fitnet-hint_layer")
-        self._s_sel = (
-            self._t_sel
-            if guided_layer is None
-            else parse_single_selector(guided_layer, "--fitnet-guided_layer")
+        (self._s_sel,), (self._t_sel,) = parse_layer_pair(
+            student_layers, teacher_layers, "fitnet", single=True
         )
         if init_epochs < 0:
             raise ValueError(f"fitnet init_epochs must be >= 0, got {init_epochs}")
         if init_learning_rate is not None and init_learning_rate <= 0:
             raise ValueError(f"fitnet init_learning_rate must be > 0, got {init_learning_rate}")
         # stored parsed (the int position 2, not the string "2"); the signature default is a string so that the
-        # command line accepts a layer name as well as a position (--fitnet-hint_layer stage3 / 3)
-        self.hint_layer = self._t_sel
-        self.guided_layer = None if guided_layer is None else self._s_sel
+        # command line accepts a layer name as well as a position (--fitnet-student-layers stage3 / 3)
+        self.student_layers = self._s_sel
+        self.teacher_layers = "" if teacher_layers is None or teacher_layers == "" else self._t_sel
         self.init_epochs = float(init_epochs)
         self.init_learning_rate = init_learning_rate
         self.init_stage = (
@@ -144,22 +145,30 @@ class FitNet(DistillationLoss):
             else None
         )
 
+    @classmethod
+    def upgrade_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Also keep the old default of the guided (student) layer: the hint (teacher) layer."""
+        out = super().upgrade_kwargs(kwargs)
+        if {"hint_layer", "guided_layer"} & set(kwargs) and out.get("student_layers") in (None, ""):
+            out["student_layers"] = out["teacher_layers"]
+        return out
+
     def needs(self) -> MethodNeeds:
         return MethodNeeds(
             student=FeatureNeeds(maps=(self._s_sel,)), teacher=FeatureNeeds(maps=(self._t_sel,))
         )
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
-        (s_name,), (t_name,) = self.student_layers, self.teacher_layers
+        (s_name,), (t_name,) = self.student_layer_names, self.teacher_layer_names
+        check_conv_maps(student, [s_name], "student", "fitnet", "--fitnet-student-layers")
         check_conv_maps(
-            student, [s_name], "student", "fitnet", "--fitnet-guided_layer (default: the hint layer)"
+            teacher, [t_name], "teacher", "fitnet", "--fitnet-teacher-layers (default: the student's)"
         )
-        check_conv_maps(teacher, [t_name], "teacher", "fitnet", "--fitnet-hint_layer")
         self.regressor = HintRegressor(student.maps[s_name], teacher.maps[t_name])
 
     def _loss(self, student: Features, teacher: Features) -> Tensor:
-        (f_s,) = student.map_list(self.student_layers)
-        (f_t,) = teacher.map_list(self.teacher_layers)
+        (f_s,) = student.map_list(self.student_layer_names)
+        (f_t,) = teacher.map_list(self.teacher_layer_names)
         return hint_loss(self.regressor(f_s), f_t)
 
     def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:

@@ -84,7 +84,7 @@ class FSP(PairedMaps, InitStageThenCE):
         G_k[j, i] = 1/(H W) * sum_{h,w} F_{k+1}[j, h, w] * F_k[i, h, w]          (a C_{k+1} x C_k matrix)
         L_FSP = sum_k mean_{b, j, i} (G_k^S - G_k^T)^2
 
-    Features: the stem and every stage map of both networks (RepDistiller ``feat[:-1]``; ``layers="all"``),
+    Features: the stem and every stage map of both networks (RepDistiller ``feat[:-1]``; ``student_layers="all"``),
     post-activation.
 
     Requirements: the student's and the teacher's maps must have equal channel counts position by position, since
@@ -103,8 +103,8 @@ class FSP(PairedMaps, InitStageThenCE):
     Args:
         init_epochs: length of the initialization stage (0: none; then ``main_stage_loss`` must be on).
         main_stage_loss: keep the FSP term in the main stage (RepDistiller: off).
-        layers: map selectors for both networks ("all", "stages", names, positions; comma-separated; >= 2 maps).
-        layers_teacher: selectors for the teacher only (empty: same as ``layers``).
+        student_layers: map selectors for both networks ("all", "stages", names, positions; comma-separated; >= 2 maps).
+        teacher_layers: selectors for the teacher only (empty: same as ``student_layers``).
     """
 
     summary = "Match the FSP (Gram) matrices between consecutive feature maps, init stage"
@@ -116,38 +116,41 @@ class FSP(PairedMaps, InitStageThenCE):
     )
     default_weight = 50.0
     default_ce_weight = 1.0
+    renamed_hyperparameters = {"layers": "student_layers", "layers_teacher": "teacher_layers"}
 
     def __init__(
         self,
         init_epochs: float = 30.0,
         main_stage_loss: bool = False,
-        layers: str = "all",
-        layers_teacher: str = "",
+        student_layers: str = "all",
+        teacher_layers: str = "",
     ) -> None:
         super().__init__()
         self.set_schedule(init_epochs, main_stage_loss)
-        self.select_layers(layers, layers_teacher)
+        self.select_layers(student_layers, teacher_layers)
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
         self.check_maps(student, teacher)
-        if len(self.student_layers) < 2:
+        if len(self.student_layer_names) < 2:
             raise ValueError(
-                f"FSP compares consecutive maps and needs at least two layers, got {self.student_layers}; "
-                "use --fsp-layers all (the default) or list two or more layers."
+                f"FSP compares consecutive maps and needs at least two layers, got {self.student_layer_names}; "
+                "use --fsp-student-layers all (the default) or list two or more layers."
             )
         bad = [
             f"student {sn} has {student.maps[sn][0]} channels, teacher {tn} has {teacher.maps[tn][0]}"
-            for sn, tn in zip(self.student_layers, self.teacher_layers)
+            for sn, tn in zip(self.student_layer_names, self.teacher_layer_names)
             if student.maps[sn][0] != teacher.maps[tn][0]
         ]
         if bad:
             raise ValueError(
                 "FSP compares the student's and the teacher's FSP matrices entry by entry, so paired layers need "
                 f"equal channel counts, but: {'; '.join(bad)}. FSP does not apply to this pair (e.g. wrn_40_2 -> "
-                "wrn_40_1 is N/A in the CRD benchmark); pick layers with matching channels via --fsp-layers / "
-                "--fsp-layers_teacher, or use another method."
+                "wrn_40_1 is N/A in the CRD benchmark); pick layers with matching channels via --fsp-student-layers / "
+                "--fsp-teacher-layers, or use another method."
             )
 
     def distill_term(self, student: Features, teacher: Features) -> Tensor:
         """L_FSP for one batch."""
-        return fsp_loss(student.map_list(self.student_layers), teacher.map_list(self.teacher_layers))
+        return fsp_loss(
+            student.map_list(self.student_layer_names), teacher.map_list(self.teacher_layer_names)
+        )

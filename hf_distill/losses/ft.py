@@ -22,7 +22,7 @@ from .base import (
     StepInfo,
 )
 from .factor import AutoEncoder, ConvCoder
-from .maps import check_conv_maps, parse_single_selector, pool_to_common_size
+from .maps import check_conv_maps, parse_layer_pair, pool_to_common_size
 from .registry import register_method
 
 __all__ = ["FT", "ft_factor", "ft_loss"]
@@ -98,8 +98,8 @@ class FT(DistillationLoss):
         rate: factor channels as a fraction of the teacher's channels (RepDistiller ``k=0.5``).
         init_epochs: length of the paraphraser's initialization stage (RepDistiller ``--init_epochs 30``).
         init_learning_rate: SGD learning rate of that stage (0.01; None = the main run's rate).
-        student_layer: the student map to translate (selector; "last" = RepDistiller ``feat[-2]``).
-        teacher_layer: the teacher map to paraphrase (selector; "last").
+        student_layers: the student map to translate (one selector; "last" = RepDistiller ``feat[-2]``).
+        teacher_layers: the teacher map to paraphrase (one selector; empty: the student's, i.e. "last").
     """
 
     summary = (
@@ -115,6 +115,8 @@ class FT(DistillationLoss):
     )
     default_weight = 200.0
     default_ce_weight = 1.0
+    renamed_hyperparameters = {"student_layer": "student_layers", "teacher_layer": "teacher_layers"}
+    legacy_defaults = {"teacher_layers": "last"}
 
     def __init__(
         self,
@@ -123,8 +125,8 @@ class FT(DistillationLoss):
         rate: float = 0.5,
         init_epochs: float = 30.0,
         init_learning_rate: float | None = 0.01,
-        student_layer: MapSelector = "last",
-        teacher_layer: MapSelector = "last",
+        student_layers: MapSelector = "last",
+        teacher_layers: MapSelector | None = "",
     ) -> None:
         super().__init__()
         if p1 <= 0 or p2 <= 0:
@@ -142,21 +144,21 @@ class FT(DistillationLoss):
         self.rate = float(rate)
         self.init_epochs = float(init_epochs)
         self.init_learning_rate = None if init_learning_rate is None else float(init_learning_rate)
-        self.student_layer = parse_single_selector(student_layer, "--ft-student_layer")
-        self.teacher_layer = parse_single_selector(teacher_layer, "--ft-teacher_layer")
+        self.student_layers, self.teacher_layers = student_layers, teacher_layers
+        (self._s_sel,), (self._t_sel,) = parse_layer_pair(student_layers, teacher_layers, "ft", single=True)
         self.init_stage = InitStage(
             epochs=self.init_epochs, learning_rate=self.init_learning_rate, train_student=False
         )
 
     def needs(self) -> MethodNeeds:
         return MethodNeeds(
-            student=FeatureNeeds(maps=(self.student_layer,)), teacher=FeatureNeeds(maps=(self.teacher_layer,))
+            student=FeatureNeeds(maps=(self._s_sel,)), teacher=FeatureNeeds(maps=(self._t_sel,))
         )
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
-        s_name, t_name = self.student_layers[0], self.teacher_layers[0]
-        check_conv_maps(student, [s_name], "student", "ft", "--ft-student_layer")
-        check_conv_maps(teacher, [t_name], "teacher", "ft", "--ft-teacher_layer")
+        s_name, t_name = self.student_layer_names[0], self.teacher_layer_names[0]
+        check_conv_maps(student, [s_name], "student", "ft", "--ft-student-layers")
+        check_conv_maps(teacher, [t_name], "teacher", "ft", "--ft-teacher-layers")
         s_shape, t_shape = tuple(student.maps[s_name]), tuple(teacher.maps[t_name])
         c_factor = int(t_shape[0] * self.rate)
         if c_factor < 1:
@@ -172,15 +174,15 @@ class FT(DistillationLoss):
     def teacher_factor(self, teacher: Features) -> Tensor:
         """The frozen paraphraser's factor of the teacher map (no gradient: it is never trained here)."""
         with torch.no_grad():
-            return self.paraphraser.encode(teacher.maps[self.teacher_layers[0]])
+            return self.paraphraser.encode(teacher.maps[self.teacher_layer_names[0]])
 
     def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
-        factor_s = self.translator(student.maps[self.student_layers[0]])
+        factor_s = self.translator(student.maps[self.student_layer_names[0]])
         return {"ft": ft_loss(factor_s, self.teacher_factor(teacher), self.p1, self.p2)}
 
     def init_stage_loss(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
         """MSE reconstruction of the teacher's map by the paraphraser (RepDistiller ``nn.MSELoss``)."""
-        f_t = teacher.maps[self.teacher_layers[0]]
+        f_t = teacher.maps[self.teacher_layer_names[0]]
         _, rec = self.paraphraser(f_t)
         return {"rec": F.mse_loss(rec, f_t)}
 

@@ -94,6 +94,7 @@ class ICD(DistillationLoss):
     )
     default_weight = 1.0
     default_ce_weight = 1.0
+    min_batch_size = 2  # the negatives are the other samples of the batch
 
     def __init__(
         self,

@@ -8,7 +8,6 @@ Follows the authors' release (aliyun/Revisiting-Knowledge-Distillation-an-Inheri
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -19,7 +18,6 @@ from torch import Tensor
 
 from .base import (
     DataInfo,
-    DistillationLoss,
     FeatureNeeds,
     Features,
     FeatureSpec,
@@ -30,8 +28,9 @@ from .base import (
     resolve_selectors,
 )
 from .factor import AutoEncoder, ConvCoder, mean_pnorm
-from .maps import check_conv_maps, parse_single_selector, pool_to_common_size
-from .registry import METHODS, Preset, get_method, instantiate, register_method, register_preset
+from .maps import check_conv_maps, parse_layer_pair, pool_to_common_size
+from .registry import Preset, register_method, register_preset
+from .wrapped import WrappedMethod
 
 __all__ = ["IEKD", "cosine_factor_loss", "iekd_loss", "normalized_distance"]
 
@@ -104,20 +103,8 @@ def iekd_loss(
     return cosine_factor_loss(t_i, s_i), cosine_factor_loss(t_e, s_e, negative=True)
 
 
-def _method_class(name: str) -> type[DistillationLoss]:
-    """The registered class of ``name``, importing ``hf_distill.losses.<name>`` first if needed."""
-    if name not in METHODS:
-        module = f"{__package__}.{name}"
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:  # only "no such method module"; a broken import still surfaces
-            if e.name != module:
-                raise
-    return get_method(name)
-
-
 @register_method("iekd")
-class IEKD(DistillationLoss):
+class IEKD(WrappedMethod):
     """Inheritance and Exploration KD: half of the student's channels inherit the teacher's factor, half explore.
 
     Features: the last feature map of both networks (before pooling). Parts:
@@ -146,9 +133,10 @@ class IEKD(DistillationLoss):
     one is adaptive-average-pooled to the smaller before the comparison (as FT); channels meet through the
     encoders.
 
-    Composition (the paper combines IE with KD/AT/FT): ``base`` names a registered method that is built as a child
-    module (``base_loss``) with ``base_kwargs``. Its needs are merged into this method's, its layers resolved by
-    :meth:`resolve_layers`, its parts built in :meth:`setup`, and its terms returned as ``base_<term>`` times
+    Composition (the paper combines IE with KD/AT/FT): ``base`` names a registered method that is wrapped as
+    ``base_method`` (:class:`~hf_distill.losses.wrapped.WrappedMethod`) with ``base_kwargs``: its needs are merged
+    into this method's, its layers resolved and its parts built with this method's, and its terms returned as
+    ``base_<term>`` times
     ``base_weight`` (default: the base's ``combo_weight``, else its ``default_weight``: kd 1, ft 200), so the
     objective logs e.g. ``iekd_base_kd``. A base with its own init stage (ft) is merged into this one: the stage
     lasts the longer of the two, its loss is the sum of both stage losses (each part only while its own epochs
@@ -165,8 +153,8 @@ class IEKD(DistillationLoss):
         rec_p: order of the reconstruction loss of the init stage (1).
         init_epochs: length of the auto-encoder stage (30).
         init_learning_rate: SGD rate of the stage (None: 0.1, or the base stage's rate when lower).
-        student_layer: the student map to split (selector, "last").
-        teacher_layer: the teacher map to encode (selector, "last").
+        student_layers: the student map to split (one selector, "last").
+        teacher_layers: the teacher map to encode (one selector; empty: the student's, i.e. "last").
         base: None, or a method to combine with ("kd", "at", "ft", ...).
         base_kwargs: hyperparameters of the base method.
         base_weight: weight of the base's terms inside this method (None: the base's combo/default weight).
@@ -184,6 +172,8 @@ class IEKD(DistillationLoss):
     )
     default_weight = 1.0
     default_ce_weight = 1.0
+    renamed_hyperparameters = {"student_layer": "student_layers", "teacher_layer": "teacher_layers"}
+    legacy_defaults = {"teacher_layers": "last"}
 
     def __init__(
         self,
@@ -196,8 +186,8 @@ class IEKD(DistillationLoss):
         rec_p: float = 1.0,
         init_epochs: float = 30.0,
         init_learning_rate: float | None = None,
-        student_layer: MapSelector = "last",
-        teacher_layer: MapSelector = "last",
+        student_layers: MapSelector = "last",
+        teacher_layers: MapSelector | None = "",
         base: str | None = None,
         base_kwargs: dict[str, Any] | None = None,
         base_weight: float | None = None,
@@ -230,39 +220,26 @@ class IEKD(DistillationLoss):
         self.rec_p = float(rec_p)
         self.init_epochs = float(init_epochs)
         self.init_learning_rate = None if init_learning_rate is None else float(init_learning_rate)
-        self.student_layer = parse_single_selector(student_layer, "--iekd-student_layer")
-        self.teacher_layer = parse_single_selector(teacher_layer, "--iekd-teacher_layer")
+        self.student_layers, self.teacher_layers = student_layers, teacher_layers
+        (self._s_sel,), (self._t_sel,) = parse_layer_pair(student_layers, teacher_layers, "iekd", single=True)
         self.ie_student_layer = ""
         self.ie_teacher_layer = ""
 
-        name = None if base is None or str(base).strip().lower() in ("", "none") else str(base)
-        name = None if name is None else name.strip().lower().replace("-", "_")
-        if name == self.name or name == "iekd":
-            raise ValueError("iekd cannot use itself as its base method; pick e.g. --iekd-base kd.")
-        if name is None and (base_kwargs or base_weight is not None):
-            raise ValueError(
-                "iekd base_kwargs/base_weight were given without a base method (--iekd-base kd|at|ft)."
-            )
         if base_weight is not None and base_weight < 0:
             raise ValueError(f"iekd base_weight must be >= 0, got {base_weight}")
-        if base_kwargs is not None and not isinstance(base_kwargs, dict):
-            raise ValueError(
-                f"iekd base_kwargs must be a dict of the base's hyperparameters, got {base_kwargs!r}"
-            )
-        self.base = name
-        self.base_kwargs = dict(base_kwargs) if base_kwargs else None
-        self.base_loss: DistillationLoss | None = None
+        method = self.wrap(base, base_kwargs)
+        if method is None and base_weight is not None:
+            raise ValueError("iekd base_weight was given without a base method (--iekd-base kd|at|ft).")
         self.base_weight: float | None = None
         base_stage: InitStage | None = None
-        if name is not None:
-            cls = _method_class(name)
-            self.base_loss = instantiate(name, self.base_kwargs)
+        if method is not None:
+            cls = type(method)
             self.base_weight = float(
                 base_weight
                 if base_weight is not None
                 else (cls.combo_weight if cls.combo_weight is not None else cls.default_weight)
             )
-            base_stage = self.base_loss.init_stage
+            base_stage = method.init_stage
 
         lr = self.init_learning_rate
         if lr is None:
@@ -277,34 +254,27 @@ class IEKD(DistillationLoss):
         )
 
     # -- declaration -------------------------------------------------------------------------------------------
-    def needs(self) -> MethodNeeds:
-        own = MethodNeeds(
-            student=FeatureNeeds(maps=(self.student_layer,)), teacher=FeatureNeeds(maps=(self.teacher_layer,))
+    def own_needs(self) -> MethodNeeds:
+        return MethodNeeds(
+            student=FeatureNeeds(maps=(self._s_sel,)), teacher=FeatureNeeds(maps=(self._t_sel,))
         )
-        return own if self.base_loss is None else own | self.base_loss.needs()
 
     def resolve_layers(self, student_names: Sequence[str], teacher_names: Sequence[str]) -> None:
-        """Resolve this method's layer and the base's; ``student_layers``/``teacher_layers`` hold their union."""
-        self.ie_student_layer = resolve_selectors([self.student_layer], student_names, "student")[0]
-        self.ie_teacher_layer = resolve_selectors([self.teacher_layer], teacher_names, "teacher")[0]
-        s, t = [self.ie_student_layer], [self.ie_teacher_layer]
-        if self.base_loss is not None:
-            self.base_loss.resolve_layers(student_names, teacher_names)
-            s += self.base_loss.student_layers
-            t += self.base_loss.teacher_layers
-        self.student_layers = list(dict.fromkeys(s))
-        self.teacher_layers = list(dict.fromkeys(t))
+        """Resolve this method's layer and the base's; ``student_layer_names``/``teacher_layer_names`` hold their union."""
+        super().resolve_layers(student_names, teacher_names)
+        self.ie_student_layer = resolve_selectors([self._s_sel], student_names, "student")[0]
+        self.ie_teacher_layer = resolve_selectors([self._t_sel], teacher_names, "teacher")[0]
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
-        check_conv_maps(student, [self.ie_student_layer], "student", "iekd", "--iekd-student_layer")
-        check_conv_maps(teacher, [self.ie_teacher_layer], "teacher", "iekd", "--iekd-teacher_layer")
+        check_conv_maps(student, [self.ie_student_layer], "student", "iekd", "--iekd-student-layers")
+        check_conv_maps(teacher, [self.ie_teacher_layer], "teacher", "iekd", "--iekd-teacher-layers")
         s_shape = tuple(student.maps[self.ie_student_layer])
         t_shape = tuple(teacher.maps[self.ie_teacher_layer])
         c_s, c_t = s_shape[0], t_shape[0]
         if c_s < 2:
             raise ValueError(
                 f"iekd splits the student's map into two channel groups, but layer {self.ie_student_layer!r} has "
-                f"{c_s} channel; pick another layer with --iekd-student-layer."
+                f"{c_s} channel; pick another layer with --iekd-student-layers."
             )
         c_factor = int(c_t * self.rate)
         if c_factor < 1:
@@ -320,8 +290,6 @@ class IEKD(DistillationLoss):
         self.teacher_ae = AutoEncoder(coder(c_t, c_factor), coder(c_factor, c_t))
         self.inh_encoder = coder(n_inh, c_factor)
         self.exp_encoder = coder(c_s - n_inh, c_factor)
-        if self.base_loss is not None:
-            self.base_loss.build(student, teacher, data)
 
     # -- the loss ------------------------------------------------------------------------------------------------
     def split_channels(self, f_s: Tensor) -> tuple[Tensor, Tensor]:
@@ -346,9 +314,8 @@ class IEKD(DistillationLoss):
             self.p,
         )
         terms = {"iekd_inh": self.inh_weight * l_inh, "iekd_exp": self.exp_weight * l_exp}
-        if self.base_loss is not None:
-            for k, v in self.base_loss(student, teacher, step).items():
-                terms[f"base_{k}"] = self.base_weight * v
+        if self.base_method is not None:
+            terms.update(self.base_terms(student, teacher, step, prefix="base_", weight=self.base_weight))
         return terms
 
     # -- initialization stage ------------------------------------------------------------------------------------
@@ -364,14 +331,14 @@ class IEKD(DistillationLoss):
             _, rec = self.teacher_ae(f_t)
             terms["rec"] = mean_pnorm(f_t - rec, self.rec_p)
         if self._base_stage is not None and self._part_active(self._base_stage.epochs, step):
-            for k, v in self.base_loss.init_stage_loss(student, teacher, step).items():
+            for k, v in self.base_method.init_stage_loss(student, teacher, step).items():
                 terms[f"base_{k}"] = v
         return terms
 
     def on_init_stage_end(self) -> None:
         self.teacher_ae.freeze()
         if self._base_stage is not None:
-            self.base_loss.on_init_stage_end()
+            self.base_method.on_init_stage_end()
 
 
 register_preset(

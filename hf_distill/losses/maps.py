@@ -29,6 +29,8 @@ __all__ = [
     "check_conv_maps",
     "check_layer_reduction",
     "check_pairing",
+    "layer_options",
+    "parse_layer_pair",
     "parse_selectors",
     "parse_single_selector",
     "pool_to_common_size",
@@ -107,22 +109,54 @@ def parse_single_selector(value: MapSelector, option: str) -> MapSelector:
     return sel[0]
 
 
+def layer_options(method: str) -> str:
+    """The flags that select a method's feature layers, for error messages."""
+    return f"--{method}-student-layers / --{method}-teacher-layers"
+
+
+def parse_layer_pair(
+    student_layers: str | int | Sequence[MapSelector],
+    teacher_layers: str | int | Sequence[MapSelector] | None,
+    method: str,
+    single: bool = False,
+) -> tuple[tuple[MapSelector, ...], tuple[MapSelector, ...]]:
+    """Parse a method's ``student_layers`` / ``teacher_layers`` hyperparameters into map selectors.
+
+    Args:
+        student_layers: the student's selectors.
+        teacher_layers: the teacher's; empty or None: the student's selectors, resolved against the teacher.
+        method: the method's name, for the flags named in errors.
+        single: each side must select exactly one map (:func:`parse_single_selector`).
+
+    Returns:
+        (student selectors, teacher selectors).
+    """
+
+    def parse(value: str | int | Sequence[MapSelector], side: str) -> tuple[MapSelector, ...]:
+        option = f"--{method}-{side}-layers"
+        return (parse_single_selector(value, option),) if single else parse_selectors(value, option)
+
+    s = parse(student_layers, "student")
+    t = s if teacher_layers is None or teacher_layers == "" else parse(teacher_layers, "teacher")
+    return s, t
+
+
 def check_pairing(
-    student_layers: Sequence[str], teacher_layers: Sequence[str], method: str, options: str
+    student_layer_names: Sequence[str], teacher_layer_names: Sequence[str], method: str, options: str
 ) -> None:
     """Raise a clear error when the selected student and teacher maps cannot be paired one to one.
 
     Args:
-        student_layers: the student's selected layer names.
-        teacher_layers: the teacher's selected layer names.
+        student_layer_names: the student's selected layer names.
+        teacher_layer_names: the teacher's selected layer names.
         method: the method's name, for the message.
         options: the flags that select the layers, e.g. ``"--at-student_maps / --at-teacher_maps"``.
     """
-    if len(student_layers) != len(teacher_layers) or not student_layers:
+    if len(student_layer_names) != len(teacher_layer_names) or not student_layer_names:
         raise ValueError(
-            f"{method} pairs student and teacher feature maps one to one, but {len(student_layers)} student and "
-            f"{len(teacher_layers)} teacher maps are selected (student: {', '.join(student_layers) or 'none'}; "
-            f"teacher: {', '.join(teacher_layers) or 'none'}; the networks have different numbers of stages?). "
+            f"{method} pairs student and teacher feature maps one to one, but {len(student_layer_names)} student and "
+            f"{len(teacher_layer_names)} teacher maps are selected (student: {', '.join(student_layer_names) or 'none'}; "
+            f"teacher: {', '.join(teacher_layer_names) or 'none'}; the networks have different numbers of stages?). "
             f"Select the same number on both sides with {options}, e.g. 'stage1,stage2,stage3' or '1,2,-1'."
         )
 
@@ -197,37 +231,22 @@ class PairedMaps:
     """
 
     name: ClassVar[str]
-    student_layers: list[str]
-    teacher_layers: list[str]
+    student_layer_names: list[str]
+    teacher_layer_names: list[str]
     #: read the maps before their final activation (AB)
     preact_maps: ClassVar[bool] = False
 
-    def select_maps(
-        self, student_maps: str | int | Sequence[MapSelector], teacher_maps: str | int | Sequence[MapSelector]
-    ) -> None:
-        """Keep and parse the ``student_maps`` / ``teacher_maps`` hyperparameters."""
-        self.student_maps = student_maps
-        self.teacher_maps = teacher_maps
-        self._student_sel = parse_selectors(student_maps, f"--{self.name}-student_maps")
-        self._teacher_sel = parse_selectors(teacher_maps, f"--{self.name}-teacher_maps")
-        self._map_options = f"--{self.name}-student_maps / --{self.name}-teacher_maps"
-
     def select_layers(
-        self, layers: str | int | Sequence[MapSelector], layers_teacher: str | int | Sequence[MapSelector]
+        self,
+        student_layers: str | int | Sequence[MapSelector],
+        teacher_layers: str | int | Sequence[MapSelector] | None,
     ) -> None:
-        """Keep and parse the ``layers`` / ``layers_teacher`` hyperparameters (an empty ``layers_teacher``: the
-        teacher's maps are selected by ``layers`` too)."""
-        self.layers = layers
-        self.layers_teacher = layers_teacher
-        self._student_sel = parse_selectors(layers, f"--{self.name}-layers")
-        self._teacher_sel = (
-            parse_selectors(layers_teacher, f"--{self.name}-layers_teacher")
-            if layers_teacher
-            else self._student_sel
-        )
-        self._map_options = (
-            f"--{self.name}-layers (both sides) and --{self.name}-layers_teacher (teacher side only)"
-        )
+        """Keep the ``student_layers`` / ``teacher_layers`` hyperparameters as given (for ``hparams()``) and parse
+        them (see :func:`parse_layer_pair`)."""
+        self.student_layers = student_layers
+        self.teacher_layers = teacher_layers
+        self._student_sel, self._teacher_sel = parse_layer_pair(student_layers, teacher_layers, self.name)
+        self._map_options = layer_options(self.name)
 
     def needs(self) -> MethodNeeds:
         return MethodNeeds(
@@ -242,10 +261,10 @@ class PairedMaps:
             ValueError: with the layers and the flags that select them.
         """
         method = self.name.upper()
-        check_pairing(self.student_layers, self.teacher_layers, method, self._map_options)
+        check_pairing(self.student_layer_names, self.teacher_layer_names, method, self._map_options)
         for who, spec, layers in (
-            ("student", student, self.student_layers),
-            ("teacher", teacher, self.teacher_layers),
+            ("student", student, self.student_layer_names),
+            ("teacher", teacher, self.teacher_layer_names),
         ):
             if spec is not None:
                 check_conv_maps(spec, layers, who, method, self._map_options)

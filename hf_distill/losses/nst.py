@@ -74,7 +74,7 @@ class NST(PairedMaps, DistillationLoss):
     averaged over the batch and summed over the layers. The teacher-teacher term is a constant (kept, as
     RepDistiller's ``full_loss``, so the value is a true squared MMD >= 0).
 
-    Features: the stage maps of both networks (post-activation; RepDistiller ``feat[1:-1]``; ``layers="stages"``).
+    Features: the stage maps of both networks (post-activation; RepDistiller ``feat[1:-1]``; ``student_layers="stages"``).
 
     Defaults and sources: d = 2, c = 0 (paper's polynomial kernel, RepDistiller); weight 50 and CE weight 1
     (RepDistiller ``-b 50 -r 1``); no extra parameters, no initialization stage.
@@ -86,8 +86,8 @@ class NST(PairedMaps, DistillationLoss):
     Args:
         degree: polynomial kernel degree d.
         c: polynomial kernel offset (>= 0 keeps the kernel positive semi-definite).
-        layers: map selectors for both networks ("stages", "last", "all", names, positions; comma-separated).
-        layers_teacher: selectors for the teacher only (empty: same as ``layers``).
+        student_layers: map selectors for both networks ("stages", "last", "all", names, positions; comma-separated).
+        teacher_layers: selectors for the teacher only (empty: same as ``student_layers``).
     """
 
     summary = "MMD (polynomial kernel) between the spatial activation patterns of the channels of stage maps"
@@ -98,9 +98,10 @@ class NST(PairedMaps, DistillationLoss):
     )
     default_weight = 50.0
     default_ce_weight = 1.0
+    renamed_hyperparameters = {"layers": "student_layers", "layers_teacher": "teacher_layers"}
 
     def __init__(
-        self, degree: int = 2, c: float = 0.0, layers: str = "stages", layers_teacher: str = ""
+        self, degree: int = 2, c: float = 0.0, student_layers: str = "stages", teacher_layers: str = ""
     ) -> None:
         super().__init__()
         if int(degree) != degree or degree < 1:
@@ -111,12 +112,12 @@ class NST(PairedMaps, DistillationLoss):
             )
         self.degree = int(degree)
         self.c = float(c)
-        self.select_layers(layers, layers_teacher)
+        self.select_layers(student_layers, teacher_layers)
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
         self.check_maps(student, teacher)
 
     def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
-        s = student.map_list(self.student_layers)
-        t = teacher.map_list(self.teacher_layers)
+        s = student.map_list(self.student_layer_names)
+        t = teacher.map_list(self.teacher_layer_names)
         return {"nst": nst_loss(s, t, self.degree, self.c)}

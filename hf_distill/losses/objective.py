@@ -11,6 +11,34 @@ from .base import DataInfo, DistillationLoss, FeatureNeeds, Features, FeatureSpe
 from .registry import ObjectiveSpec, instantiate, resolve_objective
 
 
+def check_batch_size(methods: dict[str, DistillationLoss], per_device: int, num_processes: int = 1) -> None:
+    """Refuse a batch too small for a method that compares the samples of a batch with each other.
+
+    Each method (and each method it wraps) declares ``min_batch_size``; with ``gather=True`` it sees the global batch
+    (``per_device * num_processes``), otherwise the batch of one process.
+
+    Raises:
+        ValueError: one line naming the method, the batch it would get and the minimum.
+    """
+    for key, method in methods.items():
+        for m in method.modules():
+            if not isinstance(m, DistillationLoss) or m.min_batch_size <= 1:
+                continue
+            gather = bool(getattr(m, "gather", False))
+            got = per_device * num_processes if gather else per_device
+            if got < m.min_batch_size:
+                who = key if m is method else f"{key} (its base {m.name})"
+                seen = (
+                    f"a global batch of {got} ({per_device} per device x {num_processes} processes, gather=True)"
+                    if gather
+                    else f"a batch of {got} per device"
+                )
+                raise ValueError(
+                    f"{who} compares the samples of a batch and needs at least {m.min_batch_size} of them, but gets "
+                    f"{seen}: raise --per_device_train_batch_size to {m.min_batch_size} or more."
+                )
+
+
 class DistillationObjective(nn.Module):
     """A weighted sum of distillation methods plus the cross-entropy term.
 
@@ -75,11 +103,11 @@ class DistillationObjective(nn.Module):
     def needs_teacher(self) -> bool:
         return self.needs().teacher.anything
 
-    def student_layers(self) -> list[str]:
-        return list(dict.fromkeys(n for m in self.methods.values() for n in m.student_layers))
+    def student_layer_names(self) -> list[str]:
+        return list(dict.fromkeys(n for m in self.methods.values() for n in m.student_layer_names))
 
-    def teacher_layers(self) -> list[str]:
-        return list(dict.fromkeys(n for m in self.methods.values() for n in m.teacher_layers))
+    def teacher_layer_names(self) -> list[str]:
+        return list(dict.fromkeys(n for m in self.methods.values() for n in m.teacher_layer_names))
 
     def resolve_layers(self, student_names: list[str], teacher_names: list[str]) -> None:
         for m in self.methods.values():
@@ -88,6 +116,10 @@ class DistillationObjective(nn.Module):
     def build(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
         for m in self.methods.values():
             m.build(student, teacher, data)
+
+    def check_batch_size(self, per_device: int, num_processes: int = 1) -> None:
+        """See :func:`check_batch_size` (called by the trainer once the batch size is known)."""
+        check_batch_size(dict(self.methods.items()), per_device, num_processes)
 
     def init_stage_methods(self) -> list[str]:
         return [k for k, m in self.methods.items() if m.init_stage is not None]

@@ -73,6 +73,7 @@ class PKT(DistillationLoss):
     )
     default_weight = 30000.0
     default_ce_weight = 1.0
+    min_batch_size = 2  # one sample has no other sample to be conditioned on
 
     def __init__(self, eps: float = 1e-7, gather: bool = False) -> None:
         super().__init__()

@@ -32,6 +32,11 @@ class Preset:
     description: str = ""
 
 
+def canonical(name: str) -> str:
+    """The registry spelling of a method or option name: ``" Crd-KD "`` -> ``"crd_kd"`` (flags use dashes)."""
+    return str(name).strip().lower().replace("-", "_")
+
+
 def register_method(name: str) -> Callable[[type[DistillationLoss]], type[DistillationLoss]]:
     """Class decorator: make a :class:`DistillationLoss` available as ``--method <name>``."""
 
@@ -66,7 +71,7 @@ def known_names() -> list[str]:
 
 def get_method(name: str) -> type[DistillationLoss]:
     """Look a method class up by name, with an error that lists the known ones."""
-    key = name.strip().lower().replace("-", "_")
+    key = canonical(name)
     if key not in METHODS:
         raise ValueError(unknown_method_message(name))
     return METHODS[key]
@@ -95,7 +100,7 @@ def parse_method_list(method: str | Sequence[str]) -> list[str]:
         names = [m for m in (p.strip() for p in method.split(",")) if m]
     else:
         names = [str(m).strip() for m in method]
-    return [n.lower().replace("-", "_") for n in names]
+    return [canonical(n) for n in names]
 
 
 def resolve_objective(
@@ -120,7 +125,7 @@ def resolve_objective(
         )
     kwargs: dict[str, dict[str, Any]] = {}
     # a method's default weights may depend on its hyperparameters (SKD takes those of its --skd-base)
-    user_kw = {m.lower().replace("-", "_"): kw for m, kw in (method_kwargs or {}).items()}
+    user_kw = {canonical(m): kw for m, kw in (method_kwargs or {}).items()}
     expanded: list[str] = []
     default_w: list[float] = []
     default_ce: float | None = None
@@ -164,7 +169,7 @@ def resolve_objective(
             )
     final_w = tuple(weights) if weights is not None else tuple(default_w)
     for m, kw in (method_kwargs or {}).items():
-        key = m.lower().replace("-", "_")
+        key = canonical(m)
         if key not in expanded:
             raise ValueError(
                 f"Arguments were given for method {m!r}, which is not in --method ({', '.join(expanded) or 'none'})."
@@ -176,9 +181,12 @@ def resolve_objective(
 
 
 def instantiate(name: str, kwargs: dict[str, Any] | None = None) -> DistillationLoss:
-    """Build one method, with a clear error for a hyperparameter it does not have."""
+    """Build one method, with a clear error for a hyperparameter it does not have.
+
+    Deprecated hyperparameter names are accepted with a ``FutureWarning`` (:meth:`DistillationLoss.upgrade_kwargs`).
+    """
     cls = get_method(name)
-    kwargs = dict(kwargs or {})
+    kwargs = cls.upgrade_kwargs(dict(kwargs or {}))
     valid = cls.hyperparameters()
     bad = sorted(set(kwargs) - set(valid))
     if bad:

@@ -89,6 +89,9 @@ class RKD(DistillationLoss):
     )
     default_weight = 1.0
     default_ce_weight = 1.0
+    min_batch_size = (
+        3  # two samples: one distance, normalized to 1 on both sides, and no triplet for an angle
+    )
 
     def __init__(self, w_dist: float = 25.0, w_angle: float = 50.0, gather: bool = False) -> None:
         super().__init__()

@@ -7,20 +7,17 @@ design; the class docstring says what is from the paper and what is not.
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import cskd as _cskd  # noqa: F401  (register the bases SKD wraps)
-from . import dkd as _dkd  # noqa: F401
-from . import kd as _kd  # noqa: F401
-from .base import DataInfo, DistillationLoss, FeatureNeeds, Features, FeatureSpec, MethodNeeds, StepInfo
-from .registry import get_method, instantiate, register_method
+from .base import DataInfo, FeatureNeeds, Features, FeatureSpec, MethodNeeds, StepInfo
+from .kd import kd_loss
+from .registry import register_method
+from .wrapped import WrappedMethod
 
 #: softening temperature when neither ``temperature`` nor the base method gives one.
 _FALLBACK_TEMPERATURE = 4.0
@@ -65,7 +62,7 @@ class LearningSimplifier(nn.Module):
 
 
 @register_method("skd")
-class SKD(DistillationLoss):
+class SKD(WrappedMethod):
     """Student-friendly KD: a learned "simplifier" rewrites the softened teacher output into the target of a
     logit-based base method (KD, DKD, CSKD, ...), and is trained jointly with the student by that same loss.
 
@@ -83,24 +80,16 @@ class SKD(DistillationLoss):
       own softening ``softmax(T v / T) = softmax(v)`` gives the simplified distribution, and a base with
       per-sample temperatures (CSKD's CSWT) or a label split (DKD) works on it unchanged. ``T`` is the base
       method's ``temperature`` unless ``temperature`` is given (then the base sees a re-scaled target).
-      Parameters: ``4 C d + 3 d + C + 1`` (d = ``attn_dim``): 2,763 for CIFAR-10 and 25,893 for CIFAR-100 with
-      d = 64. Loss forward + backward on CPU (one thread, batch 64): 0.54 ms with the simplifier vs 0.12 ms for
-      plain KD (C = 10; 0.71 vs 0.10 ms for C = 100), against ~210 ms for the resnet20 student's forward +
-      backward alone: an overhead well under 1% of a step.
+      Parameters: ``4 C d + 3 d + C + 1`` (d = ``attn_dim``).
     * Collapse guard: the simplifier is trained by the loss that compares its output with the student, whose
       trivial minimum is a target that imitates the student (and, KL(target || student) being mode-seeking, a
       sharp one). We keep (1) the bounded residual (``max_shift``: no softened logit moves by more than that from
-      the teacher's; an unbounded first version diverged to NaN within 40 steps at lr 0.05), (2)
+      the teacher's; an unbounded residual can diverge), (2)
       ``anchor_weight * T^2 * KL(softmax(u) || softmax(v))``, which keeps the target near the teacher, and (3)
       ``label_weight * CE(T * v, y)``, the target's own classification loss at T = 1. Both guards train only
-      the simplifier. Measured on the CIFAR-10 subset (pretrained resnet56 -> resnet20, 80 SGD steps of 32, lr
-      0.05, KD base; target on the batch at the last checkpoints): without a guard the target's accuracy on the
-      batch labels fell from 0.91 to 0.34-0.47, its KL to the teacher rose from 0 to ~1.0 and its KL to the
-      student fell from 1.43 to ~0.6 (it drifted onto the student); the label term alone (weight 1) did not stop
-      this (accuracy 0.44-0.72, KL to teacher ~0.95), nor did a label weight of 16 (0.72-0.75, 0.6); the anchor
-      (weight 1) did (0.69-0.91, 0.05-0.32); label + anchor (the defaults) kept it best (0.81-0.91, 0.02-0.27)
-      while its KL to the student (0.82-1.13) stayed below the teacher's (1.14-1.28): a target between teacher
-      and student, which is the point of the method.
+      the simplifier. Without a guard the target drifts onto the student; the anchor stops that, and label +
+      anchor (the defaults) keep the target between teacher and student, which is the point of the method
+      (the measurements are in the README).
     * Weights: the base's - SKD's class attributes are those of the default base (KD: method 0.9, CE 0.1, combo
       1.0); :meth:`default_weights` gives the base's for another base (DKD 1/1, CSKD 2/1).
 
@@ -131,6 +120,8 @@ class SKD(DistillationLoss):
     default_weight = 0.9
     default_ce_weight = 0.1
     combo_weight = 1.0
+    weights_from_base = True
+    default_base = "kd"
 
     def __init__(
         self,
@@ -144,19 +135,15 @@ class SKD(DistillationLoss):
         anchor_weight: float = 1.0,
     ) -> None:
         super().__init__()
-        base = str(base).strip().lower().replace("-", "_")
-        if base == "skd":
-            raise ValueError(
-                "skd cannot wrap itself: pass another logit method as --skd-base (kd, dkd, cskd)"
-            )
-        kwargs = _parse_kwargs(base_kwargs)
-        method = instantiate(base, kwargs)
+        method = self.wrap(base or self.default_base, base_kwargs)
         if not method.needs().teacher.logits:
             raise ValueError(
-                f"skd needs a base method that reads the teacher's logits (e.g. kd, dkd, cskd); {base!r} does not"
+                f"skd needs a base method that reads the teacher's logits (e.g. kd, dkd, cskd); {self.base!r} does not"
             )
         if method.init_stage is not None:
-            raise ValueError(f"skd does not support a base method with an initialization stage ({base!r})")
+            raise ValueError(
+                f"skd does not support a base method with an initialization stage ({self.base!r})"
+            )
         if temperature is not None and temperature <= 0:
             raise ValueError(f"skd temperature must be > 0, got {temperature}")
         if max_shift <= 0:
@@ -167,9 +154,6 @@ class SKD(DistillationLoss):
             raise ValueError(
                 f"skd label_weight and anchor_weight must be >= 0, got {label_weight} and {anchor_weight}"
             )
-        self.base = base
-        # every hyperparameter of the base, defaults included, so that logs and model cards are reproducible
-        self.base_kwargs = method.hparams()
         if temperature is None:
             t = getattr(method, "temperature", None)
             temperature = float(t) if isinstance(t, (int, float)) else _FALLBACK_TEMPERATURE
@@ -179,32 +163,11 @@ class SKD(DistillationLoss):
         self.max_shift = float(max_shift)
         self.label_weight = float(label_weight)
         self.anchor_weight = float(anchor_weight)
-        self.base_method = method
 
-    @classmethod
-    def default_weights(cls, kwargs: dict[str, Any] | None = None) -> tuple[float, float, float | None]:
-        """(method weight, CE weight, combo weight) for these hyperparameters: those of the base method.
-
-        Args:
-            kwargs: SKD's hyperparameters (only ``base`` is read).
-
-        Returns:
-            The base class's ``default_weight``, ``default_ce_weight`` and ``combo_weight``.
-        """
-        b = get_method(str((kwargs or {}).get("base", "kd")))
-        return b.default_weight, b.default_ce_weight, b.combo_weight
-
-    def needs(self) -> MethodNeeds:
-        own = MethodNeeds(student=FeatureNeeds(logits=True), teacher=FeatureNeeds(logits=True))
-        return own | self.base_method.needs()
-
-    def resolve_layers(self, student_names: Sequence[str], teacher_names: Sequence[str]) -> None:
-        """Resolve this method's and the base's map selectors (the base reads them as if used alone)."""
-        super().resolve_layers(student_names, teacher_names)
-        self.base_method.resolve_layers(student_names, teacher_names)
+    def own_needs(self) -> MethodNeeds:
+        return MethodNeeds(student=FeatureNeeds(logits=True), teacher=FeatureNeeds(logits=True))
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
-        self.base_method.build(student, teacher, data)
         self.simplifier = LearningSimplifier(
             teacher.logits[-1], self.attn_dim, self.gate_init, self.max_shift
         )
@@ -216,32 +179,13 @@ class SKD(DistillationLoss):
     def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
         target = self.simplified_logits(teacher.logits)
         simplified = Features(logits=target, embedding=teacher.embedding, maps=teacher.maps)
-        parts = self.base_method(student, simplified, step)
-        out = {f"skd_{k}": v for k, v in parts.items()}
+        out = self.base_terms(student, simplified, step, prefix="skd_")
         if self.label_weight > 0:
             out["skd_label"] = self.label_weight * F.cross_entropy(target, step.labels)
         if self.anchor_weight > 0:
-            t = self.temperature
-            log_v = F.log_softmax(target / t, dim=1)
-            log_u = F.log_softmax(teacher.logits / t, dim=1)
-            kl = (log_u.exp() * (log_u - log_v)).sum(dim=1).mean()
-            out["skd_anchor"] = self.anchor_weight * t * t * kl
+            # KD from the softened teacher u to the target v: T^2 KL(softmax(u) || softmax(v))
+            out["skd_anchor"] = self.anchor_weight * kd_loss(target, teacher.logits, self.temperature)
         return out
-
-
-def _parse_kwargs(value: dict[str, Any] | str | None) -> dict[str, Any]:
-    if value is None or value == "":
-        return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"skd base_kwargs must be a JSON object, e.g. '{{\"beta\": 8}}': {e}") from e
-    if not isinstance(value, dict):
-        raise ValueError(
-            f"skd base_kwargs must be a dict of the base method's hyperparameters, got {value!r}"
-        )
-    return dict(value)
 
 
 __all__ = ["SKD", "LearningSimplifier"]

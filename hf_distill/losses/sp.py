@@ -54,8 +54,8 @@ class SP(PairedMaps, DistillationLoss):
     process with the whole batch would compute; by default (RepDistiller, single GPU) each process uses its own batch.
 
     Args:
-        student_maps: student map selectors (a selector or comma list).
-        teacher_maps: teacher map selectors, paired in order.
+        student_layers: student map selectors (a selector or comma list).
+        teacher_layers: teacher map selectors, paired in order (empty: the student's selectors).
         layer_reduction: ``"sum"`` (RepDistiller) or ``"mean"`` over the pairs.
         gather: compute the loss over the global batch under DDP.
     """
@@ -69,11 +69,14 @@ class SP(PairedMaps, DistillationLoss):
     )
     default_weight = 3000.0
     default_ce_weight = 1.0
+    min_batch_size = 2  # the B x B similarity matrix of one sample is [[1]] on both sides
+    renamed_hyperparameters = {"student_maps": "student_layers", "teacher_maps": "teacher_layers"}
+    legacy_defaults = {"teacher_layers": "last"}
 
     def __init__(
         self,
-        student_maps: str = "last",
-        teacher_maps: str = "last",
+        student_layers: str = "last",
+        teacher_layers: str = "",
         layer_reduction: str = "sum",
         gather: bool = False,
     ) -> None:
@@ -81,15 +84,15 @@ class SP(PairedMaps, DistillationLoss):
         check_layer_reduction(layer_reduction, "sp")
         self.layer_reduction = layer_reduction
         self.gather = bool(gather)
-        self.select_maps(student_maps, teacher_maps)
+        self.select_layers(student_layers, teacher_layers)
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
         self.check_maps()
 
     def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
         self.check_maps()
-        s = student.map_list(self.student_layers)
-        t = teacher.map_list(self.teacher_layers)
+        s = student.map_list(self.student_layer_names)
+        t = teacher.map_list(self.teacher_layer_names)
         if self.gather:
             s = [gather_with_grad(f) for f in s]
             t = [gather_with_grad(f) for f in t]

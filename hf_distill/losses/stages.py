@@ -50,7 +50,7 @@ class InitStageThenCE(DistillationLoss):
     def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
         if not self.main_stage_loss:
             # RepDistiller: loss_kd = 0 after the init stage; the student trains with CE alone.
-            ref = student.maps[self.student_layers[0]]
+            ref = student.maps[self.student_layer_names[0]]
             return {self.name: ref.new_zeros(())}
         return {self.name: self.distill_term(student, teacher)}
 

@@ -31,10 +31,10 @@ def _value(v) -> str:
 def method_rows() -> list[str]:
     rows = [
         "| method | what it matches | paper | student / teacher features | weight (CE weight) | hyperparameters "
-        "(defaults) | init stage |",
-        "|---|---|---|---|---|---|---|",
+        "(defaults) | init stage | min batch |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name in sorted(m for m in METHODS if not m.startswith("test_")):
+    for name in sorted(METHODS):
         cls = METHODS[name]
         m = instantiate(name)
         n = m.needs()
@@ -43,7 +43,7 @@ def method_rows() -> list[str]:
         init = f"{m.init_stage.epochs:g} epochs" if m.init_stage is not None else "-"
         rows.append(
             f"| `{name}` | {cls.summary} | {cls.paper} | {feats} | {cls.default_weight:g} ({cls.default_ce_weight:g}) "
-            f"| {hp or '-'} | {init} |"
+            f"| {hp or '-'} | {init} | {m.min_batch_size} |"
         )
     return rows
 

@@ -83,8 +83,8 @@ class VID(PairedMaps, DistillationLoss):
     ``init_pred_var=5.0``, ``eps=1e-5``): weight 1, CE weight 1. The loss can be negative (log variance).
 
     Args:
-        student_maps: student map selectors (a selector or comma list).
-        teacher_maps: teacher map selectors, paired in order.
+        student_layers: student map selectors (a selector or comma list).
+        teacher_layers: teacher map selectors, paired in order (empty: the student's selectors).
         init_pred_var: initial variance of every channel.
         eps: variance floor.
         layer_reduction: ``"sum"`` (RepDistiller) or ``"mean"`` over the pairs.
@@ -99,11 +99,13 @@ class VID(PairedMaps, DistillationLoss):
     )
     default_weight = 1.0
     default_ce_weight = 1.0
+    renamed_hyperparameters = {"student_maps": "student_layers", "teacher_maps": "teacher_layers"}
+    legacy_defaults = {"teacher_layers": "stages"}
 
     def __init__(
         self,
-        student_maps: str = "stages",
-        teacher_maps: str = "stages",
+        student_layers: str = "stages",
+        teacher_layers: str = "",
         init_pred_var: float = 5.0,
         eps: float = 1e-5,
         layer_reduction: str = "sum",
@@ -117,18 +119,18 @@ class VID(PairedMaps, DistillationLoss):
         self.init_pred_var = float(init_pred_var)
         self.eps = float(eps)
         self.layer_reduction = layer_reduction
-        self.select_maps(student_maps, teacher_maps)
+        self.select_layers(student_layers, teacher_layers)
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
         self.check_maps(student, teacher)
         heads = []
-        for s_name, t_name in zip(self.student_layers, self.teacher_layers):
+        for s_name, t_name in zip(self.student_layer_names, self.teacher_layer_names):
             s_c, t_c = student.maps[s_name][0], teacher.maps[t_name][0]
             heads.append(VIDHead(s_c, t_c, t_c, self.init_pred_var, self.eps))
         self.heads = nn.ModuleList(heads)
 
     def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
-        s = student.map_list(self.student_layers)
-        t = teacher.map_list(self.teacher_layers)
+        s = student.map_list(self.student_layer_names)
+        t = teacher.map_list(self.teacher_layer_names)
         losses = [head(f_s, f_t) for head, f_s, f_t in zip(self.heads, s, t, strict=True)]
         return {"vid": reduce_layers(losses, self.layer_reduction)}

@@ -108,8 +108,10 @@ def check_loss_on_random_maps(
 ) -> None:
     """Assert that the method's ``term`` on random maps (batch 2) of its selected layers is finite and positive and
     that its gradient reaches every student map."""
-    s = Features(maps={n: torch.randn(2, *s_spec.maps[n], requires_grad=True) for n in method.student_layers})
-    t = Features(maps={n: torch.randn(2, *t_spec.maps[n]) for n in method.teacher_layers})
+    s = Features(
+        maps={n: torch.randn(2, *s_spec.maps[n], requires_grad=True) for n in method.student_layer_names}
+    )
+    t = Features(maps={n: torch.randn(2, *t_spec.maps[n]) for n in method.teacher_layer_names})
     loss = method(s, t, step)[term]
     assert torch.isfinite(loss) and loss.item() > 0
     loss.backward()
@@ -158,7 +160,9 @@ def dry_run_build(
     x: torch.Tensor,
     seed: int | None = None,
 ) -> tuple[Any, Any, Any, Any]:
-    """Resolve layers, run both nets once (eval, no gradient) and build the method, like the trainer's dry run.
+    """Build ``method`` for a student/teacher pair exactly as the trainer does, with the public
+    :func:`hf_distill.trainer.build_distillation_model` (its dry run on the images ``x``); both networks are left
+    in eval mode.
 
     Args:
         seed: reseed the global RNG right before the build (the method's random parts), if given.
@@ -166,23 +170,23 @@ def dry_run_build(
     Returns:
         ``(s_tap, t_tap, s_req, t_req)``: the taps and the requests of what the method reads.
     """
-    from hf_distill.models.taps import TapRequest, feature_tap
+    from hf_distill.losses import DistillationObjective
+    from hf_distill.trainer import build_distillation_model
 
-    s_tap, t_tap = feature_tap(student), feature_tap(teacher)
-    method.resolve_layers(s_tap.names, t_tap.names)
-    n = method.needs()
-    s_req = TapRequest(logits=n.student.logits, maps=tuple(method.student_layers))
-    t_req = TapRequest(logits=n.teacher.logits, maps=tuple(method.teacher_layers))
-    with torch.no_grad():
-        fs, ft = s_tap(student.eval(), x, s_req), t_tap(teacher.eval(), x, t_req)
+    objective = DistillationObjective({method.name: method}, {method.name: 1.0})
+    rows = [{"pixel_values": xi} for xi in x]
     if seed is not None:
         torch.manual_seed(seed)
-    method.build(
-        features_spec(s_tap.names, fs),
-        features_spec(t_tap.names, ft),
+    b = build_distillation_model(
+        student,
+        teacher,
+        objective,
+        rows,
+        lambda r: {"pixel_values": torch.stack([e["pixel_values"] for e in r])},
         DataInfo(num_samples=64, num_classes=10),
     )
-    return s_tap, t_tap, s_req, t_req
+    student.eval(), teacher.eval()
+    return b.container.tap, b.teacher_tap, b.container.student_request, b.teacher_request
 
 
 # -- real data and the teacher ------------------------------------------------------------------------------------------
@@ -277,8 +281,8 @@ def method_training_losses(
     x, y = batch["pixel_values"], batch["labels"]
     t_tap, s_tap = feature_tap(teacher), feature_tap(student)
     m = build_method(cls, kwargs, model_spec(student, x[:2]), model_spec(teacher, x[:2]))
-    s_req = TapRequest(logits=True, embedding=True, maps=tuple(m.student_layers))
-    t_req = TapRequest(logits=True, embedding=True, maps=tuple(m.teacher_layers))
+    s_req = TapRequest(logits=True, embedding=True, maps=tuple(m.student_layer_names))
+    t_req = TapRequest(logits=True, embedding=True, maps=tuple(m.teacher_layer_names))
     with torch.no_grad():
         tf = t_tap(teacher.train(), x, t_req)
     teacher.eval()
@@ -322,7 +326,7 @@ def teacher_map_losses(
     teacher = cifar_teacher()
     s_tap, t_tap = feature_tap(student), feature_tap(teacher)
     built(method, zoo_spec("resnet8"), model_spec(teacher)).train()
-    req = TapRequest(maps=tuple(method.student_layers), preact=method.needs().student.preact)
+    req = TapRequest(maps=tuple(method.student_layer_names), preact=method.needs().student.preact)
     with torch.no_grad():
         t_feats = t_tap(teacher, x, req)
     loss = method.init_stage_loss if init_stage else method

@@ -9,7 +9,6 @@ from tests.losses._common import (
     PRETRAINED_TEACHER,
     built,
     check_init_stage_once_then_zero_term,
-    check_loss_on_random_maps,
     init_stage_trainer,
     np_block_pool,
     teacher_map_losses,
@@ -95,7 +94,7 @@ def test_rejects_bad_hyperparameters_and_single_layer():
         FSP(init_epochs=-2)
     spec = _spec({"stem": (2, 4, 4), "stage1": (3, 4, 4)})
     with pytest.raises(ValueError, match="at least two layers"):
-        built(FSP(layers="last"), spec, spec)
+        built(FSP(student_layers="last"), spec, spec)
 
 
 # -- 2. gradients -----------------------------------------------------------------------------------------------
@@ -115,12 +114,6 @@ def test_gradcheck_double_and_gradient_only_to_student():
 
 
 # -- 3. shapes from real zoo pairs ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("teacher,student", [("wrn_40_2", "wrn_16_2"), ("resnet56", "resnet20")])
-def test_zoo_pairs_with_equal_channels(teacher, student):
-    s_spec, t_spec = zoo_spec(student), zoo_spec(teacher)
-    m = built(FSP(main_stage_loss=True), s_spec, t_spec)
-    assert m.student_layers == ["stem", "stage1", "stage2", "stage3"]
-    check_loss_on_random_maps(m, s_spec, t_spec, "fsp", STEP)
 
 
 @pytest.mark.parametrize(
@@ -143,7 +136,11 @@ def test_spatial_sizes_may_differ_between_networks():
     m = built(FSP(main_stage_loss=True), s_spec, t_spec)
     s = Features(maps={"stem": torch.randn(2, 4, 16, 16), "stage1": torch.randn(2, 6, 8, 8)})
     t = Features(maps={"stem": torch.randn(2, 4, 32, 32), "stage1": torch.randn(2, 6, 8, 8)})
-    assert torch.isfinite(m(s, t, STEP)["fsp"])
+    # the numpy reference pools each pair to the smaller size by blocks (the teacher's 32x32 stem to 8x8)
+    expected = _np_fsp_loss(
+        [v.double().numpy() for v in s.maps.values()], [v.double().numpy() for v in t.maps.values()]
+    )
+    assert m(s, t, STEP)["fsp"].item() == pytest.approx(expected, rel=1e-5)
 
 
 # -- 4. a few real training steps ---------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def test_ft_defaults_registry_and_cli():
     ft = FT(**flags["ft"])
     assert ft.init_stage.epochs == 1 and ft.init_stage.learning_rate == 0.05
     assert FT(init_learning_rate=None).init_stage.learning_rate is None
-    assert FT(student_layer="2").student_layer == 2
+    assert FT(student_layers="2").needs().student.maps == (2,)
     for bad in (dict(p1=0), dict(rate=0), dict(rate=1.5), dict(init_epochs=0), dict(init_learning_rate=-1)):
         with pytest.raises(ValueError, match="ft"):
             FT(**bad)
@@ -146,18 +146,18 @@ def test_mixed_architectures(teacher, student, expect):
     assert out.ndim == 0 and torch.isfinite(out)
     rec = ft.init_stage_loss(fs, tf, StepInfo(labels=torch.zeros(2)))["rec"]
     assert torch.isfinite(rec)
-    assert ft_factor(ft.translator(fs.maps[ft.student_layers[0]])).shape[1] >= size[0] * size[1]
+    assert ft_factor(ft.translator(fs.maps[ft.student_layer_names[0]])).shape[1] >= size[0] * size[1]
 
 
 def test_token_maps_and_tiny_rate_are_clear_errors():
     ft = FT()
-    ft.student_layers, ft.teacher_layers = ["h"], ["h"]
+    ft.student_layer_names, ft.teacher_layer_names = ["h"], ["h"]
     tok = FeatureSpec(names=("h",), maps={"h": (197, 384)})
     conv = FeatureSpec(names=("h",), maps={"h": (64, 8, 8)})
     with pytest.raises(ValueError, match="convolutional"):
         ft.setup(tok, conv, DataInfo(1, 10))
     ft = FT(rate=0.01)
-    ft.student_layers, ft.teacher_layers = ["h"], ["h"]
+    ft.student_layer_names, ft.teacher_layer_names = ["h"], ["h"]
     with pytest.raises(ValueError, match="rate"):
         ft.setup(conv, conv, DataInfo(1, 10))
 

@@ -118,7 +118,7 @@ def test_module_value_split_and_init_loss_by_hand():
 
 def test_random_split_is_a_fixed_permutation_and_odd_channels():
     m = IEKD(split="random")
-    m.student_layers = m.teacher_layers = ["h"]
+    m.student_layer_names = m.teacher_layer_names = ["h"]
     m.ie_student_layer = m.ie_teacher_layer = "h"
     torch.manual_seed(3)
     m.setup(FeatureSpec(("h",), {"h": (5, 4, 4)}), FeatureSpec(("h",), {"h": (8, 4, 4)}), DataInfo(1, 10))
@@ -157,11 +157,11 @@ def test_defaults_registry_preset_and_cli():
     m = IEKD(**flags["iekd"])
     assert (
         m.base == "kd"
-        and m.base_loss.temperature == 2.0
+        and m.base_method.temperature == 2.0
         and m.base_weight == 1.0
         and m.init_stage.epochs == 1
     )
-    assert IEKD(base="none").base_loss is None
+    assert IEKD(base="none").base_method is None
     bad = [
         (dict(form="l1"), "form"),
         (dict(split="relation"), "split"),
@@ -288,7 +288,7 @@ def test_base_kd_needs_layers_terms_and_objective_prefix():
     s_net, t_net = zoo_model("resnet8"), zoo_model("resnet20", 1)
     x = torch.randn(4, 3, 32, 32)
     s_tap, t_tap, s_req, t_req = _build(m, s_net, t_net, x[:2])
-    assert m.student_layers == ["stage3"] and m.base_loss.student_layers == []
+    assert m.student_layer_names == ["stage3"] and m.base_method.student_layer_names == []
     fs = s_tap(s_net.train(), x, s_req)
     with torch.no_grad():
         tf = t_tap(t_net, x, t_req)
@@ -303,7 +303,11 @@ def test_base_kd_needs_layers_terms_and_objective_prefix():
 
 def test_base_ft_merges_the_init_stages():
     torch.manual_seed(0)
-    m = IEKD(init_epochs=2, base="ft", base_kwargs={"init_epochs": 3, "student_layer": "stage2"})
+    m = IEKD(
+        init_epochs=2,
+        base="ft",
+        base_kwargs={"init_epochs": 3, "student_layers": "stage2", "teacher_layers": "last"},
+    )
     st = m.init_stage
     assert st.epochs == 3 and st.learning_rate == 0.01 and not st.train_student  # max epochs, the lower rate
     assert m.base_weight == 200.0
@@ -311,26 +315,26 @@ def test_base_ft_merges_the_init_stages():
     s_net, t_net = zoo_model("resnet8"), zoo_model("resnet20", 1)
     x = torch.randn(4, 3, 32, 32)
     s_tap, t_tap, s_req, t_req = _build(m, s_net, t_net, x[:2])
-    assert m.student_layers == ["stage3", "stage2"] and m.teacher_layers == ["stage3"]
-    assert m.base_loss.student_layers == ["stage2"] and hasattr(m.base_loss, "paraphraser")
+    assert m.student_layer_names == ["stage3", "stage2"] and m.teacher_layer_names == ["stage3"]
+    assert m.base_method.student_layer_names == ["stage2"] and hasattr(m.base_method, "paraphraser")
     fs = s_tap(s_net.train(), x, s_req)
     with torch.no_grad():
         tf = t_tap(t_net, x, t_req)
     parts = m.init_stage_loss(fs, tf, StepInfo(labels=torch.zeros(4), epoch=0.5))
     assert set(parts) == {"rec", "base_rec"}
     assert parts["base_rec"].item() == pytest.approx(
-        m.base_loss.init_stage_loss(fs, tf, _step())["rec"].item()
+        m.base_method.init_stage_loss(fs, tf, _step())["rec"].item()
     )
     sum(parts.values()).backward()
     assert all(p.grad is not None for p in m.teacher_ae.parameters())
-    assert all(p.grad is not None for p in m.base_loss.paraphraser.parameters())
+    assert all(p.grad is not None for p in m.base_method.paraphraser.parameters())
     # past its own 2 epochs the IE auto-encoder stops; FT's paraphraser trains on until 3
     assert set(m.init_stage_loss(fs, tf, StepInfo(labels=torch.zeros(4), epoch=2.5))) == {"base_rec"}
     m.on_init_stage_end()
-    assert bool(m.teacher_ae.frozen) and bool(m.base_loss.paraphraser.frozen)
+    assert bool(m.teacher_ae.frozen) and bool(m.base_method.paraphraser.frozen)
     out = m(fs, tf, _step())
     assert set(out) == {"iekd_inh", "iekd_exp", "base_ft"}
-    ft_val = m.base_loss(fs, tf, _step())["ft"]
+    ft_val = m.base_method(fs, tf, _step())["ft"]
     assert out["base_ft"].item() == pytest.approx(200.0 * ft_val.item(), rel=1e-6)
 
 
@@ -343,12 +347,12 @@ def test_base_at_composes():
     s_net, t_net = zoo_model("resnet8"), zoo_model("resnet20", 1)
     x = torch.randn(4, 3, 32, 32)
     s_tap, t_tap, s_req, t_req = _build(m, s_net, t_net, x[:2])
-    assert set(m.base_loss.student_layers) <= set(m.student_layers)
+    assert set(m.base_method.student_layer_names) <= set(m.student_layer_names)
     fs = s_tap(s_net.train(), x, s_req)
     with torch.no_grad():
         tf = t_tap(t_net, x, t_req)
     out = m(fs, tf, _step())
-    base = {f"base_{k}": m.base_weight * v for k, v in m.base_loss(fs, tf, _step()).items()}
+    base = {f"base_{k}": m.base_weight * v for k, v in m.base_method(fs, tf, _step()).items()}
     assert base and all(out[k].item() == pytest.approx(v.item(), rel=1e-6) for k, v in base.items())
 
 
@@ -409,7 +413,7 @@ def test_trainer_with_base_ft_runs_both_init_stages(tmp_path, tiny):
         save_strategy="no",
     )
     m = t.model.objective.methods["iekd"]
-    para = m.base_loss.paraphraser
+    para = m.base_method.paraphraser
     ae0, p0 = state_copy(m.teacher_ae), state_copy(para)
     t.run_init_stage()  # one merged stage trains both auto-encoders
     rec = [h for h in t.state.log_history if "init_stage_loss" in h]
@@ -422,5 +426,5 @@ def test_trainer_with_base_ft_runs_both_init_stages(tmp_path, tiny):
     opt_ids = {id(p) for g in t.optimizer.param_groups for p in g["params"]}
     assert not ({id(p) for p in m.teacher_ae.parameters()} & opt_ids)
     assert not ({id(p) for p in para.parameters()} & opt_ids)
-    assert {id(p) for p in m.base_loss.translator.parameters()} <= opt_ids
+    assert {id(p) for p in m.base_method.translator.parameters()} <= opt_ids
     assert any("loss_iekd_base_ft" in h for h in t.state.log_history)

@@ -33,12 +33,12 @@ def test_parse_selectors():
     assert parse_selectors(3, "x") == (3,)
     assert parse_selectors(np.int64(2), "x") == (2,)
     assert parse_selectors(["last", "2", 0], "x") == ("last", 2, 0)
-    with pytest.raises(ValueError, match="--at-student_maps contains an empty layer selector"):
-        parse_selectors("stage1,,stage2", "--at-student_maps")
+    with pytest.raises(ValueError, match="--at-student-layers contains an empty layer selector"):
+        parse_selectors("stage1,,stage2", "--at-student-layers")
     with pytest.raises(ValueError, match="selects no feature layer"):
-        parse_selectors("", "--nst-layers")
+        parse_selectors("", "--nst-student-layers")
     with pytest.raises(ValueError, match="selects no feature layer"):
-        parse_selectors([], "--nst-layers")
+        parse_selectors([], "--nst-student-layers")
     with pytest.raises(ValueError, match="must select feature maps"):
         parse_selectors(True, "x")
     with pytest.raises(ValueError, match="bad layer selector"):
@@ -52,44 +52,46 @@ def test_parse_single_selector():
     assert parse_single_selector("-1", "x") == -1
     assert parse_single_selector("last", "x") == "last"
     for bad in ("stages", "all", "stage1,stage2"):
-        with pytest.raises(ValueError, match="--ft-student_layer must select exactly one feature map"):
-            parse_single_selector(bad, "--ft-student_layer")
+        with pytest.raises(ValueError, match="--ft-student-layers must select exactly one feature map"):
+            parse_single_selector(bad, "--ft-student-layers")
 
 
 def test_pairing_and_conv_map_errors_name_layers_and_flags():
     with pytest.raises(
-        ValueError, match=r"2 student and 1 teacher.*student: a, b; teacher: c.*--at-student_maps"
+        ValueError, match=r"2 student and 1 teacher.*student: a, b; teacher: c.*--at-student-layers"
     ):
-        check_pairing(["a", "b"], ["c"], "at", "--at-student_maps / --at-teacher_maps")
+        check_pairing(["a", "b"], ["c"], "at", "--at-student-layers / --at-teacher-layers")
     with pytest.raises(ValueError, match="0 student and 0 teacher"):
-        check_pairing([], [], "NST", "--nst-layers")
-    check_pairing(["a"], ["c"], "at", "--at-student_maps / --at-teacher_maps")
+        check_pairing([], [], "NST", "--nst-student-layers")
+    check_pairing(["a"], ["c"], "at", "--at-student-layers / --at-teacher-layers")
     spec = FeatureSpec(names=("conv", "tok"), maps={"conv": (4, 2, 2), "tok": (5, 8)})
-    check_conv_maps(spec, ["conv"], "student", "at", "--at-student_maps")
-    with pytest.raises(ValueError, match=r"the teacher's layer 'tok' has shape \(5, 8\).*--ft-teacher_layer"):
-        check_conv_maps(spec, ["conv", "tok"], "teacher", "ft", "--ft-teacher_layer")
+    check_conv_maps(spec, ["conv"], "student", "at", "--at-student-layers")
+    with pytest.raises(
+        ValueError, match=r"the teacher's layer 'tok' has shape \(5, 8\).*--ft-teacher-layers"
+    ):
+        check_conv_maps(spec, ["conv", "tok"], "teacher", "ft", "--ft-teacher-layers")
     with pytest.raises(ValueError, match="'gone' has no recorded shape"):
-        check_conv_maps(spec, ["gone"], "student", "AB", "--ab-layers")
+        check_conv_maps(spec, ["gone"], "student", "AB", "--ab-student-layers")
 
 
 def test_paired_maps_selection_needs_and_checks():
-    nst = NST(layers="stage2,stage3", layers_teacher="1,2")
+    nst = NST(student_layers="stage2,stage3", teacher_layers="1,2")
     assert nst.needs().student.maps == ("stage2", "stage3") and nst.needs().teacher.maps == (1, 2)
     assert not nst.needs().student.preact
     assert NST().needs().teacher.maps == ("stages",)  # layers selects both sides
-    ab = AB(layers_teacher="stage1")
+    ab = AB(teacher_layers="stage1")
     assert ab.needs().student.preact and ab.needs().teacher.preact
     assert ab.needs().student.maps == ("stages",) and ab.needs().teacher.maps == ("stage1",)
-    assert ab.hparams()["layers"] == "stages" and ab.hparams()["layers_teacher"] == "stage1"
-    with pytest.raises(ValueError, match="--nst-layers_teacher contains an empty"):
-        NST(layers_teacher="a,,b")
-    vid = VID(student_maps="stage1", teacher_maps="stage1,stage2")
-    assert vid.hparams()["student_maps"] == "stage1"
-    vid.student_layers, vid.teacher_layers = ["stage1"], ["stage1", "stage2"]
-    with pytest.raises(ValueError, match="VID pairs .* --vid-student_maps / --vid-teacher_maps"):
+    assert ab.hparams()["student_layers"] == "stages" and ab.hparams()["teacher_layers"] == "stage1"
+    with pytest.raises(ValueError, match="--nst-teacher-layers contains an empty"):
+        NST(teacher_layers="a,,b")
+    vid = VID(student_layers="stage1", teacher_layers="stage1,stage2")
+    assert vid.hparams()["student_layers"] == "stage1"
+    vid.student_layer_names, vid.teacher_layer_names = ["stage1"], ["stage1", "stage2"]
+    with pytest.raises(ValueError, match="VID pairs .* --vid-student-layers / --vid-teacher-layers"):
         vid.check_maps()
     spec = FeatureSpec(names=("stage1", "stage2"), maps={"stage1": (4, 2, 2), "stage2": (5, 8)})
-    vid.teacher_layers = ["stage2"]
+    vid.teacher_layer_names = ["stage2"]
     vid.check_maps(spec)  # the student's map is convolutional; the teacher's spec is not checked
     with pytest.raises(ValueError, match=r"VID needs convolutional \(C, H, W\).*teacher's layer 'stage2'"):
         vid.check_maps(spec, spec)

@@ -5,7 +5,6 @@ import torch
 from hf_distill.losses import Features, FeatureSpec, StepInfo, resolve_objective
 from hf_distill.losses.pkt import PKT, cosine_conditional_probs, pkt_loss
 from tests.losses._common import (
-    ZOO_PAIRS,
     build_method,
     check_gather_matches_full_batch,
     method_training_losses,
@@ -62,9 +61,8 @@ def test_gradcheck_and_gradient_only_to_student():
     assert len(list(PKT().parameters())) == 0
 
 
-@pytest.mark.parametrize("teacher, student", ZOO_PAIRS)
-def test_zoo_pairs(teacher, student):
-    s_spec, t_spec = zoo_spec(student), zoo_spec(teacher)
+def test_embeddings_match_the_reference():
+    s_spec, t_spec = zoo_spec("shufflenetv2"), zoo_spec("resnet32x4")  # a cross-architecture pair
     m = build_method(PKT, {}, s_spec, t_spec)
     fs, ft = random_features(s_spec, 4), random_features(t_spec, 4, seed=1)
     loss = m(fs, ft, STEP)["pkt"]

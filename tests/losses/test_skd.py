@@ -149,13 +149,21 @@ def test_skd_batch_of_one_and_two():
     with torch.no_grad():
         m.simplifier.gate.fill_(0.5)
     for n in (1, 2):
-        s = torch.randn(n, 10, requires_grad=True)
-        out = m(
-            Features(logits=s), Features(logits=torch.randn(n, 10)), StepInfo(labels=torch.zeros(n).long())
+        s, t, y = torch.randn(n, 10, requires_grad=True), torch.randn(n, 10), torch.zeros(n).long()
+        out = m(Features(logits=s), Features(logits=t), StepInfo(labels=y))
+        target = _simplify_by_hand(m, t).detach()
+        if n == 1:  # one sample attends only to itself: A = 1, and the target has a closed form
+            sm = m.simplifier
+            x = F.layer_norm(t / 4.0, (10,))
+            closed = 4.0 * (t / 4.0 + 2.0 * math.tanh(0.5) * torch.tanh(sm.out(sm.v(x))))
+            torch.testing.assert_close(target, closed.detach(), rtol=1e-5, atol=1e-5)
+        assert out["skd_kd"].item() == pytest.approx(_kd_by_hand(s, target, 4.0).item(), rel=1e-5)
+        assert out["skd_label"].item() == pytest.approx(F.cross_entropy(target, y).item(), rel=1e-5)
+        assert out["skd_anchor"].item() == pytest.approx(
+            _kd_by_hand(target, t, 4.0).item(), rel=1e-4, abs=1e-7
         )
-        total = sum(out.values())
-        total.backward()
-        assert torch.isfinite(total) and torch.isfinite(s.grad).all()
+        sum(out.values()).backward()
+        assert s.grad.abs().sum() > 0
 
 
 def test_skd_base_options_and_validation():

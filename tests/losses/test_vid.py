@@ -7,7 +7,7 @@ from torch import nn
 
 from hf_distill.losses import Features, FeatureSpec, StepInfo, resolve_objective
 from hf_distill.losses.vid import VID, VIDHead, vid_nll
-from tests.losses._common import ZOO_PAIRS, build_method, method_training_losses, random_features, zoo_spec
+from tests.losses._common import build_method, method_training_losses, random_features, zoo_spec
 
 STEP = StepInfo(labels=torch.zeros(2, dtype=torch.long))
 
@@ -90,12 +90,11 @@ def test_gradients_reach_student_regressor_and_variance_not_teacher():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("teacher, student", ZOO_PAIRS)
-def test_zoo_pairs(teacher, student):
-    s_spec, t_spec = zoo_spec(student), zoo_spec(teacher)
+def test_heads_map_student_channels_to_the_teachers():
+    s_spec, t_spec = zoo_spec("shufflenetv2"), zoo_spec("resnet32x4")  # a cross-architecture pair
     m = build_method(VID, {}, s_spec, t_spec)
     assert len(m.heads) == len(s_spec.names) - 1
-    for head, sn, tn in zip(m.heads, m.student_layers, m.teacher_layers):
+    for head, sn, tn in zip(m.heads, m.student_layer_names, m.teacher_layer_names):
         assert head.regressor[0].in_channels == s_spec.maps[sn][0]
         assert head.regressor[-1].out_channels == t_spec.maps[tn][0] == head.log_scale.numel()
     loss = m(random_features(s_spec, 2), random_features(t_spec, 2, seed=1), STEP)["vid"]
@@ -103,7 +102,7 @@ def test_zoo_pairs(teacher, student):
 
 
 def test_errors_and_defaults():
-    with pytest.raises(ValueError, match="--vid-student_maps / --vid-teacher_maps"):
+    with pytest.raises(ValueError, match="--vid-student-layers / --vid-teacher-layers"):
         build_method(VID, {}, zoo_spec("resnet20"), zoo_spec("vgg13"))
     tokens = FeatureSpec(names=("h0", "h1"), maps={"h1": (5, 8)})
     with pytest.raises(ValueError, match=r"convolutional \(C, H, W\)"):
@@ -113,8 +112,8 @@ def test_errors_and_defaults():
     spec = resolve_objective("vid")
     assert spec.weights == (1.0,) and spec.ce_weight == 1.0
     assert VID().hparams() == {
-        "student_maps": "stages",
-        "teacher_maps": "stages",
+        "student_layers": "stages",
+        "teacher_layers": "",
         "init_pred_var": 5.0,
         "eps": 1e-5,
         "layer_reduction": "sum",
