@@ -338,7 +338,13 @@ class DistillationTrainer(Trainer):
         return self._container().student
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Write the student alone, in Hub format (``save_pretrained``), plus the processor and the args."""
+        """Write the student alone, in Hub format (``save_pretrained``), plus the processor and the args.
+
+        A private override because upstream's ``save_model`` delegates the writing to it on every backend and would
+        write the container (``student.*`` keys and the methods' parts). It keeps upstream's behaviour otherwise:
+        only the saving process writes, with the processor and ``training_args.bin``. Pinned by
+        ``test_save_model_writes_the_student_alone`` and the checkpoints' ``from_pretrained`` round trip.
+        """
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return
