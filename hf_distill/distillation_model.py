@@ -214,6 +214,16 @@ def _probe_shapes(
     return s_spec, t_spec
 
 
+def save_distill_state(container: DistillationModel, folder: str) -> None:
+    """Write the methods' parameters and buffers (heads, memory banks) and the init-stage flag to ``folder``."""
+    state = {
+        k: v.detach().cpu().contiguous().clone()
+        for k, v in container.state_dict().items()
+        if not k.startswith("student.")
+    }
+    safetensors.torch.save_file(state, os.path.join(folder, DISTILL_STATE_NAME), metadata={"format": "pt"})
+
+
 def load_checkpoint_into(container: DistillationModel, folder: str) -> None:
     """Load a checkpoint folder (student in Hub format + ``distill_state.safetensors``) into ``container``.
 
@@ -283,4 +293,5 @@ __all__ = [
     "build_distillation_model",
     "load_checkpoint_into",
     "num_labels_of",
+    "save_distill_state",
 ]

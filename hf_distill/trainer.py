@@ -35,6 +35,7 @@ from .distillation_model import (
     build_distillation_model,
     load_checkpoint_into,
     num_labels_of,
+    save_distill_state,
 )
 from .features import LOGITS_ONLY, FeatureNeeds, Features
 from .hub.card import TRAINING_ARGS_JSON
@@ -400,20 +401,6 @@ class DistillationTrainer(Trainer):
             self.args,
         )
 
-    def _save_distill_state(self, output_dir: str) -> None:
-        """The methods' parameters and buffers (heads, memory banks) and the init-stage flag."""
-        if not self.args.should_save:
-            return
-        container = self._container()
-        state = {
-            k: v.detach().cpu().contiguous().clone()
-            for k, v in container.state_dict().items()
-            if not k.startswith("student.")
-        }
-        safetensors.torch.save_file(
-            state, os.path.join(output_dir, DISTILL_STATE_NAME), metadata={"format": "pt"}
-        )
-
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         """Write a full checkpoint atomically: everything goes to ``tmp-checkpoint-N`` and is renamed at the end,
         so an interrupted save never leaves a half-written ``checkpoint-N`` for ``resume_from_checkpoint``.
@@ -435,7 +422,8 @@ class DistillationTrainer(Trainer):
             shutil.rmtree(tmp_dir)  # left over by an interrupted save
         self.accelerator.wait_for_everyone()
         self.save_model(tmp_dir, _internal_call=True)
-        self._save_distill_state(tmp_dir)
+        if self.args.should_save:
+            save_distill_state(self._container(), tmp_dir)
         if not self.args.save_only_model:
             os.makedirs(tmp_dir, exist_ok=True)
             self._save_optimizer_and_scheduler(tmp_dir)

@@ -1,7 +1,6 @@
 """A diverging run stops with one line naming the step and the loss, keeps its last good checkpoint and writes
 nothing non-finite (no weights, no card)."""
 
-import importlib.util
 import math
 
 import pytest
@@ -10,16 +9,8 @@ import torch
 
 from hf_distill import DistillationTrainer, NonFiniteLossError
 from hf_distill.data import prepare_split
-from tests.conftest import REPO
 from tests.helpers import CIFAR_SPEC, timm_model, trainer_args
-
-
-@pytest.fixture(scope="module")
-def recipe():
-    spec = importlib.util.spec_from_file_location("distill_recipe_nf", REPO / "recipes" / "distill.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.test_recipe import _fails, recipe  # noqa: F401  (recipe is a fixture)
 
 
 def _finite_file(path) -> bool:
@@ -30,27 +21,15 @@ def _finite_file(path) -> bool:
     )
 
 
-def test_learning_rate_1e6_stops_with_one_line_and_saves_nothing_non_finite(recipe, tmp_path, capsys):
+def test_learning_rate_1e6_stops_with_one_line_and_saves_nothing_non_finite(recipe, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "run"
-    argv = ["--max_train_samples", "64", "--num_train_epochs", "2", "--per_device_train_batch_size", "16"]
-    argv += ["--eval_split", "", "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "1"]
-    argv += [
-        "--logging_steps",
-        "1",
-        "--learning_rate",
-        "1e6",
-        "--disable_tqdm",
-        "true",
-        "--output_dir",
-        str(out),
-    ]
-    with pytest.raises(SystemExit) as e:
-        recipe.main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in err, err
-    assert "stopped at step" in errors[0] and "loss" in errors[0], errors[0]
+    argv = (
+        "--max_train_samples 64 --num_train_epochs 2 --per_device_train_batch_size 16 --eval_split= "
+        "--eval_strategy no --save_strategy steps --save_steps 1 --logging_steps 1 --learning_rate 1e6 "
+        "--disable_tqdm true"
+    ).split() + ["--output_dir", str(out)]
+    line = _fails(recipe, capsys, argv)  # exit status 2, one line, no traceback
+    assert "stopped at step" in line and "loss" in line, line
     # no final weights, card or results; every checkpoint left is finite, and there is one
     names = sorted(p.name for p in out.iterdir())
     assert not {"model.safetensors", "README.md", "distill_results.json"} & set(names), names
