@@ -12,7 +12,7 @@ from .data import PreparedSplit, class_names, load_image_dataset, prepare_split,
 from .losses import DistillationObjective, resolve_objective
 from .models.loading import load_model
 from .models.normalization import input_spec
-from .trainer import DistillationTrainer, num_labels_of
+from .trainer import DistillationTrainer
 
 
 @dataclass
@@ -55,15 +55,11 @@ def build_run(
     if objective.needs_teacher or model_args.teacher is not None:
         if model_args.teacher is None:
             raise ValueError(f"Method {distill_args.method!r} needs a teacher: pass --teacher.")
+        # The head size only matters for a teacher built here (zoo/timm name); the trainer compares the label
+        # spaces of teacher, student and dataset (counts and names) in one place.
         teacher = load_model(
             model_args.teacher, num_labels=len(names), weights=model_args.teacher_weights, role="teacher"
         )
-        nt = num_labels_of(teacher)
-        if nt != len(names):
-            raise ValueError(
-                f"The teacher predicts {nt} classes but the dataset has {len(names)}: use a teacher trained on "
-                "this dataset's classes."
-            )
     student = load_model(
         model_args.student, id2label=id2label, weights=model_args.student_weights, role="student"
     )

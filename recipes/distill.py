@@ -23,6 +23,7 @@ import torch
 from hf_distill.cli import LOG_FORMAT, exit_on_bad_input
 from hf_distill.config import parse_args
 from hf_distill.pipeline import build_run
+from hf_distill.trainer import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "assets"
@@ -65,13 +66,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer = run.trainer
     trainer.log_objective()
     t0 = time.time()
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    minutes = (time.time() - t0) / 60
-    results: dict[str, float] = {"train_minutes": round(minutes, 2)}
-    if run.eval is not None:
-        metrics = trainer.evaluate()
-        results.update({k: v for k, v in metrics.items() if "accuracy" in k})
-    trainer.save_model()
+    with exit_on_bad_input(NonFiniteLossError):  # a diverged run: one line; nothing non-finite is saved
+        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        minutes = (time.time() - t0) / 60
+        results: dict[str, float] = {"train_minutes": round(minutes, 2)}
+        if run.eval is not None:
+            metrics = trainer.evaluate()
+            results.update({k: v for k, v in metrics.items() if "accuracy" in k})
+        trainer.save_model()
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset=data_args.dataset)
     if trainer.is_world_process_zero():

@@ -66,7 +66,8 @@ def load_model(
     Args:
         name_or_path: folder, zoo name, timm name or Hub id (see the module docstring).
         num_labels, id2label: the label set; for a pretrained folder whose head has another size, the head is
-            re-initialized for a student and an error for a teacher (a teacher's head must be trained).
+            re-initialized for a student and kept for a teacher (a teacher's head must be trained; the trainer
+            checks it against the dataset, see :mod:`hf_distill.labels`).
         weights: an extra checkpoint file (``.safetensors``, ``.pt``/``.pth``/``.th``, including the akamaster
             CIFAR-10 ResNets) loaded into the built architecture.
         role: "student" or "teacher", for messages and head handling.
@@ -115,12 +116,7 @@ def _from_folder(path: str, labels: dict[str, Any], role: str, **kwargs: Any) ->
             f"(cifar_resnet56, ...: {', '.join(ZOO_PREFIX + a for a in sorted(CIFAR_ARCHITECTURES))}), a timm "
             f"architecture, nor a reachable Hub id ({e.__class__.__name__}: {str(e).splitlines()[0]})."
         ) from e
-    n = labels.get("num_labels")
-    if n is not None and model.config.num_labels != n:
-        raise ModelLoadError(
-            f"The {role} {path!r} predicts {model.config.num_labels} classes but {n} were asked for: a teacher must "
-            "have been trained on the dataset's classes."
-        )
+    # A teacher keeps its own trained head: the trainer compares its label space with the student's and the data's.
     return model
 
 

@@ -9,31 +9,23 @@ Three families are supported, each through its own official API rather than modu
 * other transformers image classifiers: ``output_hidden_states=True``; names ``hidden_states.<i>``
   (``hidden_states.0`` is the embedding/stem output); the embedding is the input of the model's classifier.
 
-For all three the first name is the shallowest map, so the selectors of :mod:`hf_distill.losses.base` mean the same.
+For all three the first name is the shallowest map, so the map selectors (:data:`hf_distill.features.MapSelector`) mean the same.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
-from ..losses.base import Features
+from ..features import FeatureNeeds, Features
 
-
-@dataclass(frozen=True)
-class TapRequest:
-    """What to extract from one network on one forward pass (map names already resolved)."""
-
-    logits: bool = True
-    embedding: bool = False
-    maps: tuple[str, ...] = ()
-    preact: bool = False
+#: Former name of the request a tap takes; the request is a :class:`~hf_distill.features.FeatureNeeds` whose
+#: ``maps`` are resolved layer names.
+TapRequest = FeatureNeeds
 
 
 class FeatureTap:
-    """Reads :class:`~hf_distill.losses.base.Features` from a model. Stateless apart from the layer names."""
+    """Reads :class:`~hf_distill.features.Features` from a model. Stateless apart from the layer names."""
 
     family = "generic"
     supports_preact = False
@@ -46,7 +38,7 @@ class FeatureTap:
     def names(self) -> list[str]:
         raise NotImplementedError
 
-    def check(self, request: TapRequest, who: str = "model") -> None:
+    def check(self, request: FeatureNeeds, who: str = "model") -> None:
         """Raise a clear error if ``request`` asks for something this model cannot give."""
         missing = [n for n in request.maps if n not in self.names]
         if missing:
@@ -60,7 +52,7 @@ class FeatureTap:
                 "which the chosen method (AB) needs. Use a CIFAR-zoo model (cifar_*) for it, or another method."
             )
 
-    def __call__(self, model: nn.Module, pixel_values: Tensor, request: TapRequest) -> Features:
+    def __call__(self, model: nn.Module, pixel_values: Tensor, request: FeatureNeeds) -> Features:
         raise NotImplementedError
 
 
@@ -93,7 +85,7 @@ class ZooTap(FeatureTap):
     def names(self) -> list[str]:
         return self._names
 
-    def __call__(self, model: nn.Module, pixel_values: Tensor, request: TapRequest) -> Features:
+    def __call__(self, model: nn.Module, pixel_values: Tensor, request: FeatureNeeds) -> Features:
         maps, emb, logits = _core(model).forward_taps(pixel_values, preact=request.preact)
         return Features(
             logits=logits if request.logits else None,
@@ -122,7 +114,7 @@ class TimmTap(FeatureTap):
     def names(self) -> list[str]:
         return self._names
 
-    def __call__(self, model: nn.Module, pixel_values: Tensor, request: TapRequest) -> Features:
+    def __call__(self, model: nn.Module, pixel_values: Tensor, request: FeatureNeeds) -> Features:
         tm = _timm_model(model)
         maps: dict[str, Tensor] = {}
         if request.maps:
@@ -183,7 +175,7 @@ class HFTap(FeatureTap):
             "its penultimate embedding cannot be read."
         )
 
-    def __call__(self, model: nn.Module, pixel_values: Tensor, request: TapRequest) -> Features:
+    def __call__(self, model: nn.Module, pixel_values: Tensor, request: FeatureNeeds) -> Features:
         m = _core(model)
         captured: list[Tensor] = []
         handle = None

@@ -1,6 +1,6 @@
 """Registers every CIFAR zoo architecture with timm as ``cifar_<short name>``.
 
-After ``import hf_distill.models.timm_cifar``::
+After ``import hf_distill`` (which imports this module)::
 
     timm.list_models("cifar_*")                            # all zoo architectures
     timm.create_model("cifar_resnet56", num_classes=10)    # a CifarBackbone

@@ -62,10 +62,11 @@ def zoo_features(
     model: torch.nn.Module, x: torch.Tensor, maps: Sequence[str] | None = None, grad: bool = False
 ) -> Features:
     """Logits, embedding and maps (all by default; ``()`` for none) of ``model`` on ``x``, through the feature tap."""
-    from hf_distill.models.taps import TapRequest, feature_tap
+    from hf_distill.features import FeatureNeeds
+    from hf_distill.models.taps import feature_tap
 
     tap = feature_tap(model)
-    req = TapRequest(logits=True, embedding=True, maps=tuple(tap.names if maps is None else maps))
+    req = FeatureNeeds(logits=True, embedding=True, maps=tuple(tap.names if maps is None else maps))
     with torch.set_grad_enabled(grad):
         return tap(model, x, req)
 
@@ -274,15 +275,16 @@ def method_training_losses(
     Returns:
         The method's (unscaled) loss before each step, plus its value after the last step.
     """
-    from hf_distill.models.taps import TapRequest, feature_tap
+    from hf_distill.features import FeatureNeeds
+    from hf_distill.models.taps import feature_tap
 
     teacher = zoo_model(teacher_arch, seed=1).eval().requires_grad_(False)
     student = zoo_model(student_arch, seed=0)
     x, y = batch["pixel_values"], batch["labels"]
     t_tap, s_tap = feature_tap(teacher), feature_tap(student)
     m = build_method(cls, kwargs, model_spec(student, x[:2]), model_spec(teacher, x[:2]))
-    s_req = TapRequest(logits=True, embedding=True, maps=tuple(m.student_layer_names))
-    t_req = TapRequest(logits=True, embedding=True, maps=tuple(m.teacher_layer_names))
+    s_req = FeatureNeeds(logits=True, embedding=True, maps=tuple(m.student_layer_names))
+    t_req = FeatureNeeds(logits=True, embedding=True, maps=tuple(m.teacher_layer_names))
     with torch.no_grad():
         tf = t_tap(teacher.train(), x, t_req)
     teacher.eval()
@@ -318,15 +320,18 @@ def teacher_map_losses(
     Returns:
         The term before each step (``steps`` values).
     """
+    from hf_distill.features import FeatureNeeds
     from hf_distill.models.modeling_cifar import create_cifar_model
-    from hf_distill.models.taps import TapRequest, feature_tap
+    from hf_distill.models.taps import feature_tap
 
     torch.manual_seed(0)
     student = create_cifar_model("resnet8", num_labels=10).train()
     teacher = cifar_teacher()
     s_tap, t_tap = feature_tap(student), feature_tap(teacher)
     built(method, zoo_spec("resnet8"), model_spec(teacher)).train()
-    req = TapRequest(maps=tuple(method.student_layer_names), preact=method.needs().student.preact)
+    req = FeatureNeeds(
+        logits=True, maps=tuple(method.student_layer_names), preact=method.needs().student.preact
+    )
     with torch.no_grad():
         t_feats = t_tap(teacher, x, req)
     loss = method.init_stage_loss if init_stage else method

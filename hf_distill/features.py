@@ -1,0 +1,117 @@
+"""The types shared by the models (which produce features) and the distillation methods (which consume them).
+
+Neutral ground between :mod:`hf_distill.models` and :mod:`hf_distill.losses`: the models' feature taps
+(:mod:`hf_distill.models.taps`) fill :class:`Features` as asked by a :class:`FeatureNeeds`; the methods declare
+:class:`FeatureNeeds` and build their parts from a :class:`FeatureSpec`. Models never import losses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from torch import Tensor
+
+# A map selector names which intermediate feature maps a method wants. Resolved against the names a model offers
+# (zoo: "stem", "stage1", ...; timm: feature_info module names; HF: "hidden_states.<i>"):
+#   "stages" -> every map after the stem (RepDistiller's feat[1:-1])
+#   "last"   -> the deepest map (feat[-2])
+#   "all"    -> stem and every stage (feat[:-1])
+#   an int   -> that position in the list (negative counts from the end)
+#   any other string -> that exact layer name
+MapSelector = str | int
+
+
+@dataclass(frozen=True)
+class FeatureNeeds:
+    """What to read from one network: what a method declares, and what a feature tap is asked to extract.
+
+    A method's ``maps`` are selectors; the trainer resolves them against the network's layer names
+    (:meth:`with_maps`) before asking the network's tap, so a tap only ever sees concrete layer names.
+
+    Args:
+        logits: the class scores.
+        embedding: the penultimate (pooled, flattened) vector that feeds the classifier.
+        maps: selectors of intermediate feature maps (see ``MapSelector``).
+        preact: take the maps before their final activation (only AB needs it; zoo models support it).
+    """
+
+    logits: bool = False
+    embedding: bool = False
+    maps: tuple[MapSelector, ...] = ()
+    preact: bool = False
+
+    def __or__(self, other: FeatureNeeds) -> FeatureNeeds:
+        maps = tuple(dict.fromkeys(self.maps + other.maps))
+        return FeatureNeeds(
+            logits=self.logits or other.logits,
+            embedding=self.embedding or other.embedding,
+            maps=maps,
+            preact=self.preact or other.preact,
+        )
+
+    @property
+    def anything(self) -> bool:
+        return self.logits or self.embedding or bool(self.maps)
+
+    def with_maps(self, layers: Sequence[str]) -> FeatureNeeds:
+        """The same request with ``maps`` replaced by resolved layer names."""
+        return replace(self, maps=tuple(layers))
+
+
+@dataclass
+class Features:
+    """What one network produced for one batch.
+
+    Args:
+        logits: (B, num_classes) or None.
+        embedding: (B, D) penultimate vector or None.
+        maps: layer name -> (B, C, H, W) map (or (B, N, D) tokens for transformers), in depth order.
+    """
+
+    logits: Tensor | None = None
+    embedding: Tensor | None = None
+    maps: dict[str, Tensor] = field(default_factory=dict)
+
+    def map_list(self, names: Sequence[str]) -> list[Tensor]:
+        return [self.maps[n] for n in names]
+
+    def detach(self) -> Features:
+        return Features(
+            logits=None if self.logits is None else self.logits.detach(),
+            embedding=None if self.embedding is None else self.embedding.detach(),
+            maps={k: v.detach() for k, v in self.maps.items()},
+        )
+
+    def float(self) -> Features:
+        """Float32 copy: loss math (softmax with temperature, cosines, NCE) is unstable in half precision."""
+
+        def f(t: Tensor | None) -> Tensor | None:
+            return t.float() if t is not None and t.is_floating_point() else t
+
+        return Features(
+            logits=f(self.logits), embedding=f(self.embedding), maps={k: f(v) for k, v in self.maps.items()}
+        )
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Shapes (without the batch dimension) that one network produces, seen on the dry run.
+
+    Args:
+        names: every map name the network offers, shallow to deep.
+        maps: shape of each map the methods asked for.
+        logits: shape of the logits, e.g. ``(100,)``.
+        embedding: shape of the penultimate vector, e.g. ``(64,)``.
+    """
+
+    names: tuple[str, ...]
+    maps: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    logits: tuple[int, ...] | None = None
+    embedding: tuple[int, ...] | None = None
+
+
+#: Only the class scores: what evaluation and teacher-accuracy passes ask of a network.
+LOGITS_ONLY = FeatureNeeds(logits=True)
+
+__all__ = ["LOGITS_ONLY", "FeatureNeeds", "FeatureSpec", "Features", "MapSelector"]

@@ -1,0 +1,70 @@
+"""The package's shape: models never import losses, the shared types live in one neutral module, and
+``import hf_distill`` makes the zoo available to timm and the Auto classes."""
+
+import ast
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+PACKAGE = REPO / "hf_distill"
+
+
+def _imported_modules(path) -> list[str]:
+    """Absolute names of every module a file imports (relative imports resolved against its package)."""
+    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            out += [base] + [f"{base}.{a.name}" for a in node.names]
+    return out
+
+
+def test_the_import_scanner_sees_relative_and_absolute_imports(tmp_path):
+    probe = PACKAGE / "models" / "taps.py"
+    assert "hf_distill.features" in _imported_modules(probe)  # `from ..features import ...`
+
+
+def test_models_never_import_losses():
+    offenders = {
+        str(p.relative_to(REPO)): m
+        for p in sorted((PACKAGE / "models").rglob("*.py"))
+        for m in _imported_modules(p)
+        if m == "hf_distill.losses" or m.startswith("hf_distill.losses.")
+    }
+    assert not offenders, offenders
+
+
+def test_shared_types_have_one_home_and_the_old_imports_still_work():
+    from hf_distill import features
+    from hf_distill.losses import FeatureNeeds, Features, FeatureSpec
+    from hf_distill.losses.base import Features as BaseFeatures
+    from hf_distill.models.taps import TapRequest
+
+    assert (Features, FeatureSpec, FeatureNeeds) == (
+        features.Features,
+        features.FeatureSpec,
+        features.FeatureNeeds,
+    )
+    assert BaseFeatures is features.Features and TapRequest is features.FeatureNeeds  # one request type
+
+
+def test_import_hf_distill_registers_the_zoo_with_timm_and_the_auto_classes():
+    code = (
+        "import sys, hf_distill, timm\n"
+        "from transformers import AutoConfig, AutoModelForImageClassification\n"
+        "m = timm.create_model('cifar_resnet20', num_classes=10)\n"
+        "cfg = AutoConfig.for_model('hf_distill_cifar', architecture='resnet20', num_labels=10)\n"
+        "hf = AutoModelForImageClassification.from_config(cfg)\n"
+        "from hf_distill.models.cifar_common import CifarBackbone\n"
+        "print(isinstance(m, CifarBackbone), type(hf).__name__, 'hf_distill.models.timm_cifar' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "CifarForImageClassification", "True"]
