@@ -25,6 +25,7 @@ from .data import collate, find_label_column
 from .features import LOGITS_ONLY, FeatureNeeds, Features, FeatureSpec
 from .labels import align_label_spaces, num_labels_of
 from .losses import DataInfo, DistillationObjective, StepInfo
+from .models.batchnorm import batchnorm_affine, batchnorm_before_maps
 from .models.normalization import TeacherInput, input_spec
 from .models.taps import FeatureTap, feature_tap
 
@@ -190,14 +191,19 @@ def _probe_shapes(
         size = input_spec(model).image_size
         x = torch.zeros(2, 3, size, size)
 
-    def spec(net, tap, req, xin):
+    def spec(net, tap, req, xin, batchnorm=False):
         if net is None:
             return FeatureSpec(names=())
         p = next(net.parameters(), None)
         was = net.training
         net.eval()
+        bns = {}
         try:
-            f = tap(net, xin.to(p.device if p is not None else "cpu"), req)
+            xin = xin.to(p.device if p is not None else "cpu")
+            if batchnorm:
+                f, bns = batchnorm_before_maps(net, lambda: tap(net, xin, req))
+            else:
+                f = tap(net, xin, req)
         finally:
             net.train(was)
         return FeatureSpec(
@@ -205,12 +211,13 @@ def _probe_shapes(
             maps={k: tuple(v.shape[1:]) for k, v in f.maps.items()},
             logits=None if f.logits is None else tuple(f.logits.shape[1:]),
             embedding=None if f.embedding is None else tuple(f.embedding.shape[1:]),
+            batchnorm={k: batchnorm_affine(bn) for k, bn in bns.items()},
         )
 
-    s_spec = spec(model, s_tap, s_req, x)
+    s_spec = spec(model, s_tap, s_req, x, needs.student.batchnorm)
     t_spec = FeatureSpec(names=())
     if teacher is not None and needs.teacher.anything:
-        t_spec = spec(teacher, t_tap, t_req, teacher_adapter(x))
+        t_spec = spec(teacher, t_tap, t_req, teacher_adapter(x), needs.teacher.batchnorm)
     return s_spec, t_spec
 
 

@@ -33,13 +33,16 @@ class FeatureNeeds:
         logits: the class scores.
         embedding: the penultimate (pooled, flattened) vector that feeds the classifier.
         maps: selectors of intermediate feature maps (see ``MapSelector``).
-        preact: take the maps before their final activation (only AB needs it; zoo models support it).
+        preact: take the maps before their final activation (AB, OFD, ReviewKD's teacher; zoo models support it).
+        batchnorm: read the affine parameters of the BatchNorm in front of each map (OFD's margin), into
+            ``FeatureSpec.batchnorm``.
     """
 
     logits: bool = False
     embedding: bool = False
     maps: tuple[MapSelector, ...] = ()
     preact: bool = False
+    batchnorm: bool = False
 
     def __or__(self, other: FeatureNeeds) -> FeatureNeeds:
         maps = tuple(dict.fromkeys(self.maps + other.maps))
@@ -48,6 +51,7 @@ class FeatureNeeds:
             embedding=self.embedding or other.embedding,
             maps=maps,
             preact=self.preact or other.preact,
+            batchnorm=self.batchnorm or other.batchnorm,
         )
 
     @property
@@ -103,12 +107,15 @@ class FeatureSpec:
         maps: shape of each map the methods asked for.
         logits: shape of the logits, e.g. ``(100,)``.
         embedding: shape of the penultimate vector, e.g. ``(64,)``.
+        batchnorm: ``(weight, bias)`` (each (C,)) of the BatchNorm in front of every requested map that has one,
+            when a method asked for them (``FeatureNeeds.batchnorm``).
     """
 
     names: tuple[str, ...]
     maps: dict[str, tuple[int, ...]] = field(default_factory=dict)
     logits: tuple[int, ...] | None = None
     embedding: tuple[int, ...] | None = None
+    batchnorm: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
 
 #: Only the class scores: what evaluation and teacher-accuracy passes ask of a network.

@@ -1,6 +1,28 @@
 """Distillation methods. Importing this package registers every method (one module each)."""
 
-from . import ab, at, cc, crd, cskd, dkd, fitnet, fsp, ft, icd, iekd, kd, nst, pkt, rkd, skd, sp, vid  # noqa: F401  (importing a method module registers it)
+from . import (  # noqa: F401  (importing a method module registers it)
+    ab,
+    at,
+    cc,
+    crd,
+    cskd,
+    dkd,
+    fitnet,
+    fsp,
+    ft,
+    icd,
+    iekd,
+    kd,
+    kdsvd,
+    nst,
+    ofd,
+    pkt,
+    reviewkd,
+    rkd,
+    skd,
+    sp,
+    vid,
+)
 from .base import (
     DataInfo,
     DistillationLoss,

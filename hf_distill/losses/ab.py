@@ -78,6 +78,28 @@ def make_connector(s_channels: int, t_channels: int) -> nn.Sequential:
     return nn.Sequential(conv, bn)
 
 
+#: ``"auto"``: identity where the channel counts already match (RepDistiller); ``"always"``: a connector everywhere
+CONNECTOR_MODES = ("auto", "always")
+
+
+def paired_connectors(
+    student: FeatureSpec, teacher: FeatureSpec, pairs: Sequence[tuple[str, str]], mode: str, method: str
+) -> nn.ModuleList:
+    """One :func:`make_connector` per (student layer, teacher layer) pair, or the identity where ``mode`` is
+    ``"auto"`` and the two channel counts match.
+
+    Raises:
+        ValueError: an unknown ``mode``.
+    """
+    if mode not in CONNECTOR_MODES:
+        raise ValueError(f"{method} connector must be one of {CONNECTOR_MODES}, got {mode!r}")
+    parts: list[nn.Module] = []
+    for sn, tn in pairs:
+        cs, ct = student.maps[sn][0], teacher.maps[tn][0]
+        parts.append(nn.Identity() if cs == ct and mode == "auto" else make_connector(cs, ct))
+    return nn.ModuleList(parts)
+
+
 @register_method("ab")
 class AB(PairedMaps, InitStageThenCE):
     """Activation Boundaries: the student learns where the teacher's neurons switch on and off.
@@ -145,20 +167,16 @@ class AB(PairedMaps, InitStageThenCE):
         if margin <= 0:
             raise ValueError(f"ab margin must be > 0, got {margin}")
         self.set_schedule(init_epochs, main_stage_loss)
-        if connector not in ("auto", "always"):
-            raise ValueError(f"ab connector must be 'auto' or 'always', got {connector!r}")
+        if connector not in CONNECTOR_MODES:
+            raise ValueError(f"ab connector must be one of {CONNECTOR_MODES}, got {connector!r}")
         self.margin = float(margin)
         self.connector = connector
         self.select_layers(student_layers, teacher_layers)
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
         self.check_maps(student, teacher)
-        parts: list[nn.Module] = []
-        for sn, tn in zip(self.student_layer_names, self.teacher_layer_names):
-            cs, ct = student.maps[sn][0], teacher.maps[tn][0]
-            same = cs == ct and self.connector == "auto"
-            parts.append(nn.Identity() if same else make_connector(cs, ct))
-        self.connectors = nn.ModuleList(parts)
+        pairs = list(zip(self.student_layer_names, self.teacher_layer_names))
+        self.connectors = paired_connectors(student, teacher, pairs, self.connector, "ab")
 
     def distill_term(self, student: Features, teacher: Features) -> Tensor:
         """L_AB for one batch (pooling, connectors, criterion)."""

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from .base import DistillationLoss, FeatureNeeds, Features, MethodNeeds, StepInfo
 from .distributed import gather_no_grad, gather_with_grad
+from .logit_standardization import maybe_standardize, resolve_temperature
 from .registry import register_method
 
 # The reference adds this to the denominator of the per-class cosine.
@@ -97,11 +98,13 @@ class CSKD(DistillationLoss):
     A batch of one sample gives cosines of ~1 (a near-zero loss): ``min_batch_size`` is 2; use a few dozen.
 
     Args:
-        temperature: T of ``L_cs``.
+        temperature: T of ``L_cs`` (None: 4, or 2 with ``logit_standardize``).
         low_temperature: CSWT temperature of the most similar sample.
         high_temperature: CSWT temperature of the least similar sample.
         use_cswt: add the CSWT term (False: ``L_cs(T)`` alone).
         gather: compute over the global batch under distributed training.
+        logit_standardize: z-score both networks' logits (per sample, over the classes) before everything else,
+            CSWT's temperatures included (Sun et al., CVPR 2024; see :mod:`hf_distill.losses.logit_standardization`).
     """
 
     summary = "per-class cosine similarity of batch predictions, with similarity-weighted temperatures"
@@ -119,15 +122,16 @@ class CSKD(DistillationLoss):
 
     def __init__(
         self,
-        temperature: float = 4.0,
+        temperature: float | None = None,
         low_temperature: float = 2.0,
         high_temperature: float = 6.0,
         use_cswt: bool = True,
         gather: bool = False,
+        logit_standardize: bool = False,
     ) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"cskd temperature must be > 0, got {temperature}")
+        self.logit_standardize = bool(logit_standardize)
+        temperature = resolve_temperature(temperature, self.logit_standardize, "cskd")
         if not 0 < low_temperature <= high_temperature:
             raise ValueError(
                 "cskd needs 0 < low_temperature <= high_temperature, got "
@@ -143,7 +147,7 @@ class CSKD(DistillationLoss):
         return MethodNeeds(student=FeatureNeeds(logits=True), teacher=FeatureNeeds(logits=True))
 
     def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
-        zs, zt = student.logits, teacher.logits
+        zs, zt = maybe_standardize(student.logits, teacher.logits, self.logit_standardize)
         if self.gather:
             # the teacher side carries a gradient only under SKD (a learned target): keep it then
             zs = gather_with_grad(zs)

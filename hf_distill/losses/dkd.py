@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import DistillationLoss, FeatureNeeds, Features, MethodNeeds, StepInfo
+from .logit_standardization import maybe_standardize, resolve_temperature
 from .registry import register_method
 
 #: how :func:`linear_warmup` turns the trainer's fractional epoch into a warm-up factor.
@@ -127,10 +128,12 @@ class DKD(DistillationLoss):
     Args:
         alpha: weight of TCKD.
         beta: weight of NCKD.
-        temperature: softmax temperature T.
+        temperature: softmax temperature T (None: 4, or 2 with ``logit_standardize``).
         warmup_epochs: length of the linear warm-up in epochs (0 disables it).
         warmup_granularity: ``"epoch"`` (constant per epoch, as mdistiller) or ``"step"`` (per-step ramp), see
             :func:`linear_warmup`.
+        logit_standardize: z-score both networks' logits before the softmax (Sun et al., CVPR 2024; see
+            :mod:`hf_distill.losses.logit_standardization`).
     """
 
     summary = "KL split into target-vs-rest (TCKD) and among non-target classes (NCKD), reweighted"
@@ -147,13 +150,13 @@ class DKD(DistillationLoss):
         self,
         alpha: float = 1.0,
         beta: float = 8.0,
-        temperature: float = 4.0,
+        temperature: float | None = None,
         warmup_epochs: float = 20.0,
         warmup_granularity: str = "epoch",
+        logit_standardize: bool = False,
     ) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"dkd temperature must be > 0, got {temperature}")
+        self.logit_standardize = bool(logit_standardize)
         if alpha < 0 or beta < 0:
             raise ValueError(f"dkd alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
         if warmup_epochs < 0:
@@ -164,7 +167,7 @@ class DKD(DistillationLoss):
             )
         self.alpha = float(alpha)
         self.beta = float(beta)
-        self.temperature = float(temperature)
+        self.temperature = resolve_temperature(temperature, self.logit_standardize, "dkd")
         self.warmup_epochs = float(warmup_epochs)
         self.warmup_granularity = warmup_granularity
 
@@ -172,7 +175,8 @@ class DKD(DistillationLoss):
         return MethodNeeds(student=FeatureNeeds(logits=True), teacher=FeatureNeeds(logits=True))
 
     def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
-        tckd, nckd = dkd_loss(student.logits, teacher.logits, step.labels, self.temperature)
+        zs, zt = maybe_standardize(student.logits, teacher.logits, self.logit_standardize)
+        tckd, nckd = dkd_loss(zs, zt, step.labels, self.temperature)
         w = linear_warmup(step, self.warmup_epochs, self.warmup_granularity)
         return {"dkd_tckd": w * self.alpha * tckd, "dkd_nckd": w * self.beta * nckd}
 

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import DistillationLoss, FeatureNeeds, Features, MethodNeeds, StepInfo
+from .logit_standardization import maybe_standardize, resolve_temperature
 from .registry import register_method
 
 
@@ -34,7 +35,10 @@ class KD(DistillationLoss):
     """Hinton knowledge distillation on temperature-softened logits.
 
     Args:
-        temperature: softmax temperature T (RepDistiller ``--kd_T 4``).
+        temperature: softmax temperature T (None: 4 as RepDistiller's ``--kd_T 4``, or 2 with
+            ``logit_standardize``, the paper's base temperature).
+        logit_standardize: z-score both networks' logits before the softmax (Sun et al., CVPR 2024; see
+            :mod:`hf_distill.losses.logit_standardization`).
     """
 
     summary = "KL divergence of temperature-softened class probabilities"
@@ -47,14 +51,14 @@ class KD(DistillationLoss):
     default_ce_weight = 0.1
     combo_weight = 1.0
 
-    def __init__(self, temperature: float = 4.0) -> None:
+    def __init__(self, temperature: float | None = None, logit_standardize: bool = False) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"kd temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
+        self.logit_standardize = bool(logit_standardize)
+        self.temperature = resolve_temperature(temperature, self.logit_standardize, "kd")
 
     def needs(self) -> MethodNeeds:
         return MethodNeeds(student=FeatureNeeds(logits=True), teacher=FeatureNeeds(logits=True))
 
     def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
-        return {"kd": kd_loss(student.logits, teacher.logits, self.temperature)}
+        zs, zt = maybe_standardize(student.logits, teacher.logits, self.logit_standardize)
+        return {"kd": kd_loss(zs, zt, self.temperature)}

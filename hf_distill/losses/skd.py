@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from .base import DataInfo, FeatureNeeds, Features, FeatureSpec, MethodNeeds, StepInfo
 from .kd import kd_loss
 from .registry import register_method
-from .wrapped import WrappedMethod
+from .wrapped import WrappedMethod, parse_base_kwargs
 
 #: softening temperature when neither ``temperature`` nor the base method gives one.
 _FALLBACK_TEMPERATURE = 4.0
@@ -107,6 +107,9 @@ class SKD(WrappedMethod):
         max_shift: largest change the simplifier may make to a softened teacher logit.
         label_weight: weight of the label (CE at T = 1) guard on the simplified target.
         anchor_weight: weight of the ``T^2``-scaled KL anchor of the simplified target to the softened teacher.
+        logit_standardize: turn on the base's logit standardization (its ``logit_standardize``, Sun et al.,
+            CVPR 2024): the base z-scores the student's logits and the simplified target before its softmax; the
+            simplifier and the guards see the raw logits.
     """
 
     summary = "KD towards an attention-simplified, jointly learned teacher target (wraps a logit method)"
@@ -133,8 +136,11 @@ class SKD(WrappedMethod):
         max_shift: float = 2.0,
         label_weight: float = 1.0,
         anchor_weight: float = 1.0,
+        logit_standardize: bool = False,
     ) -> None:
         super().__init__()
+        if logit_standardize:
+            base_kwargs = {**parse_base_kwargs(base_kwargs, self.name), "logit_standardize": True}
         method = self.wrap(base or self.default_base, base_kwargs)
         if not method.needs().teacher.logits:
             raise ValueError(
@@ -163,6 +169,7 @@ class SKD(WrappedMethod):
         self.max_shift = float(max_shift)
         self.label_weight = float(label_weight)
         self.anchor_weight = float(anchor_weight)
+        self.logit_standardize = bool(getattr(method, "logit_standardize", False))
 
     def own_needs(self) -> MethodNeeds:
         return MethodNeeds(student=FeatureNeeds(logits=True), teacher=FeatureNeeds(logits=True))

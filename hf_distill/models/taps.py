@@ -49,7 +49,9 @@ class FeatureTap:
         if request.preact and request.maps and not self.supports_preact:
             raise ValueError(
                 f"The {who} ({self._model_name}, a {self.family} model) cannot give pre-activation feature maps, "
-                "which the chosen method (AB) needs. Use a CIFAR-zoo model (cifar_*) for it, or another method."
+                "which the chosen method needs (AB; OFD and ReviewKD by default). Use a CIFAR-zoo model (cifar_*), "
+                "set --ofd-student-preact / --ofd-teacher-preact / --reviewkd-teacher-preact false, or use another "
+                "method."
             )
 
     def __call__(self, model: nn.Module, pixel_values: Tensor, request: FeatureNeeds) -> Features:

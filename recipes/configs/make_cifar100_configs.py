@@ -7,7 +7,7 @@ CRD (Tian et al. 2020, RepDistiller) and DKD (mdistiller), plus one config per t
 
 The schedule is the benchmarks': 240 epochs, SGD momentum 0.9, weight decay 5e-4, batch 64, lr 0.05 (0.01 for
 MobileNetV2/ShuffleNet students), x0.1 at epochs 150/180/210. Published top-1 numbers are quoted in each file's
-header (RepDistiller README / CRD paper, mdistiller README) so a run can be compared with them.
+header (RepDistiller README / CRD paper, mdistiller README, the DKD paper, Sun et al.'s README) so a run can be compared with them.
 """
 
 from __future__ import annotations
@@ -84,6 +84,13 @@ _TABLE = {
     "fsp": [69.95, 70.11, 71.89, 72.62, 72.91, None, 70.23, None, None, None, None],
     "nst": [69.60, 69.53, 71.96, 73.30, 73.68, 72.24, 71.53, 58.16, 74.12, 74.68, 74.89],
 }
+# OFD and ReviewKD as reported in the DKD paper (Zhao et al., CVPR 2022, Tables 1-2, mdistiller's runs); KD with
+# logit standardization ("KD+Ours", temperature 2 or 3, KD weight 9) from Sun et al.'s README (CVPR 2024).
+_TABLE |= {
+    "ofd": [70.98, None, 73.23, 74.95, 75.24, 74.33, 73.95, 69.48, 75.98, 76.82, 75.85],
+    "reviewkd": [71.89, None, 73.89, 75.63, 76.12, 75.09, 74.84, 70.37, 77.45, 77.78, 77.14],
+    "kd_ls": [71.43, 71.48, 74.17, 76.62, 76.11, 74.37, 74.36, 68.61, None, 75.56, None],
+}
 for _m, _vals in _TABLE.items():
     PUBLISHED[_m] = {pair: v for pair, v in zip(SAME + CROSS, _vals) if v is not None}
 
@@ -96,6 +103,10 @@ DKD_BETA = {
     ("vgg13", "vgg8"): 6.0,
     ("vgg13", "mobilenetv2"): 6.0,
 }
+# mdistiller's ReviewKD loss weight on its one CIFAR-100 config (configs/cifar100/reviewkd.yaml); default 1.0.
+REVIEWKD_WEIGHT = {("resnet32x4", "resnet8x4"): 5.0}
+# Sun et al.'s base temperature 3 (their logs "kd,<teacher>,<student>,3,9"); the other pairs use 2.
+KD_LS_TEMPERATURE = {("vgg13", "vgg8"): 3.0, ("vgg13", "mobilenetv2"): 3.0}
 SMALL_LR_STUDENTS = {"mobilenetv2", "shufflenetv1", "shufflenetv2"}
 # FSP pairs layers of equal channel counts only: not applicable to these pairs (N/A in the benchmark table).
 FSP_NA = {("wrn_40_2", "wrn_40_1")} | set(CROSS)
@@ -176,6 +187,10 @@ def distill_config(method: str, teacher: str, student: str) -> tuple[str, dict]:
     cfg.update({"student": f"cifar_{student}", "method": method})
     if method == "dkd" and (teacher, student) in DKD_BETA:
         cfg["method_args"] = {"dkd": {"beta": DKD_BETA[(teacher, student)]}}
+    if method == "reviewkd" and (teacher, student) in REVIEWKD_WEIGHT:
+        cfg["method_weights"] = str(REVIEWKD_WEIGHT[(teacher, student)])
+    if method == "kd_ls" and (teacher, student) in KD_LS_TEMPERATURE:
+        cfg["method_args"] = {"kd": {"temperature": KD_LS_TEMPERATURE[(teacher, student)]}}
     cfg.update(schedule(student))
     cfg["output_dir"] = f"outputs/cifar100/{method}/{teacher}_{student}"
     return header, cfg

@@ -41,7 +41,7 @@ def test_card_metadata(trained):
     d = meta["distillation"]
     assert d["teacher"] == "cifar10-resnet56"
     assert d["methods"] == ["kd"] and d["weights"] == {"kd": 0.9} and d["ce_weight"] == 0.1
-    assert d["hyperparameters"] == {"kd": {"temperature": 4.0}}
+    assert d["hyperparameters"] == {"kd": {"temperature": 4.0, "logit_standardize": False}}
     hist = trained.trainer.state.log_history
     student_acc = [h["eval_accuracy"] for h in hist if "eval_accuracy" in h][-1]
     teacher_acc = [h["eval_teacher_accuracy"] for h in hist if "eval_teacher_accuracy" in h][-1]
@@ -65,7 +65,7 @@ def test_card_body_documents_the_run(trained):
     assert CARD_MARKER in text
     for needle in (
         "cifar10-resnet56",  # the teacher
-        "| `kd` | 0.9 | temperature=4 |",  # method, weight, hyperparameters
+        "| `kd` | 0.9 | temperature=4, logit_standardize=False |",  # method, weight, hyperparameters
         "0.1 * cross_entropy + 0.9 * kd",
         "Hinton et al., Distilling the Knowledge in a Neural Network",  # paper
         "@article{hinton2015distilling",  # citation

@@ -609,3 +609,23 @@ def check_gather_matches_full_batch(
     for k, g in full["param_grads"].items():
         got = sum(p["param_grads"][k] for p in parts if k in p["param_grads"]) / world_size  # DDP's average
         torch.testing.assert_close(got, g, rtol=rtol, atol=atol, msg=f"gradient of parameter {k}")
+
+
+def check_resume_restores_method(
+    tmp_path: Path, split: Any, method: str, method_kwargs: dict[str, Any]
+) -> None:
+    """A 2-step run of :func:`checkpointing_trainer`, and a second trainer of another seed (other initial trainable
+    parts, another random teacher) resumed from the first one's last checkpoint: every tensor of the method's state
+    (its trainable parts and buffers) then equals the first run's."""
+    full = checkpointing_trainer(tmp_path / "a", split, method, method_kwargs)
+    full.train()
+    ref = state_copy(full.model.objective.methods[method])
+    assert ref, f"{method} has no state to checkpoint"
+    resumed = checkpointing_trainer(tmp_path / "a", split, method, method_kwargs, seed=7)
+    fresh = state_copy(resumed.model.objective.methods[method])
+    assert any(not torch.equal(fresh[k], ref[k]) for k in ref if ref[k].is_floating_point())
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-2"))
+    got = state_copy(resumed.model.objective.methods[method])
+    assert got.keys() == ref.keys()
+    for k in ref:
+        assert torch.allclose(ref[k].float(), got[k].float(), atol=1e-6, rtol=0), k

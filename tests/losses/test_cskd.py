@@ -116,13 +116,17 @@ def test_cskd_gradients_reach_only_the_student_and_gradcheck():
 def test_cskd_weights_and_validation():
     obj = DistillationObjective.from_names("cskd")
     assert obj.ce_weight == 1.0 and obj.weights == {"cskd": 2.0}
-    assert CSKD.hyperparameters() == {
+    defaults = {
         "temperature": 4.0,
         "low_temperature": 2.0,
         "high_temperature": 6.0,
         "use_cswt": True,
         "gather": False,
+        "logit_standardize": False,
     }
+    # the temperature's signature default is None: 4 here, 2 with logit_standardize
+    assert CSKD.hyperparameters() == {**defaults, "temperature": None}
+    assert CSKD().hparams() == defaults
     with pytest.raises(ValueError, match="low_temperature"):
         CSKD(low_temperature=7.0)
     with pytest.raises(ValueError, match="temperature"):

@@ -88,13 +88,17 @@ def test_linear_warmup_mapping():
 def test_dkd_objective_weights_and_validation():
     obj = DistillationObjective.from_names("dkd")
     assert obj.ce_weight == 1.0 and obj.weights == {"dkd": 1.0}
-    assert DKD.hyperparameters() == {
+    defaults = {
         "alpha": 1.0,
         "beta": 8.0,
         "temperature": 4.0,
         "warmup_epochs": 20.0,
         "warmup_granularity": "epoch",
+        "logit_standardize": False,
     }
+    # the temperature's signature default is None: 4 here, 2 with logit_standardize
+    assert DKD.hyperparameters() == {**defaults, "temperature": None}
+    assert DKD().hparams() == defaults
     for bad in ({"temperature": 0}, {"beta": -1}, {"warmup_epochs": -2}, {"warmup_granularity": "x"}):
         with pytest.raises(ValueError, match="dkd"):
             DKD(**bad)
