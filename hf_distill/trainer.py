@@ -33,6 +33,7 @@ from .metrics import classification_metrics
 from .models.normalization import InputSpec, TeacherInput, input_spec
 from .models.taps import FeatureTap, TapRequest, feature_tap
 from .schedule import multistep_scheduler
+from .teacher_cache import TeacherCache
 
 logger = logging.getLogger(__name__)
 
@@ -254,6 +255,8 @@ class DistillationTrainer(Trainer):
             150/180/210); replaces ``args.lr_scheduler_type`` when given.
         channels_last: store both networks and the batches in channels-last memory format (faster convolutions
             on recent GPUs, notably with bf16/fp16); same results up to rounding.
+        teacher_cache: a directory where the teacher's training outputs are stored and read back by later runs
+            with the same teacher, data, augmentation and seed (exact; see :mod:`hf_distill.teacher_cache`).
         **kwargs: passed to ``transformers.Trainer`` (callbacks, processing_class, ...).
     """
 
@@ -274,6 +277,7 @@ class DistillationTrainer(Trainer):
         lr_milestones: list[float] | None = None,
         lr_decay_rate: float = 0.1,
         channels_last: bool = False,
+        teacher_cache: str | None = None,
         **kwargs: Any,
     ) -> None:
         if model is None:
@@ -335,6 +339,7 @@ class DistillationTrainer(Trainer):
             # Device placement and mixed-precision autocast only: the teacher is never wrapped in DDP.
             self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
             self.teacher_adapter.to(self.args.device)
+        self.teacher_cache = TeacherCache.for_trainer(teacher_cache, self) if teacher_cache else None
         if needs.index and train_dataset is not None:
             probe = data_collator([train_dataset[0]])
             if "index" not in probe:
@@ -365,8 +370,15 @@ class DistillationTrainer(Trainer):
         )
 
     @torch.no_grad()
-    def teacher_features(self, pixel_values: Tensor, request: TapRequest | None = None) -> Features:
-        """Run the frozen teacher once (eval mode, no grad, under the run's autocast)."""
+    def teacher_features(
+        self, pixel_values: Tensor, request: TapRequest | None = None, index: Tensor | None = None
+    ) -> Features:
+        """Run the frozen teacher once (eval mode, no grad, under the run's autocast); with a teacher cache and the
+        training rows' ``index``, read the outputs an earlier run stored instead."""
+        if self.teacher_cache is not None and request is None and index is not None:
+            return self.teacher_cache.features(
+                pixel_values, index, lambda: self.teacher_features(pixel_values)
+            )
         self.teacher.eval()
         with self.accelerator.autocast():
             return self.teacher_tap(
@@ -389,7 +401,7 @@ class DistillationTrainer(Trainer):
         if container.phase == "main":
             use_teacher = use_teacher and container.objective.needs_teacher
         if use_teacher:
-            teacher_feats = self.teacher_features(inputs["pixel_values"])
+            teacher_feats = self.teacher_features(inputs["pixel_values"], index=inputs.get("index"))
         outputs = model(
             pixel_values=inputs["pixel_values"],
             labels=inputs.get("labels"),
