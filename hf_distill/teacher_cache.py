@@ -30,6 +30,7 @@ maps take much more). Evaluation never uses the cache, and a run without a teach
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -63,9 +64,10 @@ def tensor_bytes(t: Tensor) -> bytes:
 
 
 def module_fingerprint(module: nn.Module) -> str:
-    """SHA-256 of a module's class and state (every parameter and buffer: names, dtypes, shapes and values)."""
+    """SHA-256 of a module's class and of every parameter and buffer (non-persistent ones included, such as an input
+    adapter's normalization): names, dtypes, shapes and values."""
     h = hashlib.sha256(type(module).__qualname__.encode())
-    for name, t in module.state_dict().items():
+    for name, t in itertools.chain(module.named_parameters(), module.named_buffers()):
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(tensor_bytes(t))
     return h.hexdigest()

@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 from hf_distill import DistillationTrainer
 from hf_distill.data import prepare_split
 from hf_distill.losses import Features
-from hf_distill.teacher_cache import SHARD_SUFFIX, TeacherCache, input_digests
+from hf_distill.teacher_cache import SHARD_SUFFIX, TeacherCache, input_digests, module_fingerprint
 from tests.conftest import REPO
 from tests.helpers import CIFAR_SPEC, timm_model, trainer_args
 
@@ -149,6 +149,18 @@ def test_rows_whose_pixels_differ_are_a_miss(tmp_path, tiny):
     assert not torch.equal(input_digests(x), input_digests(y))
     other = TeacherCache(str(tmp_path), {"k": "w"}, tiny.dataset)  # another key
     assert other.features(x, index, lambda: recomputed) is recomputed
+
+
+def test_the_key_covers_the_teacher_input_conversion():
+    from hf_distill.models.normalization import InputSpec, TeacherInput
+
+    other = InputSpec((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 32)
+    same, converted = TeacherInput(CIFAR_SPEC, CIFAR_SPEC), TeacherInput(CIFAR_SPEC, other)
+    assert module_fingerprint(same) == module_fingerprint(TeacherInput(CIFAR_SPEC, CIFAR_SPEC))
+    assert module_fingerprint(same) != module_fingerprint(
+        converted
+    )  # its scale and shift are not in state_dict
+    assert module_fingerprint(timm_model(seed=1)) != module_fingerprint(timm_model(seed=2))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip_a_byte", "stray_temporary_file"])
