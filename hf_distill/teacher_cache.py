@@ -396,4 +396,10 @@ class TeacherCacheCallback(TrainerCallback):
         self.cache.flush()
 
 
-__all__ = ["TeacherCache", "TeacherCacheCallback", "input_digests", "module_fingerprint"]
+__all__ = [
+    "TeacherCache",
+    "TeacherCacheCallback",
+    "dataset_fingerprint",
+    "input_digests",
+    "module_fingerprint",
+]

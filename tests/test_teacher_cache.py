@@ -13,7 +13,13 @@ from transformers import TrainerCallback
 from hf_distill import DistillationTrainer
 from hf_distill.data import prepare_split
 from hf_distill.losses import Features
-from hf_distill.teacher_cache import SHARD_SUFFIX, TeacherCache, input_digests, module_fingerprint
+from hf_distill.teacher_cache import (
+    SHARD_SUFFIX,
+    TeacherCache,
+    dataset_fingerprint,
+    input_digests,
+    module_fingerprint,
+)
 from tests.conftest import REPO
 from tests.helpers import CIFAR_SPEC, timm_model, trainer_args
 
@@ -149,6 +155,21 @@ def test_rows_whose_pixels_differ_are_a_miss(tmp_path, tiny):
     assert not torch.equal(input_digests(x), input_digests(y))
     other = TeacherCache(str(tmp_path), {"k": "w"}, tiny.dataset)  # another key
     assert other.features(x, index, lambda: recomputed) is recomputed
+
+
+def test_runs_that_cannot_or_need_not_cache(tmp_path, tiny):
+    with pytest.raises(ValueError, match="prepare_split"):  # augmentation not seeded by (seed, epoch, row)
+        dataset_fingerprint([{"pixel_values": torch.zeros(3, 32, 32)}])
+    plain = DistillationTrainer(
+        model=timm_model(),
+        objective="none",
+        args=trainer_args(tmp_path / "out"),
+        train_dataset=tiny.dataset,
+        teacher_cache=str(tmp_path / "cache"),
+    )
+    assert (
+        plain.teacher_cache is None and not (tmp_path / "cache").exists()
+    )  # the baseline never runs a teacher
 
 
 def test_the_key_covers_the_teacher_input_conversion():
