@@ -101,6 +101,13 @@ class DistillArguments:
         default=False,
         metadata={"help": "Channels-last memory format for both networks (faster on recent GPUs)."},
     )
+    teacher_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "Directory of the exact teacher-output cache: runs with the same teacher, data and seed "
+            "read the teacher's outputs instead of running it."
+        },
+    )
     config: str | None = field(default=None, metadata={"help": "YAML/JSON file with any of these arguments."})
 
     def weights(self) -> list[float] | None:

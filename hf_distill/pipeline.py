@@ -90,6 +90,7 @@ def build_run(
         lr_milestones=distill_args.milestones(),
         lr_decay_rate=distill_args.lr_decay_rate,
         channels_last=distill_args.channels_last,
+        teacher_cache=distill_args.teacher_cache,
     )
     trainer.dataset_id = data_args.dataset  # shown in the model card
     return Run(trainer, train, evals)

@@ -45,6 +45,7 @@ from .metrics import classification_metrics
 from .models.normalization import InputSpec, TeacherInput, input_spec
 from .non_finite import NonFiniteLossError, StopOnNonFiniteGradient, check_state, check_terms
 from .schedule import multistep_scheduler
+from .teacher_cache import TeacherCache
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class DistillationTrainer(Trainer):
             150/180/210); replaces ``args.lr_scheduler_type`` when given.
         channels_last: store both networks and the batches in channels-last memory format (faster convolutions
             on recent GPUs, notably with bf16/fp16); same results up to rounding.
+        teacher_cache: a directory where the teacher's training outputs are stored and read back by later runs
+            with the same teacher, data, augmentation and seed (exact; see :mod:`hf_distill.teacher_cache`).
         **kwargs: passed to ``transformers.Trainer`` (callbacks, processing_class, ...).
     """
 
@@ -90,6 +93,7 @@ class DistillationTrainer(Trainer):
         lr_milestones: list[float] | None = None,
         lr_decay_rate: float = 0.1,
         channels_last: bool = False,
+        teacher_cache: str | None = None,
         **kwargs: Any,
     ) -> None:
         if model is None:
@@ -157,6 +161,7 @@ class DistillationTrainer(Trainer):
             if self.teacher_label_order is not None:
                 logger.info("The teacher names the classes in another order: its logits are remapped.")
                 self.teacher_label_order = self.teacher_label_order.to(self.args.device)
+        self.teacher_cache = TeacherCache.for_trainer(teacher_cache, self) if teacher_cache else None
         if needs.index and train_dataset is not None:
             probe = data_collator([train_dataset[0]])
             if "index" not in probe:
@@ -188,9 +193,16 @@ class DistillationTrainer(Trainer):
         )
 
     @torch.no_grad()
-    def teacher_features(self, pixel_values: Tensor, request: FeatureNeeds | None = None) -> Features:
-        """Run the frozen teacher once (eval mode, no grad, under the run's autocast); its logits come in the
-        student's class order."""
+    def teacher_features(
+        self, pixel_values: Tensor, request: FeatureNeeds | None = None, index: Tensor | None = None
+    ) -> Features:
+        """Run the frozen teacher once (eval mode, no grad, under the run's autocast); with a teacher cache and the
+        training rows' ``index``, read the outputs an earlier run stored instead. Its logits
+        come in the student's class order."""
+        if self.teacher_cache is not None and request is None and index is not None:
+            return self.teacher_cache.features(
+                pixel_values, index, lambda: self.teacher_features(pixel_values)
+            )
         self.teacher.eval()
         with self.accelerator.autocast():
             f = self.teacher_tap(
@@ -218,7 +230,7 @@ class DistillationTrainer(Trainer):
         if container.phase == "main":
             use_teacher = use_teacher and container.objective.needs_teacher
         if use_teacher:
-            teacher_feats = self.teacher_features(inputs["pixel_values"])
+            teacher_feats = self.teacher_features(inputs["pixel_values"], index=inputs.get("index"))
         outputs = model(
             pixel_values=inputs["pixel_values"],
             labels=inputs.get("labels"),

@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if run.eval is not None:
             metrics = trainer.evaluate()
             results.update({k: v for k, v in metrics.items() if "accuracy" in k})
+        if trainer.teacher_cache is not None:
+            results.update(trainer.teacher_cache.report())
         trainer.save_model()
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset=data_args.dataset)

@@ -1,0 +1,409 @@
+"""An exact cache of the teacher's outputs on disk (``--teacher_cache DIR``), in the spirit of FKD's stored soft
+labels (Shen & Xing, ECCV 2022), but exact: a run that reads it trains the same student as a run that does not.
+
+A teacher's outputs are a function of the teacher and of its input, and the training input is a function of the
+image and its augmentation, which :class:`~hf_distill.data.ImageClassificationDataset` seeds by (seed, epoch, row).
+So the outputs of one training epoch are stored under a key made of:
+
+* the teacher: a SHA-256 of its weights and buffers, its class, the input conversion from the student's
+  normalization, the autocast precision, the memory format, the device type and the torch version;
+* the request: which outputs the methods take (logits, embedding, which maps, pre-activation);
+* the data and the transform: the dataset's fingerprint and size, the normalization, size and augmentation;
+* the seed (a directory per key) and the epoch (a directory per epoch), and the row (inside each shard).
+
+Every stored row also carries a 64-bit digest of the exact input pixels it was computed from, compared on every read:
+even a key that failed to capture some change (new augmentation code, another image decoder) is a miss, never a wrong
+output. Anything that does not match is a miss: the teacher runs and its outputs are stored for the next run.
+
+On disk: ``DIR/<key hash>/key.json`` (the key, readable) and ``DIR/<key hash>/epoch-<e>/<sha256>.safetensors``, one
+shard per flush of one process (every ``flush_rows`` computed rows, at each epoch end, checkpoint and at the end of
+training). A shard is written under a temporary name and renamed, and it is named by the SHA-256 of its bytes: a
+truncated or corrupted shard fails that check, is removed and its rows are computed (and stored) again; two runs
+writing the same cache at once only ever add whole shards. Shards store every output in the precision the teacher
+produced it (float32 unless the run uses bf16/fp16 autocast), intermediate maps included: there is no lossy mode, so
+map-consuming methods are cached too, at their full size (reported in the logs and by :meth:`TeacherCache.report`).
+
+The rows of the epoch being trained are held in memory (about 20 MB per epoch for CIFAR-100 logits of 50,000 rows;
+maps take much more). Evaluation never uses the cache, and a run without a teacher (``--method none``) never opens it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import struct
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import Tensor, nn
+from transformers import TrainerCallback
+
+from .losses import Features
+
+logger = logging.getLogger(__name__)
+
+#: bumped whenever the shard layout changes: caches written by another layout are misses
+CACHE_FORMAT = "1"
+SHARD_SUFFIX = ".safetensors"
+MAP_PREFIX = "map."
+DIGEST = "input_digest"
+INDEX = "index"
+
+
+# -- fingerprints -----------------------------------------------------------------------------------------------
+def tensor_bytes(t: Tensor) -> bytes:
+    """The raw bytes of a tensor in standard (row-major) layout, whatever its dtype and memory format."""
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """SHA-256 of a module's class and of every parameter and buffer (non-persistent ones included, such as an input
+    adapter's normalization): names, dtypes, shapes and values."""
+    h = hashlib.sha256(type(module).__qualname__.encode())
+    for name, t in itertools.chain(module.named_parameters(), module.named_buffers()):
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(tensor_bytes(t))
+    return h.hexdigest()
+
+
+def input_digests(pixel_values: Tensor) -> Tensor:
+    """A 64-bit digest of each row's exact pixel values, as an int64 tensor of shape (B,)."""
+    x = pixel_values.detach().cpu().contiguous()
+    rows = x.reshape(len(x), -1).view(torch.uint8).numpy()
+    return torch.tensor(
+        [
+            int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little", signed=True)
+            for r in rows
+        ],
+        dtype=torch.long,
+    )
+
+
+def dataset_fingerprint(dataset) -> dict[str, str]:
+    """The data and transform parts of the key, from a dataset prepared by :func:`hf_distill.data.prepare_split`.
+
+    Raises:
+        ValueError: a dataset whose augmentation is not seeded by (seed, epoch, row): its outputs cannot be cached.
+    """
+    raw = getattr(dataset, "ds", None)
+    if not all(hasattr(dataset, a) for a in ("set_epoch", "epoch", "seed")) or not hasattr(
+        raw, "_fingerprint"
+    ):
+        raise ValueError(
+            f"--teacher_cache needs a training set whose augmentation is seeded by (seed, epoch, row), got a "
+            f"{type(dataset).__name__}: prepare it with hf_distill.data.prepare_split, or drop --teacher_cache."
+        )
+    transform = {
+        "class": type(dataset).__qualname__,
+        "train": bool(dataset.train),
+        "image_size": int(dataset.image_size),
+        "padding": int(getattr(dataset, "padding", 0)),
+        "mean": dataset.mean.flatten().tolist(),
+        "std": dataset.std.flatten().tolist(),
+    }
+    return {
+        "data": f"{raw._fingerprint}|rows={len(dataset)}|columns={dataset.image_column},{dataset.label_column}",
+        "transform": json.dumps(transform, sort_keys=True),
+        "seed": str(int(dataset.seed)),
+    }
+
+
+def precision_of(args) -> str:
+    """The autocast precision of a run (``TrainingArguments``): what the teacher's outputs are computed in."""
+    return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+
+
+# -- shards -----------------------------------------------------------------------------------------------------
+def shard_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file held in memory."""
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + n]).get("__metadata__", {})
+
+
+def write_shard(folder: str, tensors: dict[str, Tensor], metadata: dict[str, str]) -> int:
+    """Write one shard atomically, named by the SHA-256 of its bytes; returns its size in bytes."""
+    data = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    os.makedirs(folder, exist_ok=True)
+    final = os.path.join(folder, hashlib.sha256(data).hexdigest() + SHARD_SUFFIX)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    return len(data)
+
+
+def read_shard(path: str, key_hash: str, epoch: int) -> dict[str, Tensor] | None:
+    """The tensors of a shard, or ``None`` when it is truncated, corrupted or belongs to another key or epoch."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        if hashlib.sha256(data).hexdigest() + SHARD_SUFFIX != os.path.basename(path):
+            return None
+        meta = shard_metadata(data)
+        tensors = safetensors.torch.load(data)
+    except (OSError, ValueError, struct.error, safetensors.SafetensorError):
+        return None
+    if meta.get("key") != key_hash or meta.get("epoch") != str(epoch) or meta.get("format") != CACHE_FORMAT:
+        return None
+    rows = len(tensors.get(INDEX, ()))
+    if DIGEST not in tensors or any(len(t) != rows for t in tensors.values()):
+        return None
+    return tensors
+
+
+def features_to_tensors(f: Features) -> dict[str, Tensor]:
+    out = {MAP_PREFIX + k: v for k, v in f.maps.items()}
+    for name in ("logits", "embedding"):
+        if getattr(f, name) is not None:
+            out[name] = getattr(f, name)
+    return {k: v.detach().cpu() for k, v in out.items()}
+
+
+# -- the cache --------------------------------------------------------------------------------------------------
+class TeacherCache:
+    """Teacher outputs of one key (teacher, request, data, transform, seed), per epoch and row, on disk.
+
+    Args:
+        root: the cache directory (shared by any number of keys and runs).
+        key: the key's parts (strings); its SHA-256 names the key's directory.
+        dataset: the training set; its ``epoch`` says which epoch a batch belongs to.
+        channels_last: return 4-d maps in channels-last memory format, as the teacher produces them then.
+        flush_rows: write a shard once this many computed rows are waiting.
+        is_main: log the summaries (one process of a multi-process run).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        key: dict[str, str],
+        dataset,
+        channels_last: bool = False,
+        flush_rows: int = 8192,
+        is_main: bool = True,
+    ) -> None:
+        self.key = dict(key)
+        self.key_hash = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()
+        self.dir = os.path.join(root, self.key_hash[:24])
+        self.dataset = dataset
+        self.num_rows = len(dataset)
+        self.channels_last = channels_last
+        self.flush_rows = flush_rows
+        self.is_main = is_main
+        self.read_rows = self.computed_rows = self.written_bytes = self.rejected_shards = 0
+        self._epoch: int | None = None
+        self._pos = torch.full((self.num_rows,), -1, dtype=torch.long)
+        self._stored: dict[str, Tensor] = {}
+        self._pending: list[tuple[int, dict[str, Tensor]]] = []
+        self._write_key_file()
+
+    @classmethod
+    def for_trainer(cls, root: str, trainer) -> TeacherCache | None:
+        """The cache of a :class:`~hf_distill.trainer.DistillationTrainer`'s teacher and training set, with its
+        callback (flush at epoch ends, checkpoints and the end of training) added; ``None`` when the run never
+        runs the teacher in training (no teacher, or ``--method none``)."""
+        objective = trainer.model.objective
+        if trainer.teacher is None or not objective.needs_teacher:
+            logger.info("--teacher_cache %s is unused: this run never runs a teacher in training.", root)
+            return None
+        args = trainer.args
+        adapter = trainer.teacher_adapter
+        key = {
+            "format": CACHE_FORMAT,
+            "teacher": module_fingerprint(trainer.accelerator.unwrap_model(trainer.teacher)),
+            "teacher_input": f"{type(adapter).__qualname__}:{module_fingerprint(adapter)}:"
+            f"{adapter.identity}:{adapter.resize}",
+            "request": json.dumps(asdict(trainer.teacher_request), sort_keys=True),
+            # the stored logits are in the student's class order (hf_distill.labels): the order is part of the key
+            "label_order": None
+            if trainer.teacher_label_order is None
+            else trainer.teacher_label_order.tolist(),
+            "precision": precision_of(args),
+            "channels_last": str(bool(trainer.channels_last)),
+            "device": args.device.type,
+            "torch": torch.__version__,
+            **dataset_fingerprint(trainer.train_dataset),
+        }
+        cache = cls(
+            root, key, trainer.train_dataset, trainer.channels_last, is_main=trainer.is_world_process_zero()
+        )
+        trainer.add_callback(TeacherCacheCallback(cache))
+        if cache.is_main:
+            logger.info("Teacher cache %s (%s)", cache.dir, cache.size_summary())
+        return cache
+
+    def _write_key_file(self) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        path = os.path.join(self.dir, "key.json")
+        if not os.path.exists(path):
+            tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"hash": self.key_hash, **self.key}, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+
+    def epoch_dir(self, epoch: int) -> str:
+        return os.path.join(self.dir, f"epoch-{epoch:05d}")
+
+    # -- reading -----------------------------------------------------------------------------------------------
+    def _load_epoch(self, epoch: int) -> None:
+        """Index every valid shard of ``epoch``; remove the invalid ones (their rows will be computed again)."""
+        self._epoch = epoch
+        self._pos.fill_(-1)
+        parts: list[dict[str, Tensor]] = []
+        folder = self.epoch_dir(epoch)
+        names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        for name in (n for n in names if n.endswith(SHARD_SUFFIX) and not n.startswith(".")):
+            path = os.path.join(folder, name)
+            tensors = read_shard(path, self.key_hash, epoch)
+            if tensors is not None and self._fits(tensors, parts[0] if parts else None):
+                parts.append(tensors)
+                continue
+            self.rejected_shards += 1
+            logger.warning(
+                "Teacher cache: removing the invalid shard %s (its rows will be computed again).", path
+            )
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+        self._stored = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
+        if parts:
+            self._pos[self._stored[INDEX]] = torch.arange(len(self._stored[INDEX]))
+
+    def _fits(self, tensors: dict[str, Tensor], first: dict[str, Tensor] | None) -> bool:
+        """A shard holds rows of this training set and the same outputs as the epoch's other shards."""
+        index = tensors[INDEX]
+        in_range = len(index) > 0 and int(index.min()) >= 0 and int(index.max()) < self.num_rows
+        return in_range and (first is None or set(tensors) == set(first))
+
+    def lookup(self, epoch: int, index: Tensor, digests: Tensor) -> Features | None:
+        """The stored outputs of these rows of ``epoch``, or ``None`` unless every row is stored with the same
+        input digest."""
+        if epoch != self._epoch:
+            self.flush()
+            self._load_epoch(epoch)
+        if not self._stored or int(index.max()) >= self.num_rows:
+            return None
+        pos = self._pos[index]
+        if bool((pos < 0).any()) or not torch.equal(self._stored[DIGEST][pos], digests):
+            return None
+        got = {k: v[pos] for k, v in self._stored.items() if k not in (INDEX, DIGEST)}
+        if self.channels_last:
+            got = {
+                k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
+                for k, v in got.items()
+            }
+        return Features(
+            logits=got.get("logits"),
+            embedding=got.get("embedding"),
+            maps={k[len(MAP_PREFIX) :]: v for k, v in got.items() if k.startswith(MAP_PREFIX)},
+        )
+
+    def features(self, pixel_values: Tensor, index: Tensor, compute: Callable[[], Features]) -> Features:
+        """The teacher's outputs for a training batch: read from the cache when every row is stored, else
+        ``compute()`` (the teacher's forward) and store its outputs."""
+        epoch = int(self.dataset.epoch)
+        index = index.detach().cpu().long()
+        digests = input_digests(pixel_values)
+        cached = self.lookup(epoch, index, digests)
+        if cached is not None:
+            self.read_rows += len(index)
+            device = pixel_values.device
+            return Features(
+                logits=None if cached.logits is None else cached.logits.to(device),
+                embedding=None if cached.embedding is None else cached.embedding.to(device),
+                maps={k: v.to(device) for k, v in cached.maps.items()},
+            )
+        feats = compute()
+        self.computed_rows += len(index)
+        self._pending.append((epoch, {INDEX: index, DIGEST: digests, **features_to_tensors(feats)}))
+        if sum(len(p[INDEX]) for _, p in self._pending) >= self.flush_rows:
+            self.flush()
+        return feats
+
+    # -- writing -----------------------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write the computed rows that are waiting, one shard per epoch."""
+        pending, self._pending = self._pending, []
+        for epoch in sorted({e for e, _ in pending}):
+            rows = [p for e, p in pending if e == epoch]
+            tensors = {k: torch.cat([p[k] for p in rows]) for k in rows[0]}
+            meta = {
+                "format": CACHE_FORMAT,
+                "key": self.key_hash,
+                "epoch": str(epoch),
+                "rows": str(len(tensors[INDEX])),
+            }
+            self.written_bytes += write_shard(self.epoch_dir(epoch), tensors, meta)
+
+    # -- reporting ---------------------------------------------------------------------------------------------
+    def disk_usage(self) -> dict[int, int]:
+        """Bytes of valid-looking shards on disk, per epoch."""
+        out: dict[int, int] = {}
+        for name in sorted(os.listdir(self.dir)):
+            if name.startswith("epoch-"):
+                folder = os.path.join(self.dir, name)
+                files = [f for f in os.listdir(folder) if f.endswith(SHARD_SUFFIX) and not f.startswith(".")]
+                out[int(name[len("epoch-") :])] = sum(os.path.getsize(os.path.join(folder, f)) for f in files)
+        return out
+
+    def size_summary(self) -> str:
+        usage = self.disk_usage()
+        total = sum(usage.values())
+        per = total / len(usage) if usage else 0
+        return f"{len(usage)} epochs stored, {total / 2**20:.2f} MiB on disk, {per / 2**20:.2f} MiB per epoch"
+
+    def report(self) -> dict[str, Any]:
+        """What this process read and computed, and the key's disk use (for logs and ``distill_results.json``)."""
+        usage = self.disk_usage()
+        return {
+            "teacher_cache_dir": self.dir,
+            "teacher_cache_read_rows": self.read_rows,
+            "teacher_cache_computed_rows": self.computed_rows,
+            "teacher_cache_written_bytes": self.written_bytes,
+            "teacher_cache_rejected_shards": self.rejected_shards,
+            "teacher_cache_epochs_stored": len(usage),
+            "teacher_cache_bytes": sum(usage.values()),
+            "teacher_cache_bytes_per_epoch": round(sum(usage.values()) / len(usage)) if usage else 0,
+        }
+
+
+class TeacherCacheCallback(TrainerCallback):
+    """Write a :class:`TeacherCache`'s waiting rows at each epoch end, checkpoint and at the end of training."""
+
+    def __init__(self, cache: TeacherCache) -> None:
+        self.cache = cache
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.cache.flush()
+        if self.cache.is_main:
+            c = self.cache
+            logger.info(
+                "Teacher cache: %d rows read, %d computed so far; %s",
+                c.read_rows,
+                c.computed_rows,
+                c.size_summary(),
+            )
+
+    def on_save(self, args, state, control, **kwargs):
+        self.cache.flush()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.cache.flush()
+
+
+__all__ = [
+    "TeacherCache",
+    "TeacherCacheCallback",
+    "dataset_fingerprint",
+    "input_digests",
+    "module_fingerprint",
+]
