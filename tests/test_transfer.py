@@ -3,6 +3,7 @@ kind gives them, results go to the card, bad input is one line."""
 
 from __future__ import annotations
 
+import shlex
 import shutil
 
 import datasets
@@ -27,7 +28,7 @@ from hf_distill.transfer import (
     set_classifier,
     write_class_subset,
 )
-from tests.conftest import JPEG_TEACHER_DIR, STUDENT_INIT_DIR, SUBSET
+from tests.conftest import JPEG_TEACHER_DIR, REPO, STUDENT_INIT_DIR, SUBSET
 from tests.helpers import timm_model
 from tests.hub.conftest import load_recipe
 
@@ -240,3 +241,16 @@ def test_a_model_without_a_penultimate_feature_is_one_clear_error(cifar):
     assert "\n" not in str(e.value)
     with pytest.raises(TransferError, match="has no penultimate feature"):
         extract_features(torch.nn.Conv2d(3, 3, 1), split.dataset)
+
+
+def test_transfer_commands_in_the_readme_parse(recipe):
+    from transformers import HfArgumentParser
+
+    readme = (REPO / "README.md").read_text().splitlines()
+    cmds = [ln.strip() for ln in readme if ln.strip().startswith("python recipes/transfer.py")]
+    assert len(cmds) >= 5
+    for cmd in cmds:
+        (args,) = HfArgumentParser(recipe.TransferArguments).parse_args_into_dataclasses(
+            args=shlex.split(cmd)[2:]
+        )
+        assert args.model and args.dataset
