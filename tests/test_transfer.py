@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import yaml
 from transformers import ResNetConfig, ResNetForImageClassification
 
+from hf_distill.hub import EvaluationResult, update_card_file
 from hf_distill.models.modeling_cifar import create_cifar_model
 from hf_distill.transfer import (
     ProbeConfig,
@@ -29,7 +30,7 @@ from hf_distill.transfer import (
     write_class_subset,
 )
 from tests.conftest import JPEG_TEACHER_DIR, REPO, STUDENT_INIT_DIR, SUBSET
-from tests.helpers import timm_model
+from tests.helpers import recipe_error_line, timm_model
 from tests.hub.conftest import load_recipe
 
 FEW = {"max_train_samples": 300, "max_test_samples": 200}
@@ -43,17 +44,6 @@ def recipe():
 @pytest.fixture(scope="module")
 def cifar():
     return load_transfer_data(str(SUBSET))
-
-
-def _one_error_line(recipe, capsys, argv) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        recipe.main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in err, err
-    return errors[0]
 
 
 def _hf_resnet(image_size: int = 32) -> ResNetForImageClassification:
@@ -165,6 +155,10 @@ def _model_index(folder):
 def test_recipe_writes_probe_and_finetune_entries_to_the_card(recipe, tmp_path, capsys):
     folder = tmp_path / "student"
     shutil.copytree(STUDENT_INIT_DIR, folder)
+    plain = EvaluationResult(
+        "student", "cifar10-subset", "test", 100, 0.5
+    )  # a plain evaluation on the same split
+    update_card_file(folder / "README.md", plain.as_eval_results())
     common = ["--model", str(folder), "--dataset", str(SUBSET), "--classes", "5,6,7,8,9", "--update_card"]
     probe = recipe.main(common + ["--max_train_samples", "200", "--max_test_samples", "100"])
     assert "model card updated" in capsys.readouterr().out
@@ -175,7 +169,8 @@ def test_recipe_writes_probe_and_finetune_entries_to_the_card(recipe, tmp_path, 
         + ["--finetune", "--epochs", "1", "--max_train_samples", "200", "--max_test_samples", "100"]
         + ["--output_dir", str(tmp_path / "tuned")]
     )
-    results = _model_index(folder)
+    evaluation, *results = _model_index(folder)
+    assert evaluation["task"]["type"] == "image-classification" and evaluation["metrics"][0]["value"] == 0.5
     assert [r["task"]["name"] for r in results] == ["transfer, linear probe", "transfer, fine-tune"]
     assert [r["task"]["type"] for r in results] == ["transfer-linear-probe", "transfer-fine-tune"]
     assert all(r["dataset"]["config"] == "classes=5,6,7,8,9" and len(r["metrics"]) == 1 for r in results)
@@ -200,11 +195,11 @@ def test_bad_input_is_one_line(recipe, capsys, tmp_path, subset_test):
     subset_test.select(range(8)).to_parquet(labeled)
     teacher = str(JPEG_TEACHER_DIR)
 
-    line = _one_error_line(
+    line = recipe_error_line(
         recipe, capsys, ["--model", teacher, "--dataset", str(unlabeled), "--test_split", "train"]
     )
     assert "both 'train'" in line
-    line = _one_error_line(
+    line = recipe_error_line(
         recipe,
         capsys,
         [
@@ -219,13 +214,13 @@ def test_bad_input_is_one_line(recipe, capsys, tmp_path, subset_test):
         ],
     )
     assert "has no label column" in line and "--label_column" in line
-    line = _one_error_line(recipe, capsys, ["--model", teacher, "--dataset", str(labeled)])
+    line = recipe_error_line(recipe, capsys, ["--model", teacher, "--dataset", str(labeled)])
     assert "has no split 'test'" in line and "--test_split" in line
-    line = _one_error_line(
+    line = recipe_error_line(
         recipe, capsys, ["--model", teacher, "--dataset", str(SUBSET), "--classes", "3,10"]
     )
     assert "[0, 10)" in line
-    line = _one_error_line(
+    line = recipe_error_line(
         recipe, capsys, ["--model", "cifar_resnet20", "--dataset", str(SUBSET), "--update_card"]
     )
     assert "local model folder" in line
