@@ -59,6 +59,7 @@ class TransferResult:
 
 
 def evaluation_of(model_ref: str, data: TransferData, logits: Tensor, labels: Tensor) -> EvaluationResult:
+    """Top-1 (and, above 5 classes, top-5) accuracy of test logits, as the evaluation record cards are built from."""
     top5 = topk_accuracy(logits.numpy(), labels.numpy(), 5) if logits.shape[1] >= TOP5_MIN_CLASSES else None
     return EvaluationResult(
         model=model_ref,
