@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -101,3 +102,16 @@ def trainer_args(output_dir, **overrides):
     )
     args.update(overrides)
     return TrainingArguments(**{k: v for k, v in args.items() if v is not None})
+
+
+def recipe_error_line(recipe, capsys, argv) -> str:
+    """Run ``recipe.main(argv)``, which must stop on bad input with exit status 2 and exactly one ``error: ...``
+    line on stderr (no traceback); return that line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        recipe.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err  # one line, no traceback
+    return errors[0]

@@ -9,6 +9,7 @@ import datasets
 import pytest
 
 from tests.conftest import REPO, SHARED, SUBSET, TEACHER_DIR
+from tests.helpers import recipe_error_line as _fails
 
 TINY = [
     "--max_train_samples",
@@ -28,17 +29,6 @@ def recipe():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def _fails(recipe, capsys, argv):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        recipe.main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in err, err  # one line, no traceback
-    return errors[0]
 
 
 def test_default_run_on_a_tiny_slice(recipe, tmp_path):
