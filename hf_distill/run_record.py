@@ -68,9 +68,10 @@ def run_signature(
         "num_train_epochs": t.num_train_epochs,
         "seed": t.seed,
         "data_seed": t.data_seed,
-        "per_device_train_batch_size": t.per_device_train_batch_size,
-        "gradient_accumulation_steps": t.gradient_accumulation_steps,
-        "world_size": t.world_size,
+        # the batch of one optimizer step over all processes: the process count may change if it stays the same
+        "global_train_batch_size": t.per_device_train_batch_size
+        * t.world_size
+        * t.gradient_accumulation_steps,
         "learning_rate": t.learning_rate,
         "lr_scheduler_type": str(getattr(t.lr_scheduler_type, "value", t.lr_scheduler_type)),
         "lr_milestones": distill_args.lr_milestones,
