@@ -203,15 +203,17 @@ def guarded_output_dir(output_dir: str, overwrite: bool = False, resuming: bool 
     Raises:
         OutputFolderError: a file path, a folder with files (see :func:`check_output_dir`), or a folder in use.
     """
-    check_output_dir(output_dir, overwrite, resuming)
     if not _is_main_process():
+        check_output_dir(output_dir, overwrite, resuming)
         yield
         return
+    check_output_dir(output_dir, overwrite=True, resuming=False)  # a file path
     existed = _existing_dirs(output_dir)
     lock = None
     try:
         os.makedirs(output_dir, exist_ok=True)
-        lock = acquire_lock(output_dir)
+        lock = acquire_lock(output_dir)  # first: a folder in use names the run using it
+        check_output_dir(output_dir, overwrite, resuming)
         yield
     except BaseException:
         _release(lock)

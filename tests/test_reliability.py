@@ -67,6 +67,15 @@ def test_architecture_name_as_teacher_is_refused(recipe, capsys, tmp_path):  # n
     assert not (tmp_path / "new").exists()  # the failed run leaves no empty folders
 
 
+def test_traceback_flag_adds_the_traceback_to_the_one_line(recipe, capsys, tmp_path):  # noqa: F811
+    argv = TINY + ["--teacher", "cifar_resnet56", "--traceback", "--output_dir", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as e:
+        recipe.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback (most recent call last)" in err and "in build_run" in err
+    assert err.strip().splitlines()[-1].startswith("error: --teacher cifar_resnet56 is an architecture name")
+
+
 def test_teacher_at_chance_gets_a_loud_warning(caplog):
     class Stub:
         teacher = object()
@@ -160,7 +169,8 @@ def test_strict_images_is_one_line_from_the_recipe(recipe, capsys, tmp_path):  #
 
 # -- 4: guarded output folders ----------------------------------------------------------------------------------------
 def test_second_run_into_a_locked_folder_names_the_first(recipe, capsys, tmp_path):  # noqa: F811
-    _write_lock(tmp_path / "o", os.getpid())  # a live process holds it
+    _write_lock(tmp_path / "o", os.getpid())  # a live process holds it and has written a checkpoint
+    (tmp_path / "o" / "checkpoint-10").mkdir()
     line = _fails(recipe, capsys, TINY + ["--output_dir", str(tmp_path / "o")])
     assert f"is in use by another run (pid {os.getpid()} on {socket.gethostname()}" in line
     assert (tmp_path / "o" / LOCK_NAME).exists()  # the other run's lock is left alone
