@@ -20,19 +20,21 @@ import PIL.Image
 import torch
 import torchvision.transforms.functional as TF
 
-logger = logging.getLogger(__name__)
-
 IMAGE_COLUMNS = ("img", "image", "images", "picture")
-#: splits of at most this many rows have every image decoded once before training (a few seconds for CIFAR-10);
-#: larger ones replace an undecodable image, met in a batch, by the next decodable row and count it
-UPFRONT_IMAGE_CHECK_ROWS = 20_000
-#: what decoding a corrupt or truncated image raises (PIL: OSError, UnidentifiedImageError; some formats SyntaxError)
-IMAGE_DECODE_ERRORS = (OSError, SyntaxError, PIL.Image.DecompressionBombError)
 LABEL_COLUMNS = ("label", "fine_label", "labels", "target")
 
 
 class DataError(ValueError):
     """A dataset that cannot be used as it is; the message says how to fix it."""
+
+
+logger = logging.getLogger(__name__)
+
+#: splits of at most this many rows have every image decoded once before training (a few seconds for CIFAR-10);
+#: larger ones replace an undecodable image, met in a batch, by the next decodable row and count it
+UPFRONT_IMAGE_CHECK_ROWS = 20_000
+#: what decoding a corrupt or truncated image raises (PIL: OSError, UnidentifiedImageError; some formats SyntaxError)
+IMAGE_DECODE_ERRORS = (OSError, SyntaxError, PIL.Image.DecompressionBombError)
 
 
 def load_image_dataset(name_or_path: str, split: str | None = None, **kwargs: Any) -> datasets.Dataset:
