@@ -16,6 +16,8 @@ from .models.loading import load_model, zoo_architecture
 from .models.normalization import input_spec
 from .trainer import DistillationTrainer, num_labels_of
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class Run:
@@ -25,9 +27,6 @@ class Run:
     train: PreparedSplit
     eval: PreparedSplit | None
     carved_eval: CarvedSplit | None = None  # set when the eval split was held out of the training split
-
-
-logger = logging.getLogger(__name__)
 
 
 def untrained_teacher(name: str, weights: str | None) -> bool:
@@ -123,8 +122,8 @@ def build_run(
         img_col,
         lab_col,
         data_args.max_train_samples,
-        seed,
-        strict,
+        seed=seed,
+        strict_images=strict,
     )
     evals = None
     if raw_eval is not None:
@@ -137,8 +136,7 @@ def build_run(
             img_col,
             lab_col,
             data_args.max_eval_samples,
-            0,
-            strict,
+            strict_images=strict,
         )
     elif training_args.eval_strategy != IntervalStrategy.NO:
         logger.warning(
