@@ -11,16 +11,23 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 @contextlib.contextmanager
-def exit_on_bad_input(*errors: type[Exception]) -> Iterator[None]:
+def exit_on_bad_input(*errors: type[Exception], traceback: bool = False) -> Iterator[None]:
     """Turn bad input into one readable line, ``error: <message>`` on stderr, and exit status 2 (no traceback).
+
+    Any other exception is a bug and keeps its full traceback.
 
     Args:
         *errors: the exception types that mean bad input (default: ``ValueError``).
+        traceback: also print the traceback of a bad-input error (before its one line), to find where it arose.
     """
     caught = errors or (ValueError,)
     try:
         yield
     except caught as e:
+        if traceback:
+            import traceback as tb
+
+            tb.print_exc(file=sys.stderr)
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -41,6 +41,12 @@ class ModelArguments:
     student_weights: str | None = field(
         default=None, metadata={"help": "Checkpoint file to initialize the student."}
     )
+    allow_untrained_teacher: bool = field(
+        default=False,
+        metadata={
+            "help": "Accept a teacher built from an architecture name without --teacher_weights (random weights)."
+        },
+    )
 
 
 @dataclass
@@ -68,11 +74,22 @@ class DataArguments:
         default=None, metadata={"help": "Use only the first N evaluation rows."}
     )
     image_size: int | None = field(default=None, metadata={"help": "Input size (default: the student's)."})
+    validation_split_size: float = field(
+        default=0.1,
+        metadata={
+            "help": "When the dataset has no --eval_split (a single folder or parquet file): the fraction of the "
+            "training rows held out, class by class and seeded, for evaluation (0: evaluate nothing)."
+        },
+    )
+    strict_images: bool = field(
+        default=False,
+        metadata={"help": "Fail on an image that cannot be decoded instead of skipping it with a warning."},
+    )
 
 
 @dataclass
 class DistillArguments:
-    """Which distillation objective."""
+    """Which distillation objective, and how the recipe guards its output folder."""
 
     method: str = field(
         default="kd",
@@ -109,6 +126,19 @@ class DistillArguments:
         },
     )
     config: str | None = field(default=None, metadata={"help": "YAML/JSON file with any of these arguments."})
+    # How the run treats its output folder and its own failures (recipes/distill.py; see README "Reliability").
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train into an output folder that already holds files (the HF examples' flag)."},
+    )
+    resume_ignore_changes: bool = field(
+        default=False,
+        metadata={"help": "Resume even when the checkpoint was written with other defining arguments."},
+    )
+    traceback: bool = field(
+        default=False,
+        metadata={"help": "On a bad-input error, print the full traceback after the one-line message."},
+    )
 
     def weights(self) -> list[float] | None:
         if self.method_weights in (None, ""):
@@ -220,7 +250,7 @@ def parse_args(
 
     Precedence: command line > config file > ``defaults`` (the recipe's) > dataclass defaults.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _bare_resume_flag(list(sys.argv[1:] if argv is None else argv))
     parser = HfArgumentParser(ALL_ARGS)
     parser.allow_abbrev = False  # --kd-temperature must never be read as an abbreviation of another option
     merged: dict[str, Any] = dict(defaults or {})
@@ -254,6 +284,17 @@ def parse_args(
 
 
 _LIST_AS_STR = {"method_weights", "lr_milestones", "method"}
+RESUME_FLAG = "--resume_from_checkpoint"
+
+
+def _bare_resume_flag(argv: list[str]) -> list[str]:
+    """``--resume_from_checkpoint`` without a value (last, or followed by another option) means ``true``."""
+    out = []
+    for i, tok in enumerate(argv):
+        out.append(tok)
+        if tok == RESUME_FLAG and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            out.append("true")
+    return out
 
 
 def _pop_config(argv: list[str]) -> str | None:

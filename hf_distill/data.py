@@ -8,6 +8,8 @@ see exactly the images an uninterrupted single-process run sees.
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +32,15 @@ def find_label_column(column_names: Sequence[str]) -> str | None:
 
 class DataError(ValueError):
     """A dataset that cannot be used as it is; the message says how to fix it."""
+
+
+logger = logging.getLogger(__name__)
+
+#: splits of at most this many rows have every image decoded once before training (a few seconds for CIFAR-10);
+#: larger ones replace an undecodable image, met in a batch, by the next decodable row and count it
+UPFRONT_IMAGE_CHECK_ROWS = 20_000
+#: what decoding a corrupt or truncated image raises (PIL: OSError, UnidentifiedImageError; some formats SyntaxError)
+IMAGE_DECODE_ERRORS = (OSError, SyntaxError, PIL.Image.DecompressionBombError)
 
 
 def load_image_dataset(name_or_path: str, split: str | None = None, **kwargs: Any) -> datasets.Dataset:
@@ -66,6 +77,166 @@ def load_image_dataset(name_or_path: str, split: str | None = None, **kwargs: An
             f"Could not load dataset {name_or_path!r} (split {split!r}): {e}. Pass an existing local folder or "
             "parquet file, or a Hub dataset id on a machine with internet access."
         ) from e
+
+
+def split_names(name_or_path: str) -> list[str] | None:
+    """The splits a dataset offers, or None when they cannot be listed without loading it (e.g. offline Hub ids).
+
+    A single data file and a folder of class folders (or of parquet files without a split layout) offer only
+    ``train``.
+    """
+    if os.path.isfile(name_or_path):
+        return ["train"]
+    if os.path.isdir(name_or_path) and os.path.exists(os.path.join(name_or_path, "dataset_info.json")):
+        return ["train"]  # load_from_disk of a single Dataset
+    if os.path.isdir(name_or_path) and os.path.exists(os.path.join(name_or_path, "dataset_dict.json")):
+        with open(os.path.join(name_or_path, "dataset_dict.json"), encoding="utf-8") as f:
+            import json
+
+            return list(json.load(f).get("splits", []))
+    try:
+        return list(datasets.get_dataset_split_names(name_or_path))
+    except Exception:  # noqa: BLE001 - listing is best effort; loading the split gives the real error
+        return None
+
+
+def stratified_holdout(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split row indices into (kept, held out), holding out ``fraction`` of every class, seeded.
+
+    Every class with at least two rows gives at least one row to the held-out part and keeps at least one; a class
+    with a single row stays in the kept part. Both lists are sorted, so the kept rows stay in dataset order.
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1).
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"--validation_split_size must lie in (0, 1), got {fraction}.")
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(int(y), []).append(i)
+    g = torch.Generator().manual_seed(int(seed))
+    held: list[int] = []
+    for y in sorted(by_class):
+        rows = by_class[y]
+        if len(rows) < 2:
+            continue
+        n = min(len(rows) - 1, max(1, round(fraction * len(rows))))
+        order = torch.randperm(len(rows), generator=g)[:n].tolist()
+        held.extend(rows[j] for j in order)
+    held_set = set(held)
+    return [i for i in range(len(labels)) if i not in held_set], sorted(held)
+
+
+@dataclass
+class CarvedSplit:
+    """How an evaluation split was carved out of the training split (recorded in ``distill_results.json``)."""
+
+    source: str
+    fraction: float
+    seed: int
+    num_rows: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "carved_from": self.source,
+            "size": self.fraction,
+            "seed": self.seed,
+            "num_rows": self.num_rows,
+        }
+
+
+def load_train_and_eval(
+    name_or_path: str,
+    train_split: str,
+    eval_split: str | None,
+    label_column: str | None,
+    validation_split_size: float,
+    seed: int,
+) -> tuple[datasets.Dataset, datasets.Dataset | None, CarvedSplit | None]:
+    """Load the training split and the evaluation split; carve the latter out of the former when it is missing.
+
+    A dataset with a single split (a folder of class folders, one parquet file) has no ``test`` split: then a
+    seeded, class-stratified ``validation_split_size`` fraction of the training rows becomes the evaluation set and
+    the training set keeps the rest. ``eval_split`` empty (or ``validation_split_size`` 0 with the split missing)
+    means no evaluation.
+
+    Returns:
+        (train, eval or None, how the eval split was carved or None).
+    """
+    raw_train = load_image_dataset(name_or_path, train_split)
+    if not eval_split:
+        return raw_train, None, None
+    names = split_names(name_or_path)
+    if names is None or eval_split.split("[")[0] in names:
+        return raw_train, load_image_dataset(name_or_path, eval_split), None
+    if validation_split_size <= 0:
+        logger.warning(
+            "The dataset has no %r split (splits: %s) and --validation_split_size is 0: nothing is evaluated.",
+            eval_split,
+            ", ".join(names),
+        )
+        return raw_train, None, None
+    _, lab_col = resolve_columns(raw_train, None, label_column)
+    kept, held = stratified_holdout(label_tensor(raw_train, lab_col).tolist(), validation_split_size, seed)
+    if not held:
+        raise DataError(
+            f"The dataset has no {eval_split!r} split and too few rows per class to carve one: give --eval_split "
+            "an existing split, or --eval_split '' to evaluate nothing."
+        )
+    logger.warning(
+        "The dataset has no %r split (splits: %s): evaluating on %d training rows held out class by class "
+        "(--validation_split_size %g, seed %d); training on the other %d.",
+        eval_split,
+        ", ".join(names),
+        len(held),
+        validation_split_size,
+        seed,
+        len(kept),
+    )
+    carved = CarvedSplit(train_split, float(validation_split_size), int(seed), len(held))
+    return raw_train.select(kept), raw_train.select(held), carved
+
+
+def undecodable_rows(ds: datasets.Dataset, image_column: str) -> list[int]:
+    """Rows whose image cannot be decoded (truncated or corrupt files), read from the raw bytes."""
+    raw = ds.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
+    bad = []
+    for i, cell in enumerate(raw[image_column]):
+        if not _decodes(cell):
+            bad.append(i)
+    return bad
+
+
+def _decodes(cell: dict[str, Any] | None) -> bool:
+    if cell is None:
+        return False
+    try:
+        src = io.BytesIO(cell["bytes"]) if cell.get("bytes") is not None else cell.get("path")
+        with PIL.Image.open(src) as im:
+            im.load()
+        return True
+    except Exception:  # noqa: BLE001 - any decoder failure means the image is unusable
+        return False
+
+
+def drop_undecodable(ds: datasets.Dataset, image_column: str, strict: bool, what: str) -> datasets.Dataset:
+    """Decode every image of a small split once; drop the rows that fail (or refuse them with ``strict``).
+
+    Raises:
+        DataError: with ``strict``, naming the first undecodable rows.
+    """
+    bad = undecodable_rows(ds, image_column)
+    if not bad:
+        return ds
+    rows = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
+    if strict:
+        raise DataError(
+            f"{len(bad)} image(s) of the {what} split cannot be decoded (rows {rows}): repair or remove them, or "
+            "drop --strict_images to skip them."
+        )
+    logger.warning("Skipping %d undecodable image(s) of the %s split (rows %s).", len(bad), what, rows)
+    bad_set = set(bad)
+    return ds.select([i for i in range(len(ds)) if i not in bad_set])
 
 
 def resolve_columns(
@@ -152,6 +323,8 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         train: apply the augmentation.
         seed: seed of the augmentation.
         class_names: the class names (``ClassLabel`` names).
+        strict_images: fail on an image that cannot be decoded instead of replacing it by the next decodable row
+            (counted in :attr:`num_replaced` and logged).
     """
 
     def __init__(
@@ -165,8 +338,11 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         train: bool,
         seed: int = 0,
         class_names: list[str] | None = None,
+        strict_images: bool = False,
     ) -> None:
         self.ds = ds.select_columns([image_column, label_column])
+        self.strict_images = strict_images
+        self.num_replaced = 0
         self.image_column, self.label_column = image_column, label_column
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
@@ -215,18 +391,44 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
                 x = x.flip(-1)
         return (x - self.mean) / self.std
 
+    def _decoded_row(self, index: int) -> tuple[Any, int, int]:
+        """(image, label, row) of ``index``, or of the next decodable row when its image cannot be decoded."""
+        failure = None
+        for row in ((index + k) % len(self) for k in range(len(self))):
+            try:
+                r = self.ds[row]
+            except IMAGE_DECODE_ERRORS as e:
+                if self.strict_images:
+                    raise DataError(
+                        f"The image of row {row} cannot be decoded ({e.__class__.__name__}: {e}): repair or "
+                        "remove it, or drop --strict_images to skip undecodable images."
+                    ) from e
+                failure = failure or e
+                continue
+            if failure is not None:
+                self.num_replaced += 1
+                logger.warning(
+                    "Row %d: undecodable image (%s) replaced by row %d (%d replaced so far; --strict_images fails "
+                    "instead).",
+                    index,
+                    failure.__class__.__name__,
+                    row,
+                    self.num_replaced,
+                )
+            return r[self.image_column], int(r[self.label_column]), row
+        raise DataError("No image of the split can be decoded.")
+
     def __getitem__(self, index: int) -> dict[str, Any]:
-        row = self.ds[int(index)]
-        return {
-            "pixel_values": self._pixels(row[self.image_column], int(index)),
-            "labels": int(row[self.label_column]),
-            "index": int(index),
-        }
+        image, label, row = self._decoded_row(int(index))
+        return {"pixel_values": self._pixels(image, row), "labels": label, "index": row}
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
-        # One Arrow read for the whole batch instead of one per row.
+        # One Arrow read for the whole batch instead of one per row (row by row only when an image fails).
         idx = [int(i) for i in indices]
-        rows = self.ds[idx]
+        try:
+            rows = self.ds[idx]
+        except IMAGE_DECODE_ERRORS:
+            return [self[i] for i in idx]
         return [
             {"pixel_values": self._pixels(im, i), "labels": int(lb), "index": i}
             for im, lb, i in zip(rows[self.image_column], rows[self.label_column], idx)
@@ -258,6 +460,7 @@ def prepare_split(
     label_column: str | None = None,
     max_samples: int | None = None,
     seed: int = 0,
+    strict_images: bool = False,
 ) -> PreparedSplit:
     """Select, check and wrap one split.
 
@@ -268,16 +471,29 @@ def prepare_split(
         image_column, label_column: override the detected columns.
         max_samples: keep only the first rows (a deterministic subset).
         seed: seed of the augmentation.
+        strict_images: refuse undecodable images instead of skipping them. A split of at most
+            :data:`UPFRONT_IMAGE_CHECK_ROWS` rows is decoded once here and its undecodable rows dropped (or refused);
+            a larger one replaces such an image, when a batch meets it, by the next decodable row (or fails).
 
     Returns:
         A :class:`PreparedSplit` whose dataset yields ``pixel_values``, ``labels`` and ``index`` (the row).
+
+    Raises:
+        DataError: an empty split (``max_samples`` 0), labels out of range, or undecodable images with ``strict_images``.
     """
     image_column, label_column = resolve_columns(ds, image_column, label_column)
     if max_samples is not None and max_samples < len(ds):
-        ds = ds.select(range(max_samples))
+        ds = ds.select(range(max(0, max_samples)))
+    what = "training" if train else "evaluation"
+    if len(ds) == 0:
+        flag = "--max_train_samples" if train else "--max_eval_samples"
+        cause = f" after {flag} {max_samples}" if max_samples is not None else ""
+        raise DataError(f"The {what} split is empty{cause}: use at least one row.")
+    if len(ds) <= UPFRONT_IMAGE_CHECK_ROWS:
+        ds = drop_undecodable(ds, image_column, strict_images, what)
     names = class_names(ds, label_column)
     wrapped = ImageClassificationDataset(
-        ds, image_column, label_column, mean, std, image_size, train, seed, names
+        ds, image_column, label_column, mean, std, image_size, train, seed, names, strict_images
     )
     labels = wrapped.labels
     if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
-from transformers import TrainingArguments, set_seed
+from transformers import IntervalStrategy, TrainingArguments, set_seed
 
 from .config import DataArguments, DistillArguments, ModelArguments
-from .data import PreparedSplit, class_names, load_image_dataset, prepare_split, resolve_columns
+from .data import CarvedSplit, PreparedSplit, class_names, load_train_and_eval, prepare_split, resolve_columns
 from .losses import DistillationObjective, resolve_objective
-from .models.loading import load_model
+from .models.loading import load_model, zoo_architecture
 from .models.normalization import input_spec
 from .trainer import DistillationTrainer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -22,6 +26,19 @@ class Run:
     trainer: DistillationTrainer
     train: PreparedSplit
     eval: PreparedSplit | None
+    carved_eval: CarvedSplit | None = None  # set when the eval split was held out of the training split
+
+
+def untrained_teacher(name: str, weights: str | None) -> bool:
+    """Whether ``--teacher`` names a bare architecture (CIFAR-zoo or timm name) with no weights file: random
+    weights. A folder, a ``timm/`` or other Hub id, or ``--teacher_weights`` brings trained weights."""
+    if weights is not None or os.path.exists(name) or "/" in name:
+        return False
+    if zoo_architecture(name) is not None:
+        return True
+    import timm
+
+    return timm.is_model(name)
 
 
 def build_run(
@@ -45,7 +62,20 @@ def build_run(
     )
     objective = DistillationObjective.from_spec(spec)
 
-    raw_train = load_image_dataset(data_args.dataset, data_args.train_split)
+    if training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
+        raise ValueError(
+            f"Nothing to train: --num_train_epochs {training_args.num_train_epochs:g} and no positive --max_steps. "
+            "Pass --num_train_epochs N or --max_steps N with N > 0."
+        )
+    seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+    raw_train, raw_eval, carved = load_train_and_eval(
+        data_args.dataset,
+        data_args.train_split,
+        data_args.eval_split,
+        data_args.label_column,
+        data_args.validation_split_size,
+        seed,
+    )
     # Detect the columns and class names before building the student, whose head must match them.
     img_col, lab_col = resolve_columns(raw_train, data_args.image_column, data_args.label_column)
     names = class_names(raw_train, lab_col)
@@ -57,6 +87,16 @@ def build_run(
             raise ValueError(f"Method {distill_args.method!r} needs a teacher: pass --teacher.")
         # The head size only matters for a teacher built here (zoo/timm name); the trainer compares the label
         # spaces of teacher, student and dataset (counts and names) in one place.
+        if untrained_teacher(model_args.teacher, model_args.teacher_weights):
+            if not model_args.allow_untrained_teacher:
+                raise ValueError(
+                    f"--teacher {model_args.teacher} is an architecture name: it would start from random weights. "
+                    "Pass a trained model folder or Hub id, or --teacher_weights FILE (or --allow_untrained_teacher "
+                    "to distill from random weights on purpose)."
+                )
+            logger.warning(
+                "The teacher %s has random weights (--allow_untrained_teacher).", model_args.teacher
+            )
         teacher = load_model(
             model_args.teacher, num_labels=len(names), weights=model_args.teacher_weights, role="teacher"
         )
@@ -68,16 +108,37 @@ def build_run(
     size = data_args.image_size or s_in.image_size
     if size != s_in.image_size:
         s_in = type(s_in)(s_in.mean, s_in.std, size)
-    seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+    strict = data_args.strict_images
     train = prepare_split(
-        raw_train, s_in.mean, s_in.std, size, True, img_col, lab_col, data_args.max_train_samples, seed=seed
+        raw_train,
+        s_in.mean,
+        s_in.std,
+        size,
+        True,
+        img_col,
+        lab_col,
+        data_args.max_train_samples,
+        seed=seed,
+        strict_images=strict,
     )
     evals = None
-    if data_args.eval_split:
-        raw_eval = load_image_dataset(data_args.dataset, data_args.eval_split)
+    if raw_eval is not None:
         evals = prepare_split(
-            raw_eval, s_in.mean, s_in.std, size, False, img_col, lab_col, data_args.max_eval_samples
+            raw_eval,
+            s_in.mean,
+            s_in.std,
+            size,
+            False,
+            img_col,
+            lab_col,
+            data_args.max_eval_samples,
+            strict_images=strict,
         )
+    elif training_args.eval_strategy != IntervalStrategy.NO:
+        logger.warning(
+            "No evaluation split: --eval_strategy %s becomes 'no'.", training_args.eval_strategy.value
+        )
+        training_args.eval_strategy = IntervalStrategy.NO
 
     trainer = DistillationTrainer(
         model=student,
@@ -93,4 +154,4 @@ def build_run(
         teacher_cache=distill_args.teacher_cache,
     )
     trainer.dataset_id = data_args.dataset  # shown in the model card
-    return Run(trainer, train, evals)
+    return Run(trainer, train, evals, carved)

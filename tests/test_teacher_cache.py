@@ -301,7 +301,7 @@ def test_the_recipe_reports_the_cache(tmp_path):
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
     first = recipe.main(argv)
-    second = recipe.main(argv)
+    second = recipe.main(argv + ["--overwrite_output_dir"])  # the same folder again: the HF examples' flag
     assert first["teacher_cache_computed_rows"] == 32 and first["teacher_cache_read_rows"] == 0
     assert second["teacher_cache_read_rows"] == 32 and second["teacher_cache_computed_rows"] == 0
     saved = json.loads((tmp_path / "out" / "distill_results.json").read_text())
