@@ -139,11 +139,12 @@ def test_missing_batchnorm_is_one_clear_error():
 
 def _zoo_teacher_spec(arch: str) -> FeatureSpec:
     """The spec the trainer's dry run gives a zoo teacher for OFD: pre-activation maps and their BatchNorms."""
-    from hf_distill.models.taps import TapRequest, feature_tap
+    from hf_distill.features import FeatureNeeds
+    from hf_distill.models.taps import feature_tap
 
     model = zoo_model(arch).eval()
     tap = feature_tap(model)
-    req = TapRequest(logits=False, maps=tuple(tap.names), preact=True)
+    req = FeatureNeeds(logits=False, maps=tuple(tap.names), preact=True)
     f, bns = batchnorm_before_maps(model, lambda: tap(model, torch.randn(2, 3, 32, 32), req))
     spec = features_spec(tap.names, f)
     return FeatureSpec(
@@ -249,7 +250,8 @@ def test_options_and_defaults():
 
 
 def test_training_steps_decrease_the_loss(batch):
-    from hf_distill.models.taps import TapRequest, feature_tap
+    from hf_distill.features import FeatureNeeds
+    from hf_distill.models.taps import feature_tap
 
     teacher = zoo_model("resnet20", seed=1).eval().requires_grad_(False)
     student = zoo_model("resnet8", seed=0)
@@ -260,9 +262,9 @@ def test_training_steps_decrease_the_loss(batch):
     t_tap, s_tap = feature_tap(teacher), feature_tap(student)
     with torch.no_grad():
         tf = t_tap(
-            teacher.train(), x, TapRequest(logits=False, maps=tuple(m.teacher_layer_names), preact=True)
+            teacher.train(), x, FeatureNeeds(logits=False, maps=tuple(m.teacher_layer_names), preact=True)
         )
-    req = TapRequest(logits=False, maps=tuple(m.student_layer_names), preact=True)
+    req = FeatureNeeds(logits=False, maps=tuple(m.student_layer_names), preact=True)
     student.train()
     losses = sgd_losses(
         lambda: m(s_tap(student, x, req), tf, StepInfo(labels=batch["labels"]))["ofd"],
