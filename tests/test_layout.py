@@ -5,7 +5,7 @@ import ast
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.conftest import REPO, repository_changes
 
 PACKAGE = REPO / "hf_distill"
 
@@ -99,3 +99,20 @@ def test_import_hf_distill_registers_the_zoo_with_timm_and_the_auto_classes():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True", "CifarForImageClassification", "True"]
+
+
+def test_the_repository_guard_sees_new_files_but_not_the_runs_own(tmp_path):
+    """The session guard of ``tests/conftest.py``: a file written into a checkout is reported (ignored or not),
+    bytecode and caches are not, and a tree without git is no error."""
+    assert repository_changes(tmp_path) is None  # not a checkout
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("outputs/\n")
+    before = repository_changes(tmp_path)
+    for run_file in ("__pycache__/m.pyc", ".pytest_cache/v", "pkg/__pycache__/m.pyc", ".venv-ci/bin/python"):
+        (tmp_path / run_file).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / run_file).write_text("x")
+    assert repository_changes(tmp_path) == before
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "model.safetensors").write_text("x")
+    (tmp_path / "card.md").write_text("x")
+    assert repository_changes(tmp_path) - before == {"!! outputs/model.safetensors", "?? card.md"}
