@@ -278,7 +278,7 @@ def training_losses(
     scale: float | None = None,
     terms: Sequence[str] | None = None,
     init_stage: bool = False,
-    teacher_batch_stats: bool = True,
+    teacher_batch_stats: bool | None = None,
     momentum: float = 0.9,
     final: bool = True,
 ) -> list[float]:
@@ -297,7 +297,8 @@ def training_losses(
         scale: the loss is optimized times this (default: the method's ``default_weight``, as the objective does).
         terms: the terms to optimize (default: all the method returns).
         init_stage: optimize the method's ``init_stage_loss`` instead of its main-stage loss.
-        teacher_batch_stats: the teacher's BatchNorm on batch statistics (see :func:`teacher_features`).
+        teacher_batch_stats: the teacher's BatchNorm on batch statistics (see :func:`teacher_features`); default:
+            for the default random-init teacher only.
         final: also return the loss after the last step.
 
     Returns:
@@ -306,6 +307,8 @@ def training_losses(
     from hf_distill.models.normalization import TeacherInput, input_spec
 
     x, y = batch["pixel_values"], batch["labels"]
+    if teacher_batch_stats is None:
+        teacher_batch_stats = teacher is None
     teacher = zoo_model("resnet20", seed=1) if teacher is None else teacher
     teacher.eval().requires_grad_(False)
     if student is None:

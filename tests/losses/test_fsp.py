@@ -157,7 +157,6 @@ def test_training_steps_decrease_loss(train_batch):
         scale=1.0,
         terms=("fsp",),
         init_stage=True,
-        teacher_batch_stats=False,
         final=False,
     )
     assert losses[-1] < 0.8 * losses[0], losses

@@ -187,7 +187,6 @@ def test_init_stage_then_main_steps_decrease_losses_on_real_batch(batch):
         student=student,
         scale=200.0,
         terms=("ft",),
-        teacher_batch_stats=False,
         momentum=0.0,
         final=False,
     )

@@ -195,7 +195,5 @@ def test_icd_gather_over_two_processes_equals_full_batch():
 
 def test_icd_training_steps_decrease_the_loss(batch):
     assert batch["pixel_values"].shape == (16, 3, 32, 32)
-    losses = training_losses(
-        ICD(), batch, 0.1, teacher=cifar_teacher("resnet14", seed=1), scale=1.0, teacher_batch_stats=False
-    )
+    losses = training_losses(ICD(), batch, 0.1, teacher=cifar_teacher("resnet14", seed=1), scale=1.0)
     assert losses[-1] < 0.9 * losses[0], losses
