@@ -54,9 +54,10 @@ def repository_left_unchanged():
         assert not written, f"the tests wrote into the repository: {written}"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def probe_methods():
-    """Register the test-only methods ``test_probe`` / ``test_init_probe`` for one test (never in the library)."""
+    """Register the test-only methods ``test_probe`` / ``test_init_probe`` for the module of the tests that use them
+    (module-scoped fixtures build trainers with them too); the library never registers them."""
     from tests.helpers import PROBES, registered_methods
 
     with registered_methods(PROBES):

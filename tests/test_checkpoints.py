@@ -12,6 +12,8 @@ from hf_distill.data import prepare_split
 from hf_distill.init_stage import init_stage_args
 from tests.helpers import CIFAR_SPEC, timm_model, trainer_args
 
+pytestmark = pytest.mark.usefixtures("probe_methods")  # the test-only method test_probe
+
 
 @pytest.fixture(scope="module")
 def tiny(subset_train, subset_test):

@@ -23,6 +23,7 @@ from hf_distill.teacher_cache import (
 from tests.conftest import REPO
 from tests.helpers import CIFAR_SPEC, timm_model, trainer_args
 
+pytestmark = pytest.mark.usefixtures("probe_methods")  # METHOD uses the test-only test_probe
 METHOD = "kd,test_probe"  # logits and embedding from the teacher, a stateful method that reads the row index
 STEPS = 8  # 64 rows / 16 per batch = 4 steps per epoch: two epochs, two augmentations of every row
 

@@ -1,8 +1,7 @@
 """Shared test helpers for the method tests (test-only, not part of the library).
 
 * zoo models, shapes and features: a :class:`FeatureSpec` / :class:`Features` from a real CIFAR-zoo model with one
-  forward pass through the feature tap; a method resolved and built against them as the trainer's dry run does;
-  random features of those shapes; numpy block pooling for the reference computations;
+  forward pass through the feature tap; random features of those shapes; numpy block pooling for the reference computations;
 * real data: mini batches of ``assets/cifar10-subset`` (the module-scoped fixtures are in ``conftest.py``) and the
   teacher the tests distill from (the pretrained CIFAR-10 resnet56 when the asset is there);
 * one way to build a method, as the trainer does (:func:`built`: the public ``build_distillation_model`` for two
