@@ -23,7 +23,16 @@ from hf_distill.teacher_cache import (
 from tests.conftest import REPO
 from tests.helpers import CIFAR_SPEC, timm_model, trainer_args
 
-pytestmark = pytest.mark.usefixtures("probe_methods")  # METHOD uses the test-only test_probe
+
+@pytest.fixture(scope="module", autouse=True)
+def _probes():
+    """The test-only method ``test_probe`` for the whole module (its module-scoped runs use it)."""
+    from tests.helpers import PROBES, registered_methods
+
+    with registered_methods(PROBES):
+        yield
+
+
 METHOD = "kd,test_probe"  # logits and embedding from the teacher, a stateful method that reads the row index
 STEPS = 8  # 64 rows / 16 per batch = 4 steps per epoch: two epochs, two augmentations of every row
 
