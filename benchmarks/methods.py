@@ -114,8 +114,7 @@ def main() -> None:
     names = (
         args.methods.split(",")
         if args.methods
-        else ["kd"]
-        + sorted(m for m in list(METHODS) + list(PRESETS) if m != "kd" and not m.startswith("test_"))
+        else ["kd"] + sorted(m for m in list(METHODS) + list(PRESETS) if m != "kd")
     )
     spec = input_spec(load_model(args.student, num_labels=10))
     ds = load_image_dataset(str(REPO / "assets" / "cifar10-subset"), "train")

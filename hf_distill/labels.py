@@ -34,18 +34,28 @@ def num_labels_of(model: nn.Module) -> int | None:
     return None
 
 
+def generic_names(names: Sequence[str]) -> bool:
+    """Whether every name is generic (``LABEL_3``, ``"3"``): such names say nothing about which class is which."""
+    return all(_GENERIC.match(str(n)) for n in names)
+
+
 def _named(names: Sequence[str] | None) -> list[str] | None:
     """``names`` as a list, or None when they are absent or all generic (``LABEL_i``, ``"i"``)."""
-    if not names or all(_GENERIC.match(str(n)) for n in names):
+    if not names or generic_names(names):
         return None
     return [str(n) for n in names]
+
+
+def label_names(id2label: dict | None) -> list[str]:
+    """Class names by id from a config's ``id2label`` (its keys are ints, or strings once read from JSON)."""
+    id2label = id2label or {}
+    return [str(id2label[k]) for k in sorted(id2label, key=int)]
 
 
 def model_label_names(model: nn.Module) -> list[str] | None:
     """The class names of a model's head, in head order (``config.id2label``), or None when it has none."""
     cfg = getattr(getattr(model, "module", model), "config", None)
-    id2label = getattr(cfg, "id2label", None) or {}
-    return _named([id2label[i] for i in sorted(id2label, key=int)]) if id2label else None
+    return _named(label_names(getattr(cfg, "id2label", None)))
 
 
 def _label_feature(dataset) -> datasets.ClassLabel | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,42 @@ JPEG_TEACHER_DIR = (
 STUDENT_INIT_DIR = ASSETS / "students" / "cifar10-resnet20"  # the akamaster resnet20, converted unchanged
 SHARED = REPO.parent / "shared"
 
+#: what a test run itself creates in the tree (bytecode, pytest's and ruff's caches, CI's environment)
+_RUN_FILES = ("__pycache__", ".pytest_cache", ".ruff_cache", ".venv-ci")
 
-@pytest.fixture
+
+def repository_changes(repo: Path = REPO) -> set[str] | None:
+    """The entries ``git status`` reports in ``repo``: changed, untracked and ignored (the run's own files aside),
+    or None when ``repo`` is not a git checkout or git is missing."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all", "--ignored"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {line for line in out.splitlines() if not set(line[3:].split("/")) & set(_RUN_FILES)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_left_unchanged():
+    """No test writes into the repository tree (tests write under ``tmp_path``): after the session, nothing new or
+    changed appears in ``git status`` that was not there before it. Skipped outside a git checkout."""
+    before = repository_changes()
+    yield
+    after = repository_changes()
+    if before is not None and after is not None:
+        written = sorted(after - before)
+        assert not written, f"the tests wrote into the repository: {written}"
+
+
+@pytest.fixture(scope="module")
 def probe_methods():
-    """Register the test-only methods ``test_probe`` / ``test_init_probe`` for one test (never in the library)."""
+    """Register the test-only methods ``test_probe`` / ``test_init_probe`` for the module of the tests that use them
+    (module-scoped fixtures build trainers with them too); the library never registers them."""
     from tests.helpers import PROBES, registered_methods
 
     with registered_methods(PROBES):

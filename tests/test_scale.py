@@ -141,7 +141,7 @@ def _loss(container, teacher, t_req, batch, step, bf16):
     return out["loss"], out["loss_terms"]
 
 
-@pytest.mark.parametrize("method", sorted(m for m in METHODS if not m.startswith("test_")))
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_bf16_losses_agree_with_float32(method, zoo_batch, tmp_path):
     """Networks in bf16 autocast, loss math in float32: the loss stays within 5% (bf16 keeps ~3 significant
     digits of every activation; the terms are sums of many of them, so their relative error is far smaller)."""

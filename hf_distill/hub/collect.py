@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..labels import label_names
 from ..models.configuration_cifar import CifarConfig
 from .summary import (
     SUMMARY_NAME,
@@ -80,12 +81,6 @@ def unwrap(model: Any) -> Any:
 def trainer_student(trainer: Any) -> Any:
     """The student a :class:`~hf_distill.DistillationTrainer` trains, without any wrapper."""
     return unwrap(trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False).student)
-
-
-def label_names(id2label: dict[Any, Any] | None) -> list[str]:
-    """Class names by id from a config's ``id2label`` (its keys are ints, or strings once read from JSON)."""
-    id2label = id2label or {}
-    return [str(id2label[k]) for k in sorted(id2label, key=int)]
 
 
 def is_timm_student(model: Any) -> bool:

@@ -21,8 +21,8 @@ import torch
 from huggingface_hub import EvalResult
 
 from ..data import class_names, collate, load_image_dataset, prepare_split, resolve_columns
+from ..labels import generic_names, label_names
 from .card_file import CARD_NAME, CardError, parse_card, update_card_file
-from .collect import label_names
 from .loading import LoadedModel, ModelNotFoundError, classification_pipeline, load_classifier, resolve_model
 from .metadata import accuracy_results, eval_results_index
 from .processor import model_input_spec
@@ -96,10 +96,6 @@ def image_classification_evaluator() -> Any:
     return evaluate.evaluator("image-classification")
 
 
-def _generic(names: list[str]) -> bool:
-    return all(n == f"LABEL_{i}" or n == str(i) for i, n in enumerate(names))
-
-
 def check_label_names(
     model_labels: list[str],
     dataset_labels: list[str],
@@ -124,7 +120,7 @@ def check_label_names(
         return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
 
     same_count = len(model_labels) == len(dataset_labels)
-    if same_count and (_generic(model_labels) or _generic(dataset_labels)):
+    if same_count and (generic_names(model_labels) or generic_names(dataset_labels)):
         return
     if same_count and model_labels == dataset_labels:
         return

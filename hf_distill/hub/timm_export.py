@@ -16,8 +16,8 @@ from typing import Any
 
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
+from ..labels import label_names
 from ..models.normalization import InputSpec
-from .collect import label_names
 
 
 def timm_data_config(spec: InputSpec) -> dict[str, Any]:

@@ -19,10 +19,6 @@ from torch import Tensor, nn
 
 from ..features import FeatureNeeds, Features
 
-#: Former name of the request a tap takes; the request is a :class:`~hf_distill.features.FeatureNeeds` whose
-#: ``maps`` are resolved layer names.
-TapRequest = FeatureNeeds
-
 
 class FeatureTap:
     """Reads :class:`~hf_distill.features.Features` from a model. Stateless apart from the layer names."""

@@ -1,13 +1,13 @@
 """Shared test helpers for the method tests (test-only, not part of the library).
 
 * zoo models, shapes and features: a :class:`FeatureSpec` / :class:`Features` from a real CIFAR-zoo model with one
-  forward pass through the feature tap; a method resolved and built against them as the trainer's dry run does;
-  random features of those shapes; numpy block pooling for the reference computations;
+  forward pass through the feature tap; random features of those shapes; numpy block pooling for the reference computations;
 * real data: mini batches of ``assets/cifar10-subset`` (the module-scoped fixtures are in ``conftest.py``) and the
   teacher the tests distill from (the pretrained CIFAR-10 resnet56 when the asset is there);
-* a few SGD steps of a method on a real batch (:func:`sgd_losses`; :func:`method_training_losses` against a
-  random-init teacher, :func:`teacher_map_losses` for map methods and :func:`train_losses` for logit/embedding
-  methods against :func:`cifar_teacher`);
+* one way to build a method, as the trainer does (:func:`built`: the public ``build_distillation_model`` for two
+  networks, or the same ``resolve_layers`` + ``build`` for shapes made by hand);
+* a few SGD steps of a student under one method on a real batch (:func:`training_losses`, on the loop
+  :func:`sgd_losses`);
 * short :class:`DistillationTrainer` runs (:func:`tests.helpers.trainer_args`, :func:`distill_trainer`; :func:`init_stage_trainer`
   with :func:`check_init_stage_once_then_zero_term`, :func:`checkpointing_trainer`, :func:`state_copy`) for the
   init-stage, freezing and resume tests;
@@ -34,7 +34,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from hf_distill.losses.base import DataInfo, DistillationLoss, Features, FeatureSpec, StepInfo
-from tests.conftest import SUBSET, TEACHER_DIR
+from tests.conftest import TEACHER_DIR
 from tests.helpers import CIFAR_SPEC, trainer_args
 
 # the cross-architecture pairs of the contract (teacher, student)
@@ -135,59 +135,61 @@ def random_features(spec: FeatureSpec, batch: int, seed: int = 0, relu: bool = T
 
 
 def built(
-    method: DistillationLoss, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo | None = None
-) -> DistillationLoss:
-    """Resolve a method's layers against the specs' names and build it, as the trainer does; returns the method."""
-    method.resolve_layers(student.names, teacher.names)
-    method.build(student, teacher, data or DataInfo(num_samples=64, num_classes=10))
-    return method
-
-
-def build_method(
-    cls: type[DistillationLoss],
-    kwargs: dict[str, Any],
-    student: FeatureSpec,
-    teacher: FeatureSpec,
-    data: DataInfo | None = None,
-) -> DistillationLoss:
-    """Instantiate a method and build it with :func:`built`."""
-    return built(cls(**kwargs), student, teacher, data)
-
-
-def dry_run_build(
     method: DistillationLoss,
-    student: torch.nn.Module,
-    teacher: torch.nn.Module,
-    x: torch.Tensor,
+    student: FeatureSpec | torch.nn.Module,
+    teacher: FeatureSpec | torch.nn.Module,
+    data: DataInfo | None = None,
+    x: torch.Tensor | None = None,
     seed: int | None = None,
-) -> tuple[Any, Any, Any, Any]:
-    """Build ``method`` for a student/teacher pair exactly as the trainer does, with the public
-    :func:`hf_distill.trainer.build_distillation_model` (its dry run on the images ``x``); both networks are left
-    in eval mode.
+) -> DistillationLoss:
+    """Resolve ``method``'s layers and build it, as the trainer does; returns the method.
+
+    For two networks this is the public :func:`hf_distill.trainer.build_distillation_model` (its dry run on the
+    images ``x``, default a zero image; both networks are left in eval mode). For two :class:`FeatureSpec` (shapes
+    made by hand: token maps, missing BatchNorms) it is the two calls that function makes on each method,
+    ``resolve_layers`` then ``build``.
 
     Args:
+        data: the training-set facts (default: 64 samples of 10 classes).
         seed: reseed the global RNG right before the build (the method's random parts), if given.
-
-    Returns:
-        ``(s_tap, t_tap, s_req, t_req)``: the taps and the requests of what the method reads.
     """
+    data = data or DataInfo(num_samples=64, num_classes=10)
+    if seed is not None:
+        torch.manual_seed(seed)
+    if isinstance(student, FeatureSpec):
+        method.resolve_layers(student.names, teacher.names)
+        method.build(student, teacher, data)
+        return method
     from hf_distill.losses import DistillationObjective
     from hf_distill.trainer import build_distillation_model
 
-    objective = DistillationObjective({method.name: method}, {method.name: 1.0})
-    rows = [{"pixel_values": xi} for xi in x]
-    if seed is not None:
-        torch.manual_seed(seed)
-    b = build_distillation_model(
+    rows = None if x is None else [{"pixel_values": xi} for xi in x]
+    build_distillation_model(
         student,
         teacher,
-        objective,
+        DistillationObjective({method.name: method}, {method.name: 1.0}),
         rows,
         lambda r: {"pixel_values": torch.stack([e["pixel_values"] for e in r])},
-        DataInfo(num_samples=64, num_classes=10),
+        data,
     )
     student.eval(), teacher.eval()
-    return b.container.tap, b.teacher_tap, b.container.student_request, b.teacher_request
+    return method
+
+
+def readers(
+    method: DistillationLoss, student: torch.nn.Module, teacher: torch.nn.Module
+) -> tuple[Any, Any, Any, Any]:
+    """``(s_tap, t_tap, s_req, t_req)``: the taps and the feature requests the trainer reads a built method's
+    features with."""
+    from hf_distill.models.taps import feature_tap
+
+    needs = method.needs()
+    return (
+        feature_tap(student),
+        feature_tap(teacher),
+        needs.student.with_maps(method.student_layer_names),
+        needs.teacher.with_maps(method.teacher_layer_names),
+    )
 
 
 # -- real data and the teacher ------------------------------------------------------------------------------------------
@@ -204,15 +206,6 @@ def train_split(dataset: Any, n: int) -> Any:
     from hf_distill.data import prepare_split
 
     return prepare_split(dataset, CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, train=True, max_samples=n)
-
-
-@functools.lru_cache(maxsize=2)
-def real_batch(n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` training images of assets/cifar10-subset (CIFAR normalization, no augmentation)."""
-    from hf_distill.data import load_image_dataset
-
-    b = cifar_batch(load_image_dataset(str(SUBSET), "train"), n)
-    return b["pixel_values"], b["labels"]
 
 
 def cifar_teacher(fallback: str = "resnet20", seed: int | None = None) -> torch.nn.Module:
@@ -257,141 +250,85 @@ def sgd_losses(
     return losses
 
 
-def method_training_losses(
-    cls: type[DistillationLoss],
-    kwargs: dict[str, Any],
-    batch: dict[str, torch.Tensor],
-    teacher_arch: str = "resnet20",
-    student_arch: str = "resnet8",
-    steps: int = 6,
-    lr: float = 0.01,
-    scale: float | None = None,
-) -> list[float]:
-    """SGD steps (momentum 0.9) on one fixed real batch, optimizing ``scale * method loss`` (default: the method's
-    ``default_weight``) over the student and the method's own parameters, with a frozen random-init zoo teacher.
-    The teacher's features are taken with batch-statistics BN (a fresh model's running statistics are 0/1, which in
-    eval mode lets activations grow with depth); they are computed once, without gradient.
-
-    Returns:
-        The method's (unscaled) loss before each step, plus its value after the last step.
-    """
-    from hf_distill.features import FeatureNeeds
-    from hf_distill.models.taps import feature_tap
-
-    teacher = zoo_model(teacher_arch, seed=1).eval().requires_grad_(False)
-    student = zoo_model(student_arch, seed=0)
-    x, y = batch["pixel_values"], batch["labels"]
-    t_tap, s_tap = feature_tap(teacher), feature_tap(student)
-    m = build_method(cls, kwargs, model_spec(student, x[:2]), model_spec(teacher, x[:2]))
-    s_req = FeatureNeeds(logits=True, embedding=True, maps=tuple(m.student_layer_names))
-    t_req = FeatureNeeds(logits=True, embedding=True, maps=tuple(m.teacher_layer_names))
-    with torch.no_grad():
-        tf = t_tap(teacher.train(), x, t_req)
-    teacher.eval()
-    student.train()
-    m.train()
-    return sgd_losses(
-        lambda: sum(m(s_tap(student, x, s_req), tf, StepInfo(labels=y)).values()),
-        list(student.parameters()) + list(m.parameters()),
-        steps,
-        lr,
-        scale=cls.default_weight if scale is None else scale,
-    )
-
-
-def teacher_map_losses(
-    method: DistillationLoss,
-    x: torch.Tensor,
-    term: str,
-    lr: float,
-    step: StepInfo,
-    steps: int = 8,
-    scale: float = 1.0,
-    init_stage: bool = True,
-) -> list[float]:
-    """SGD steps (momentum 0.9) of a zoo resnet8 student (seed 0) under a map method alone, against the maps of
-    :func:`cifar_teacher` on ``x`` (taken once, without gradient, before the final activation if the method asks
-    so), over the student's and the method's parameters.
+def teacher_features(
+    method: DistillationLoss, teacher: torch.nn.Module, x: torch.Tensor, batch_stats: bool = False
+) -> Features:
+    """What a built method reads from ``teacher`` on the images ``x``, without gradient.
 
     Args:
-        term: the loss term to optimize (times ``scale``).
-        init_stage: optimize the method's ``init_stage_loss`` (else its main-stage loss).
-
-    Returns:
-        The term before each step (``steps`` values).
+        batch_stats: run BatchNorm on the batch's statistics (a random-init network's running statistics are 0/1,
+            which in eval mode lets activations grow with depth).
     """
-    from hf_distill.features import FeatureNeeds
-    from hf_distill.models.modeling_cifar import create_cifar_model
-    from hf_distill.models.taps import feature_tap
-
-    torch.manual_seed(0)
-    student = create_cifar_model("resnet8", num_labels=10).train()
-    teacher = cifar_teacher()
-    s_tap, t_tap = feature_tap(student), feature_tap(teacher)
-    built(method, zoo_spec("resnet8"), model_spec(teacher)).train()
-    req = FeatureNeeds(
-        logits=True, maps=tuple(method.student_layer_names), preact=method.needs().student.preact
-    )
+    _, t_tap, _, t_req = readers(method, teacher, teacher)
+    teacher.train(batch_stats)
     with torch.no_grad():
-        t_feats = t_tap(teacher, x, req)
-    loss = method.init_stage_loss if init_stage else method
-    return sgd_losses(
-        lambda: loss(s_tap(student, x, req), t_feats, step)[term],
-        list(student.parameters()) + list(method.parameters()),
-        steps,
-        lr,
-        scale=scale,
-        final=False,
-    )
+        f = t_tap(teacher, x, t_req)
+    teacher.eval()
+    return f
 
 
-@functools.lru_cache(maxsize=2)
-def teacher_on_batch(n: int = 16) -> tuple[Features, FeatureSpec]:
-    """Logits and embedding of a frozen teacher on :func:`real_batch`: the pretrained CIFAR-10 resnet56 when the
-    asset exists (fed the student-normalized batch converted to its statistics), otherwise a random-init zoo
-    resnet14."""
-    from hf_distill.models.taps import feature_tap
-
-    x, _ = real_batch(n)
-    teacher = cifar_teacher("resnet14", seed=1)
-    if PRETRAINED_TEACHER:
-        from hf_distill.models.normalization import InputSpec, TeacherInput, input_spec
-
-        x = TeacherInput(InputSpec(CIFAR_SPEC.mean, CIFAR_SPEC.std, 32), input_spec(teacher))(x)
-    f = zoo_features(teacher, x, maps=())
-    return f.detach(), features_spec(feature_tap(teacher).names, f)
-
-
-def train_losses(
+def training_losses(
     method: DistillationLoss,
+    batch: dict[str, torch.Tensor],
+    lr: float,
     steps: int = 6,
-    lr: float = 0.05,
-    n: int = 16,
-    student_arch: str = "resnet8",
-    step_info: Callable[[torch.Tensor], StepInfo] | None = None,
+    teacher: torch.nn.Module | None = None,
+    student: torch.nn.Module | None = None,
+    scale: float | None = None,
+    terms: Sequence[str] | None = None,
+    init_stage: bool = False,
+    teacher_batch_stats: bool | None = None,
+    momentum: float = 0.9,
+    final: bool = True,
 ) -> list[float]:
-    """Build ``method`` for a small zoo student and the teacher of :func:`teacher_on_batch`, then run ``steps``
-    SGD steps (momentum 0.9) on the method's loss alone over the student and the method's parameters (logit and
-    embedding methods).
+    """SGD steps of a student under one method alone, on one fixed real batch: the loss the method's tests watch
+    decrease.
+
+    The teacher's features are taken once (:func:`teacher_features`, on the batch converted to the teacher's
+    normalization when it is not the student's); the student and the method's trainable parts
+    are optimized (whatever ``requires_grad``), both in training mode.
+
+    Args:
+        teacher: default: a random-init zoo resnet20 (seed 1); :func:`cifar_teacher` for realistic activations.
+        student: default: a random-init zoo resnet8 (seed 0, created after the teacher) for which ``method`` is
+            then built with :func:`built` (dry run on the batch); a given student means the method is already built
+            for it (a second phase after an init stage).
+        scale: the loss is optimized times this (default: the method's ``default_weight``, as the objective does).
+        terms: the terms to optimize (default: all the method returns).
+        init_stage: optimize the method's ``init_stage_loss`` instead of its main-stage loss.
+        teacher_batch_stats: the teacher's BatchNorm on batch statistics (see :func:`teacher_features`); default:
+            for the default random-init teacher only.
+        final: also return the loss after the last step.
 
     Returns:
-        The method's loss before each step and after the last one (``steps + 1`` values).
+        The (unscaled) loss before each step, plus its value after the last step if ``final``.
     """
-    from hf_distill.models.taps import feature_tap
+    from hf_distill.models.normalization import TeacherInput, input_spec
 
-    x, y = real_batch(n)
-    tf, t_spec = teacher_on_batch(n)
-    student = zoo_model(student_arch, seed=0)
-    student.eval()
-    s_spec = features_spec(feature_tap(student).names, zoo_features(student, x[:2], maps=()))
-    student.train()
-    built(method, s_spec, t_spec, DataInfo(num_samples=n, num_classes=10))
-    info = step_info(y) if step_info is not None else StepInfo(labels=y)
+    x, y = batch["pixel_values"], batch["labels"]
+    if teacher_batch_stats is None:
+        teacher_batch_stats = teacher is None
+    teacher = zoo_model("resnet20", seed=1) if teacher is None else teacher
+    teacher.eval().requires_grad_(False)
+    if student is None:
+        student = zoo_model("resnet8", seed=0)
+        built(method, student, teacher, x=x[:2])
+    x_t = x
+    if input_spec(teacher) != input_spec(student):  # a pretrained teacher: the batch in its own normalization
+        x_t = TeacherInput(CIFAR_SPEC, input_spec(teacher))(x)
+    tf = teacher_features(method, teacher, x_t, teacher_batch_stats)
+    s_tap, _, s_req, _ = readers(method, student, teacher)
+    student.train(), method.train()
+    step = StepInfo(labels=y)
+    forward = method.init_stage_loss if init_stage else method
+
+    def loss() -> torch.Tensor:
+        out = forward(s_tap(student, x, s_req), tf, step)
+        return sum(out[t] for t in terms) if terms else sum(out.values())
+
+    params = [p for p in list(student.parameters()) + list(method.parameters()) if p.requires_grad]
     return sgd_losses(
-        lambda: sum(method(zoo_features(student, x, maps=(), grad=True), tf, info).values()),
-        list(student.parameters()) + list(method.parameters()),
-        steps,
-        lr,
+        loss, params, steps, lr, momentum, method.default_weight if scale is None else scale, final
     )
 
 
@@ -544,7 +481,7 @@ def method_step(
     case: MethodCase, student: Features, teacher: Features, labels: torch.Tensor
 ) -> dict[str, Any]:
     """One loss evaluation + backward; returns the loss, its terms, the student-feature and parameter gradients."""
-    m = build_method(case.cls, case.kwargs, case.s_spec, case.t_spec)
+    m = built(case.cls(**case.kwargs), case.s_spec, case.t_spec)
     m.load_state_dict(case.state)
     s = _leaf(student)
     out = m(s, teacher.detach(), StepInfo(labels=labels))
@@ -586,7 +523,7 @@ def check_gather_matches_full_batch(
     equal the full-batch parameter gradient.
     """
     torch.manual_seed(seed)
-    ref = build_method(cls, {**kwargs, "gather": False}, s_spec, t_spec)
+    ref = built(cls(**kwargs, gather=False), s_spec, t_spec)
     state = {k: v.clone() for k, v in ref.state_dict().items()}
     student = random_features(s_spec, batch, seed=seed + 1)
     teacher = random_features(t_spec, batch, seed=seed + 2)

@@ -10,9 +10,10 @@ from tests.losses._common import (
     built,
     check_init_stage_once_then_zero_term,
     check_loss_on_random_maps,
+    cifar_teacher,
     init_stage_trainer,
     np_block_pool,
-    teacher_map_losses,
+    training_losses,
     zoo_spec,
 )
 
@@ -172,7 +173,18 @@ def test_layer_count_mismatch_is_a_clear_error():
 # -- 4. a few real training steps ---------------------------------------------------------------------------------
 def test_training_steps_decrease_loss(train_batch):
     lr = 0.05 if PRETRAINED_TEACHER else 0.01
-    losses = teacher_map_losses(AB(connector="always"), train_batch["pixel_values"], "ab", lr, STEP)
+    # the init-stage term alone, against the pretrained teacher
+    losses = training_losses(
+        AB(connector="always"),
+        train_batch,
+        lr,
+        steps=8,
+        teacher=cifar_teacher(),
+        scale=1.0,
+        terms=("ab",),
+        init_stage=True,
+        final=False,
+    )
     assert losses[-1] < 0.8 * losses[0], losses
 
 

@@ -7,10 +7,10 @@ from hf_distill.losses import Features, FeatureSpec, StepInfo, resolve_objective
 from hf_distill.losses.at import AT, at_loss
 from hf_distill.losses.maps import parse_selectors
 from tests.losses._common import (
-    build_method,
-    method_training_losses,
+    built,
     np_block_pool,
     random_features,
+    training_losses,
     zoo_spec,
 )
 
@@ -60,8 +60,8 @@ def test_layer_count_mismatch_is_a_clear_error_and_selection_fixes_it():
     with pytest.raises(
         ValueError, match=r"3 student and 4 teacher.*--at-student-layers / --at-teacher-layers"
     ):
-        build_method(AT, {}, s_spec, t_spec)
-    m = build_method(AT, {"teacher_layers": "stage1,stage2,-1"}, s_spec, t_spec)
+        built(AT(), s_spec, t_spec)
+    m = built(AT(teacher_layers="stage1,stage2,-1"), s_spec, t_spec)
     assert m.teacher_layer_names == ["stage1", "stage2", "stage4"]
     loss = m(random_features(s_spec, 2), random_features(t_spec, 2, seed=1), STEP)["at"]
     assert torch.isfinite(loss)
@@ -79,7 +79,7 @@ def test_option_validation_and_defaults():
         AT(p=0)
     tokens = FeatureSpec(names=("h0", "h1"), maps={"h1": (5, 8)})
     with pytest.raises(ValueError, match=r"convolutional \(C, H, W\)"):
-        build_method(AT, {}, tokens, tokens)
+        built(AT(), tokens, tokens)
     spec = resolve_objective("at")
     assert spec.weights == (1000.0,) and spec.ce_weight == 1.0
     assert AT().hparams() == {
@@ -92,7 +92,7 @@ def test_option_validation_and_defaults():
 
 def test_forward_reads_the_resolved_layers():
     spec = FeatureSpec(names=("stem", "a", "b"), maps={"a": (2, 4, 4), "b": (2, 2, 2)})
-    m = build_method(AT, {}, spec, spec)
+    m = built(AT(), spec, spec)
     f = random_features(spec, 2)
     g = random_features(spec, 2, seed=3)
     expected = at_loss([f.maps["a"], f.maps["b"]], [g.maps["a"], g.maps["b"]])
@@ -101,5 +101,5 @@ def test_forward_reads_the_resolved_layers():
 
 
 def test_training_steps_decrease_the_loss(batch):
-    losses = method_training_losses(AT, {}, batch, lr=0.01)
+    losses = training_losses(AT(), batch, lr=0.01)
     assert losses[-1] < 0.8 * losses[0], losses

@@ -5,10 +5,10 @@ import torch
 from hf_distill.losses import Features, FeatureSpec, StepInfo, resolve_objective
 from hf_distill.losses.cc import CC, cc_loss
 from tests.losses._common import (
-    build_method,
+    built,
     check_gather_matches_full_batch,
-    method_training_losses,
     random_features,
+    training_losses,
     zoo_spec,
 )
 
@@ -39,7 +39,7 @@ def test_concrete_value():
 def test_method_embeds_both_sides_linearly():
     s_spec = FeatureSpec(names=(), embedding=(6,))
     t_spec = FeatureSpec(names=(), embedding=(9,))
-    m = build_method(CC, {}, s_spec, t_spec)
+    m = built(CC(), s_spec, t_spec)
     assert m.embed_s.weight.shape == (128, 6) and m.embed_t.weight.shape == (128, 9)
     fs, ft = torch.randn(4, 6), torch.randn(4, 9)
     got = m(Features(embedding=fs), Features(embedding=ft), STEP)["cc"]
@@ -51,7 +51,7 @@ def test_method_embeds_both_sides_linearly():
 
 def test_gradients_reach_student_and_both_embeddings_not_teacher():
     s_spec, t_spec = FeatureSpec(names=(), embedding=(3,)), FeatureSpec(names=(), embedding=(5,))
-    m = build_method(CC, {"feat_dim": 4}, s_spec, t_spec).double()
+    m = built(CC(feat_dim=4), s_spec, t_spec).double()
     fs = torch.randn(4, 3, dtype=torch.double, requires_grad=True)
     ft = torch.randn(4, 5, dtype=torch.double)
 
@@ -77,9 +77,9 @@ def test_gather_single_process_equals_local():
     s_spec, t_spec = zoo_spec("resnet20"), zoo_spec("resnet56")
     fs, ft = random_features(s_spec, 4), random_features(t_spec, 4, seed=1)
     torch.manual_seed(0)
-    a = build_method(CC, {"gather": True}, s_spec, t_spec)
+    a = built(CC(gather=True), s_spec, t_spec)
     torch.manual_seed(0)
-    b = build_method(CC, {"gather": False}, s_spec, t_spec)
+    b = built(CC(gather=False), s_spec, t_spec)
     assert torch.equal(a(fs, ft, STEP)["cc"], b(fs, ft, STEP)["cc"])
 
 
@@ -90,5 +90,5 @@ def test_gather_two_processes_equals_full_batch():
 
 
 def test_training_steps_decrease_the_loss(batch):
-    losses = method_training_losses(CC, {}, batch, lr=0.01)
+    losses = training_losses(CC(), batch, lr=0.01)
     assert losses[-1] < 0.5 * losses[0], losses

@@ -5,7 +5,7 @@ import torch
 
 from hf_distill.losses import DistillationObjective, Features, StepInfo
 from hf_distill.losses.cskd import CSKD, class_cosine_distance, cswt_temperatures
-from tests.losses._common import train_losses
+from tests.losses._common import cifar_teacher, training_losses
 
 
 def _softmax(row, T):
@@ -150,6 +150,6 @@ def test_cskd_gather_over_two_processes_equals_full_batch():
     check_gather_matches_full_batch(CSKD, {}, spec, spec, batch=8)
 
 
-def test_cskd_training_steps_decrease_the_loss():
-    losses = train_losses(CSKD(), steps=6, lr=0.05)
+def test_cskd_training_steps_decrease_the_loss(batch):
+    losses = training_losses(CSKD(), batch, 0.05, teacher=cifar_teacher("resnet14", seed=1), scale=1.0)
     assert losses[-1] < 0.8 * losses[0], losses

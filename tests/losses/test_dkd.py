@@ -5,7 +5,7 @@ import torch
 
 from hf_distill.losses import DistillationObjective, Features, StepInfo
 from hf_distill.losses.dkd import DKD, dkd_loss, linear_warmup
-from tests.losses._common import train_losses
+from tests.losses._common import cifar_teacher, training_losses
 
 
 def _softmax(row, T):
@@ -140,6 +140,12 @@ def test_dkd_zero_for_identical_logits_and_small_batches():
         dkd_loss(torch.randn(3, 1), torch.randn(3, 1), torch.zeros(3, dtype=torch.long))
 
 
-def test_dkd_training_steps_decrease_the_loss():
-    losses = train_losses(DKD(warmup_epochs=0), steps=6, lr=0.02)
+def test_dkd_training_steps_decrease_the_loss(batch):
+    losses = training_losses(
+        DKD(warmup_epochs=0),
+        batch,
+        0.02,
+        teacher=cifar_teacher("resnet14", seed=1),
+        scale=1.0,
+    )
     assert losses[-1] < 0.8 * losses[0], losses

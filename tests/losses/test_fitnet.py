@@ -7,12 +7,12 @@ from hf_distill.config import parse_method_flags
 from hf_distill.losses import Features, FeatureSpec, InitStage, StepInfo, resolve_objective
 from hf_distill.losses.fitnet import FitNet, HintRegressor, hint_loss
 from tests.losses._common import (
-    build_method,
+    built,
     distill_trainer,
-    method_training_losses,
     random_features,
     train_split,
     trainer_args,
+    training_losses,
     zoo_model,
     zoo_spec,
 )
@@ -31,7 +31,7 @@ def test_hint_loss_matches_numpy():
 def test_method_value_equals_manual_conv_bn_relu_mse():
     spec_s = FeatureSpec(names=("stem", "stage1", "stage2"), maps={"stage2": (3, 4, 4)})
     spec_t = FeatureSpec(names=("stem", "stage1", "stage2"), maps={"stage2": (5, 4, 4)})
-    m = build_method(FitNet, {}, spec_s, spec_t).double()
+    m = built(FitNet(), spec_s, spec_t).double()
     assert isinstance(m.regressor.conv, nn.Conv2d) and m.regressor.conv.kernel_size == (1, 1)
     torch.manual_seed(0)
     fs, ft = torch.rand(6, 3, 4, 4, dtype=torch.double), torch.rand(6, 5, 4, 4, dtype=torch.double)
@@ -75,7 +75,7 @@ def test_regressor_handles_spatial_sizes(s_hw, t_hw, kind):
 def test_gradients_reach_student_and_regressor_only():
     spec_s = FeatureSpec(names=("a", "b", "c"), maps={"c": (2, 4, 4)})
     spec_t = FeatureSpec(names=("a", "b", "c"), maps={"c": (3, 2, 2)})
-    m = build_method(FitNet, {}, spec_s, spec_t).double()
+    m = built(FitNet(), spec_s, spec_t).double()
     fs = torch.rand(3, 2, 4, 4, dtype=torch.double, requires_grad=True)
     ft = torch.rand(3, 3, 2, 2, dtype=torch.double)
 
@@ -90,7 +90,7 @@ def test_gradients_reach_student_and_regressor_only():
 
 def test_regressor_maps_the_student_map_to_the_teachers_shape():
     s_spec, t_spec = zoo_spec("shufflenetv2"), zoo_spec("resnet32x4")  # a cross-architecture pair
-    m = build_method(FitNet, {}, s_spec, t_spec)
+    m = built(FitNet(), s_spec, t_spec)
     assert m.student_layer_names == [s_spec.names[2]] and m.teacher_layer_names == [t_spec.names[2]]
     fs, ft = random_features(s_spec, 4), random_features(t_spec, 4, seed=1)
     out = m.regressor(fs.maps[m.student_layer_names[0]])
@@ -101,15 +101,15 @@ def test_regressor_maps_the_student_map_to_the_teachers_shape():
 
 def test_layer_options_and_errors():
     s_spec, t_spec = zoo_spec("shufflenetv2"), zoo_spec("resnet32x4")
-    m = build_method(FitNet, {"teacher_layers": "stage3", "student_layers": -1}, s_spec, t_spec)
+    m = built(FitNet(teacher_layers="stage3", student_layers=-1), s_spec, t_spec)
     assert m.teacher_layer_names == ["stage3"] and m.student_layer_names == [s_spec.names[-1]]
     with pytest.raises(ValueError, match="exactly one feature map"):
         FitNet(student_layers="stages")
     with pytest.raises(ValueError, match="out of range"):
-        build_method(FitNet, {"student_layers": 9}, s_spec, t_spec)
+        built(FitNet(student_layers=9), s_spec, t_spec)
     tokens = FeatureSpec(names=("h0", "h1", "h2"), maps={"h2": (5, 8)})
     with pytest.raises(ValueError, match=r"convolutional \(C, H, W\)"):
-        build_method(FitNet, {}, tokens, tokens)
+        built(FitNet(), tokens, tokens)
     # command line: a position or a layer name
     for value, sel in (("3", 3), ("stage3", "stage3"), ("-1", -1)):
         kw = parse_method_flags(["--fitnet-student-layers", value], ["fitnet"])["fitnet"]
@@ -126,7 +126,7 @@ def test_defaults_and_optional_init_stage():
     m2 = FitNet(init_epochs=2, init_learning_rate=0.01)
     assert m2.init_stage == InitStage(epochs=2.0, learning_rate=0.01, train_student=True)
     spec_s = FeatureSpec(names=("a", "b", "c"), maps={"c": (3, 4, 4)})
-    m2 = build_method(FitNet, {"init_epochs": 2}, spec_s, spec_s)
+    m2 = built(FitNet(init_epochs=2), spec_s, spec_s)
     f_s, f_t = Features(maps={"c": torch.rand(2, 3, 4, 4)}), Features(maps={"c": torch.rand(2, 3, 4, 4)})
     step = StepInfo(labels=torch.zeros(2))
     assert torch.equal(m2.init_stage_loss(f_s, f_t, step)["fitnet"], m2(f_s, f_t, step)["fitnet"])
@@ -135,7 +135,7 @@ def test_defaults_and_optional_init_stage():
 
 
 def test_training_steps_decrease_the_loss(batch):
-    losses = method_training_losses(FitNet, {}, batch, lr=0.01)
+    losses = training_losses(FitNet(), batch, lr=0.01)
     assert losses[-1] < 0.85 * losses[0], losses
 
 

@@ -9,9 +9,10 @@ from tests.losses._common import (
     PRETRAINED_TEACHER,
     built,
     check_init_stage_once_then_zero_term,
+    cifar_teacher,
     init_stage_trainer,
     np_block_pool,
-    teacher_map_losses,
+    training_losses,
     zoo_spec,
 )
 
@@ -146,7 +147,18 @@ def test_spatial_sizes_may_differ_between_networks():
 # -- 4. a few real training steps ---------------------------------------------------------------------------------
 def test_training_steps_decrease_loss(train_batch):
     lr = 0.05 if PRETRAINED_TEACHER else 0.01
-    losses = teacher_map_losses(FSP(), train_batch["pixel_values"], "fsp", lr, STEP)
+    # the init-stage term alone, against the pretrained teacher
+    losses = training_losses(
+        FSP(),
+        train_batch,
+        lr,
+        steps=8,
+        teacher=cifar_teacher(),
+        scale=1.0,
+        terms=("fsp",),
+        init_stage=True,
+        final=False,
+    )
     assert losses[-1] < 0.8 * losses[0], losses
 
 

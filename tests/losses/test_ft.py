@@ -12,11 +12,14 @@ from hf_distill.losses.factor import AutoEncoder
 from hf_distill.losses.ft import FT, ft_factor, ft_loss
 from hf_distill.trainer import DISTILL_STATE_NAME
 from tests.losses._common import (
+    built,
     checkpointing_trainer,
-    dry_run_build,
     np_block_pool,
+    readers,
     sgd_losses,
     state_copy,
+    teacher_features,
+    training_losses,
     zoo_model,
 )
 
@@ -55,7 +58,7 @@ def test_ft_loss_matches_numpy_formula_with_spatial_mismatch():
 def test_ft_module_value_and_init_stage_loss_by_hand():
     torch.manual_seed(0)
     ft = FT()
-    dry_run_build(ft, zoo_model("resnet8"), zoo_model("resnet20", 1), torch.randn(2, 3, 32, 32))
+    built(ft, zoo_model("resnet8"), zoo_model("resnet20", 1), x=torch.randn(2, 3, 32, 32))
     fs, ftm = torch.randn(4, 64, 8, 8), torch.randn(4, 64, 8, 8).relu()
     s, t = Features(maps={"stage3": fs}), Features(maps={"stage3": ftm})
     got = ft(s, t, StepInfo(labels=torch.zeros(4, dtype=torch.long)))["ft"].item()
@@ -100,7 +103,7 @@ def test_ft_loss_gradcheck():
 def test_gradients_reach_student_and_translator_only():
     torch.manual_seed(0)
     ft = FT()
-    dry_run_build(ft, zoo_model("resnet8"), zoo_model("resnet20", 1), torch.randn(2, 3, 32, 32))
+    built(ft, zoo_model("resnet8"), zoo_model("resnet20", 1), x=torch.randn(2, 3, 32, 32))
     fs = torch.randn(4, 64, 8, 8, requires_grad=True)
     tmap = torch.randn(4, 64, 8, 8).relu()
     s, t = Features(maps={"stage3": fs}), Features(maps={"stage3": tmap})
@@ -136,7 +139,7 @@ def test_mixed_architectures(teacher, student, expect):
     s_net, t_net = zoo_model(student), zoo_model(teacher, 1)
     x = torch.randn(2, 3, 32, 32)
     ft = FT()
-    s_tap, t_tap, s_req, t_req = dry_run_build(ft, s_net, t_net, x)
+    s_tap, t_tap, s_req, t_req = readers(built(ft, s_net, t_net, x=x), s_net, t_net)
     assert ft.translator[0].in_channels == c_s and ft.translator.out_channels == c_t // 2
     assert ft.paraphraser.encoder.in_channels == c_t and ft.paraphraser.decoder.out_channels == c_t
     fs = s_tap(s_net.train(), x, s_req)
@@ -166,27 +169,25 @@ def test_token_maps_and_tiny_rate_are_clear_errors():
 def test_init_stage_then_main_steps_decrease_losses_on_real_batch(batch):
     torch.manual_seed(0)
     student, teacher = zoo_model("resnet8"), zoo_model("resnet20", 1)
-    ft = FT()
-    s_tap, t_tap, s_req, t_req = dry_run_build(ft, student, teacher, batch["pixel_values"][:2])
-    x, y = batch["pixel_values"], batch["labels"]
-    with torch.no_grad():
-        tf = t_tap(teacher.eval(), x, t_req)
-    step = StepInfo(labels=y)
+    ft = built(FT(), student, teacher, x=batch["pixel_values"][:2])
+    tf = teacher_features(ft, teacher, batch["pixel_values"])
+    step = StepInfo(labels=batch["labels"])
     rec = sgd_losses(
         lambda: ft.init_stage_loss(None, tf, step)["rec"], ft.paraphraser.parameters(), 10, 0.01, final=False
     )
     assert rec[-1] < rec[0]
     ft.on_init_stage_end()
     frozen = {k: v.clone() for k, v in ft.paraphraser.state_dict().items()}
-    student.train()
-    ft.train()
-    vals = sgd_losses(
-        lambda: ft(s_tap(student, x, s_req), tf, step)["ft"],
-        [p for p in list(student.parameters()) + list(ft.parameters()) if p.requires_grad],
-        8,
+    vals = training_losses(
+        ft,
+        batch,
         0.01,
-        momentum=0.0,
+        steps=8,
+        teacher=teacher,
+        student=student,
         scale=200.0,
+        terms=("ft",),
+        momentum=0.0,
         final=False,
     )
     assert vals[-1] < vals[0]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hf_distill.losses import DistillationObjective, Features, FeatureSpec, StepInfo
 from hf_distill.losses.icd import ICD, icd_loss
 from hf_distill.losses.registry import PRESETS
-from tests.losses._common import real_batch, train_losses, zoo_features, zoo_model
+from tests.losses._common import cifar_teacher, training_losses, zoo_features, zoo_model
 
 
 def _icd_by_hand(zs, zt, scale, bias, alpha):
@@ -193,8 +193,7 @@ def test_icd_gather_over_two_processes_equals_full_batch():
     check_gather_matches_full_batch(ICD, {"feat_dim": 16}, _spec(64), _spec(256), batch=8)
 
 
-def test_icd_training_steps_decrease_the_loss():
-    x, _ = real_batch(16)
-    assert x.shape == (16, 3, 32, 32)
-    losses = train_losses(ICD(), steps=6, lr=0.1)
+def test_icd_training_steps_decrease_the_loss(batch):
+    assert batch["pixel_values"].shape == (16, 3, 32, 32)
+    losses = training_losses(ICD(), batch, 0.1, teacher=cifar_teacher("resnet14", seed=1), scale=1.0)
     assert losses[-1] < 0.9 * losses[0], losses

@@ -23,9 +23,10 @@ from hf_distill.losses.iekd import IEKD, cosine_factor_loss, iekd_loss, normaliz
 from hf_distill.losses.kd import kd_loss
 from hf_distill.trainer import DISTILL_STATE_NAME
 from tests.losses._common import (
+    built,
     checkpointing_trainer,
-    dry_run_build,
     np_block_pool,
+    readers,
     sgd_losses,
     state_copy,
     zoo_model,
@@ -50,7 +51,7 @@ def _np_cos(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def _build(method, student, teacher, x, seed=0):
     """The trainer's dry run, with the RNG reseeded right before the build (the auto-encoder, the random split)."""
-    return dry_run_build(method, student, teacher, x, seed=seed)
+    return readers(built(method, student, teacher, x=x, seed=seed), student, teacher)
 
 
 def _step(b=4):

@@ -7,10 +7,10 @@ from hf_distill.losses import Features, FeatureSpec, StepInfo, resolve_objective
 from hf_distill.losses.kdsvd import KDSVD, align_to_teacher, kdsvd_loss, top_singular_vectors
 from tests.losses._common import (
     ZOO_PAIRS,
-    build_method,
+    built,
     check_loss_on_random_maps,
     check_resume_restores_method,
-    method_training_losses,
+    training_losses,
     zoo_spec,
 )
 
@@ -97,7 +97,7 @@ def test_loss_matches_numpy_reference():
 def test_gradient_is_finite_with_repeated_singular_values_and_reaches_student_and_connectors():
     s_spec = FeatureSpec(names=("stem", "a", "b"), maps={"a": (3, 4, 4), "b": (5, 2, 2)})
     t_spec = FeatureSpec(names=("stem", "a", "b"), maps={"a": (4, 4, 4), "b": (5, 2, 2)})
-    m = build_method(KDSVD, {}, s_spec, t_spec).double()
+    m = built(KDSVD(), s_spec, t_spec).double()
     assert isinstance(m.connectors[0], nn.Sequential) and isinstance(m.connectors[1], nn.Identity)
     fa = torch.rand(2, 3, 4, 4, dtype=torch.double)
     fb = torch.rand(2, 5, 2, 2, dtype=torch.double)
@@ -117,7 +117,7 @@ def test_gradient_is_finite_with_repeated_singular_values_and_reaches_student_an
 @pytest.mark.parametrize("teacher, student", ZOO_PAIRS)
 def test_zoo_pairs(teacher, student):
     s_spec, t_spec = zoo_spec(student), zoo_spec(teacher)
-    m = build_method(KDSVD, {}, s_spec, t_spec)
+    m = built(KDSVD(), s_spec, t_spec)
     assert len(m.connectors) == len(m.student_layer_names) == len(m.teacher_layer_names) >= 2
     for conn, sn, tn in zip(m.connectors, m.student_layer_names, m.teacher_layer_names):
         cs, ct = s_spec.maps[sn][0], t_spec.maps[tn][0]
@@ -130,19 +130,18 @@ def test_zoo_pairs(teacher, student):
 
 def test_options_errors_and_defaults():
     with pytest.raises(ValueError, match="at least two"):
-        build_method(KDSVD, {"student_layers": "last"}, zoo_spec("resnet20"), zoo_spec("resnet56"))
+        built(KDSVD(student_layers="last"), zoo_spec("resnet20"), zoo_spec("resnet56"))
     with pytest.raises(ValueError, match="--kdsvd-student-layers / --kdsvd-teacher-layers"):
-        build_method(KDSVD, {}, zoo_spec("resnet20"), zoo_spec("vgg13"))
+        built(KDSVD(), zoo_spec("resnet20"), zoo_spec("vgg13"))
     tokens = FeatureSpec(names=("h0", "h1", "h2"), maps={"h1": (5, 8), "h2": (5, 8)})
     with pytest.raises(ValueError, match=r"convolutional \(C, H, W\)"):
-        build_method(KDSVD, {}, tokens, tokens)
+        built(KDSVD(), tokens, tokens)
     for bad in ({"k": 0}, {"connector": "x"}):
         with pytest.raises(ValueError, match="kdsvd"):
             KDSVD(**bad)
     # the teacher's layers selected on their own, paired in order
-    m = build_method(
-        KDSVD,
-        {"student_layers": "stage2,stage3", "teacher_layers": "1,2"},
+    m = built(
+        KDSVD(student_layers="stage2,stage3", teacher_layers="1,2"),
         zoo_spec("resnet20"),
         zoo_spec("resnet56"),
     )
@@ -158,7 +157,7 @@ def test_options_errors_and_defaults():
 
 
 def test_training_steps_decrease_the_loss(batch):
-    losses = method_training_losses(KDSVD, {"connector": "always"}, batch, lr=0.05, scale=10.0)
+    losses = training_losses(KDSVD(connector="always"), batch, lr=0.05, scale=10.0)
     assert losses[-1] < 0.7 * losses[0], losses
 
 

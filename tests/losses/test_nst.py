@@ -10,8 +10,9 @@ from hf_distill.losses.maps import parse_selectors
 from hf_distill.losses.nst import NST, nst_loss
 from tests.losses._common import (
     built,
+    cifar_teacher,
     np_block_pool,
-    teacher_map_losses,
+    training_losses,
     zoo_spec,
 )
 
@@ -117,8 +118,6 @@ def test_layer_count_mismatch_is_a_clear_error():
 # -- 4. a few real training steps ---------------------------------------------------------------------------------
 def test_training_steps_decrease_loss(train_batch):
     # the objective would scale it by the default weight 50: step on that scale
-    losses = teacher_map_losses(
-        NST(), train_batch["pixel_values"], "nst", 0.05, STEP, scale=NST.default_weight, init_stage=False
-    )
+    losses = training_losses(NST(), train_batch, 0.05, steps=8, teacher=cifar_teacher(), final=False)
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.8 * losses[0], losses

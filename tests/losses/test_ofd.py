@@ -10,11 +10,11 @@ from hf_distill.models.batchnorm import batchnorm_affine, batchnorm_before_maps
 from hf_distill.trainer import build_distillation_model
 from tests.losses._common import (
     ZOO_PAIRS,
-    build_method,
+    built,
     check_resume_restores_method,
     features_spec,
     np_block_pool,
-    sgd_losses,
+    training_losses,
     zoo_model,
     zoo_spec,
 )
@@ -97,7 +97,7 @@ def _specs_with_bn():
 
 def test_method_reads_margins_from_the_spec_and_matches_a_reference():
     s_spec, t_spec = _specs_with_bn()
-    m = build_method(OFD, {}, s_spec, t_spec).double().train()
+    m = built(OFD(), s_spec, t_spec).double().train()
     for got, name in zip(m.margins(), ("a", "b")):
         assert torch.allclose(got.float(), ofd_margin(*t_spec.batchnorm[name]))
     g = torch.Generator().manual_seed(0)
@@ -120,7 +120,7 @@ def test_method_reads_margins_from_the_spec_and_matches_a_reference():
 
 def test_gradients_reach_student_and_connectors_not_the_teacher():
     s_spec, t_spec = _specs_with_bn()
-    m = build_method(OFD, {}, s_spec, t_spec).double()
+    m = built(OFD(), s_spec, t_spec).double()
     fs = {k: torch.randn(2, *v, dtype=torch.double, requires_grad=True) for k, v in s_spec.maps.items()}
     ft = {k: torch.randn(2, *v, dtype=torch.double, requires_grad=True) for k, v in t_spec.maps.items()}
     m(Features(maps=fs), Features(maps=ft), STEP)["ofd"].backward()
@@ -134,16 +134,17 @@ def test_missing_batchnorm_is_one_clear_error():
     s_spec, t_spec = _specs_with_bn()
     bare = FeatureSpec(names=t_spec.names, maps=t_spec.maps, batchnorm={"a": t_spec.batchnorm["a"]})
     with pytest.raises(ValueError, match=r"teacher's layer 'b' has none.*--ofd-teacher-layers"):
-        build_method(OFD, {}, s_spec, bare)
+        built(OFD(), s_spec, bare)
 
 
 def _zoo_teacher_spec(arch: str) -> FeatureSpec:
     """The spec the trainer's dry run gives a zoo teacher for OFD: pre-activation maps and their BatchNorms."""
-    from hf_distill.models.taps import TapRequest, feature_tap
+    from hf_distill.features import FeatureNeeds
+    from hf_distill.models.taps import feature_tap
 
     model = zoo_model(arch).eval()
     tap = feature_tap(model)
-    req = TapRequest(logits=False, maps=tuple(tap.names), preact=True)
+    req = FeatureNeeds(logits=False, maps=tuple(tap.names), preact=True)
     f, bns = batchnorm_before_maps(model, lambda: tap(model, torch.randn(2, 3, 32, 32), req))
     spec = features_spec(tap.names, f)
     return FeatureSpec(
@@ -154,7 +155,7 @@ def _zoo_teacher_spec(arch: str) -> FeatureSpec:
 @pytest.mark.parametrize("teacher, student", ZOO_PAIRS)
 def test_zoo_pairs(teacher, student):
     s_spec, t_spec = zoo_spec(student), _zoo_teacher_spec(teacher)
-    m = build_method(OFD, {}, s_spec, t_spec)
+    m = built(OFD(), s_spec, t_spec)
     for conn, sn, tn in zip(m.connectors, m.student_layer_names, m.teacher_layer_names):
         assert (conn[0].in_channels, conn[0].out_channels) == (s_spec.maps[sn][0], t_spec.maps[tn][0])
     s = Features(maps={n: torch.randn(2, *s_spec.maps[n], requires_grad=True) for n in m.student_layer_names})
@@ -249,28 +250,7 @@ def test_options_and_defaults():
 
 
 def test_training_steps_decrease_the_loss(batch):
-    from hf_distill.models.taps import TapRequest, feature_tap
-
-    teacher = zoo_model("resnet20", seed=1).eval().requires_grad_(False)
-    student = zoo_model("resnet8", seed=0)
-    x = batch["pixel_values"]
-    obj = _ofd_objective()
-    build_distillation_model(student, teacher, obj)
-    m = obj.methods["ofd"]
-    t_tap, s_tap = feature_tap(teacher), feature_tap(student)
-    with torch.no_grad():
-        tf = t_tap(
-            teacher.train(), x, TapRequest(logits=False, maps=tuple(m.teacher_layer_names), preact=True)
-        )
-    req = TapRequest(logits=False, maps=tuple(m.student_layer_names), preact=True)
-    student.train()
-    losses = sgd_losses(
-        lambda: m(s_tap(student, x, req), tf, StepInfo(labels=batch["labels"]))["ofd"],
-        list(student.parameters()) + list(m.parameters()),
-        steps=6,
-        lr=0.01,
-        scale=1e-3,
-    )
+    losses = training_losses(OFD(), batch, 0.01, scale=1e-3, terms=("ofd",))
     # the summed partial L2 of a random student is large and falls steadily at the reference's weight
     assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.9 * losses[0], losses
 

@@ -5,10 +5,10 @@ import torch
 from hf_distill.losses import Features, FeatureSpec, StepInfo, resolve_objective
 from hf_distill.losses.pkt import PKT, cosine_conditional_probs, pkt_loss
 from tests.losses._common import (
-    build_method,
+    built,
     check_gather_matches_full_batch,
-    method_training_losses,
     random_features,
+    training_losses,
     zoo_spec,
 )
 
@@ -63,7 +63,7 @@ def test_gradcheck_and_gradient_only_to_student():
 
 def test_embeddings_match_the_reference():
     s_spec, t_spec = zoo_spec("shufflenetv2"), zoo_spec("resnet32x4")  # a cross-architecture pair
-    m = build_method(PKT, {}, s_spec, t_spec)
+    m = built(PKT(), s_spec, t_spec)
     fs, ft = random_features(s_spec, 4), random_features(t_spec, 4, seed=1)
     loss = m(fs, ft, STEP)["pkt"]
     assert loss.item() == pytest.approx(
@@ -82,8 +82,8 @@ def test_defaults_and_validation():
 def test_gather_single_process_equals_local():
     s_spec, t_spec = FeatureSpec(names=(), embedding=(3,)), FeatureSpec(names=(), embedding=(5,))
     fs, ft = Features(embedding=torch.randn(4, 3)), Features(embedding=torch.randn(4, 5))
-    a = build_method(PKT, {"gather": True}, s_spec, t_spec)(fs, ft, STEP)["pkt"]
-    b = build_method(PKT, {"gather": False}, s_spec, t_spec)(fs, ft, STEP)["pkt"]
+    a = built(PKT(gather=True), s_spec, t_spec)(fs, ft, STEP)["pkt"]
+    b = built(PKT(gather=False), s_spec, t_spec)(fs, ft, STEP)["pkt"]
     assert torch.equal(a, b)
 
 
@@ -94,5 +94,5 @@ def test_gather_two_processes_equals_full_batch():
 
 
 def test_training_steps_decrease_the_loss(batch):
-    losses = method_training_losses(PKT, {}, batch, lr=0.01)
+    losses = training_losses(PKT(), batch, lr=0.01)
     assert losses[-1] < 0.5 * losses[0], losses

@@ -7,11 +7,11 @@ from hf_distill.losses import Features, FeatureSpec, StepInfo, resolve_objective
 from hf_distill.losses.reviewkd import ReviewKD, hcl_loss
 from tests.losses._common import (
     ZOO_PAIRS,
-    build_method,
+    built,
     check_resume_restores_method,
-    method_training_losses,
     np_block_pool,
     random_features,
+    training_losses,
     zoo_spec,
 )
 
@@ -83,7 +83,7 @@ def _small_specs():
 
 def test_method_value_matches_an_explicit_reference():
     s_spec, t_spec = _small_specs()
-    m = build_method(ReviewKD, {}, s_spec, t_spec).double().train()
+    m = built(ReviewKD(), s_spec, t_spec).double().train()
     assert [f.attention is not None for f in m.fusions] == [True, True, False]
     assert [f.reduce[0].out_channels for f in m.fusions] == [6, 6, 6]  # min(512, deepest student width)
     fs, ft = random_features(s_spec, 3), random_features(t_spec, 3, seed=1, relu=False)
@@ -104,7 +104,7 @@ def test_method_value_matches_an_explicit_reference():
 
 def test_without_the_embedding_level():
     s_spec, t_spec = _small_specs()
-    m = build_method(ReviewKD, {"use_embedding": False}, s_spec, t_spec).double()
+    m = built(ReviewKD(use_embedding=False), s_spec, t_spec).double()
     assert (
         len(m.fusions) == 2 and m.fusions[-1].attention is None and m.fusions[0].reduce[0].out_channels == 5
     )
@@ -113,7 +113,7 @@ def test_without_the_embedding_level():
 
 def test_gradients_reach_student_levels_and_every_fusion_part_not_the_teacher():
     s_spec, t_spec = _small_specs()
-    m = build_method(ReviewKD, {}, s_spec, t_spec).double()
+    m = built(ReviewKD(), s_spec, t_spec).double()
     fs, ft = random_features(s_spec, 2), random_features(t_spec, 2, seed=1)
     fs = Features(
         maps={k: v.double().requires_grad_(True) for k, v in fs.maps.items()},
@@ -131,7 +131,7 @@ def test_gradients_reach_student_levels_and_every_fusion_part_not_the_teacher():
 @pytest.mark.parametrize("teacher, student", ZOO_PAIRS)
 def test_zoo_pairs(teacher, student):
     s_spec, t_spec = zoo_spec(student), zoo_spec(teacher)
-    m = build_method(ReviewKD, {}, s_spec, t_spec)
+    m = built(ReviewKD(), s_spec, t_spec)
     levels = len(m.student_layer_names) + 1
     assert len(m.fusions) == levels
     t_shapes = [t_spec.maps[n] for n in m.teacher_layer_names] + [(t_spec.embedding[0], 1, 1)]
@@ -149,9 +149,9 @@ def test_zoo_pairs(teacher, student):
 def test_options_errors_and_defaults():
     tokens = FeatureSpec(names=("h0", "h1"), maps={"h1": (5, 8)}, embedding=(8,))
     with pytest.raises(ValueError, match=r"convolutional \(C, H, W\)"):
-        build_method(ReviewKD, {}, tokens, tokens)
+        built(ReviewKD(), tokens, tokens)
     with pytest.raises(ValueError, match="--reviewkd-student-layers / --reviewkd-teacher-layers"):
-        build_method(ReviewKD, {}, zoo_spec("resnet20"), zoo_spec("vgg13"))
+        built(ReviewKD(), zoo_spec("resnet20"), zoo_spec("vgg13"))
     for bad in ({"warmup_epochs": -1}, {"warmup_granularity": "x"}):
         with pytest.raises(ValueError, match="reviewkd"):
             ReviewKD(**bad)
@@ -170,7 +170,7 @@ def test_options_errors_and_defaults():
 
 def test_training_steps_decrease_the_loss(batch):
     kw = {"warmup_epochs": 0}
-    losses = method_training_losses(ReviewKD, kw, batch, lr=0.05)
+    losses = training_losses(ReviewKD(**kw), batch, lr=0.05)
     assert losses[-1] < 0.8 * losses[0], losses
 
 

@@ -8,10 +8,10 @@ import torch
 from hf_distill.losses import Features, FeatureSpec, StepInfo, resolve_objective
 from hf_distill.losses.rkd import RKD, pairwise_distances, rkd_loss
 from tests.losses._common import (
-    build_method,
+    built,
     check_gather_matches_full_batch,
-    method_training_losses,
     random_features,
+    training_losses,
     zoo_spec,
 )
 
@@ -81,12 +81,12 @@ def test_method_terms_are_sub_weighted():
     s_spec, t_spec = FeatureSpec(names=(), embedding=(3,)), FeatureSpec(names=(), embedding=(5,))
     fs, ft = torch.randn(4, 3), torch.randn(4, 5)
     d, a = rkd_loss(fs, ft)
-    out = build_method(RKD, {}, s_spec, t_spec)(Features(embedding=fs), Features(embedding=ft), STEP)
+    out = built(RKD(), s_spec, t_spec)(Features(embedding=fs), Features(embedding=ft), STEP)
     assert set(out) == {"rkd_dist", "rkd_angle"}
     assert out["rkd_dist"].item() == pytest.approx(25 * d.item()) and out[
         "rkd_angle"
     ].item() == pytest.approx(50 * a.item())
-    out = build_method(RKD, {"w_dist": 1.0, "w_angle": 2.0}, s_spec, t_spec)(
+    out = built(RKD(w_dist=1.0, w_angle=2.0), s_spec, t_spec)(
         Features(embedding=fs), Features(embedding=ft), STEP
     )
     assert out["rkd_angle"].item() == pytest.approx(2 * a.item())
@@ -133,8 +133,8 @@ def test_defaults_and_validation():
 def test_gather_single_process_equals_local():
     s_spec, t_spec = zoo_spec("resnet20"), zoo_spec("resnet56")
     fs, ft = random_features(s_spec, 4), random_features(t_spec, 4, seed=1)
-    a = build_method(RKD, {"gather": True}, s_spec, t_spec)(fs, ft, STEP)
-    b = build_method(RKD, {"gather": False}, s_spec, t_spec)(fs, ft, STEP)
+    a = built(RKD(gather=True), s_spec, t_spec)(fs, ft, STEP)
+    b = built(RKD(gather=False), s_spec, t_spec)(fs, ft, STEP)
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 
@@ -145,5 +145,5 @@ def test_gather_two_processes_equals_full_batch():
 
 
 def test_training_steps_decrease_the_loss(batch):
-    losses = method_training_losses(RKD, {}, batch, lr=0.005, steps=4)
+    losses = training_losses(RKD(), batch, lr=0.005, steps=4)
     assert losses[-1] < 0.7 * losses[0], losses

@@ -11,16 +11,20 @@ from hf_distill.losses.cskd import CSKD
 from hf_distill.losses.dkd import DKD, dkd_loss
 from hf_distill.losses.kd import kd_loss
 from hf_distill.losses.skd import SKD, LearningSimplifier
-from tests.losses._common import distill_trainer, train_losses, train_split, trainer_args
+from tests.losses._common import (
+    built,
+    cifar_teacher,
+    distill_trainer,
+    train_split,
+    trainer_args,
+    training_losses,
+)
 
 SPEC = FeatureSpec(names=("stem",), logits=(10,))
 
 
 def _built(**kw) -> SKD:
-    m = SKD(**kw)
-    m.resolve_layers(SPEC.names, SPEC.names)
-    m.build(SPEC, SPEC, None)
-    return m
+    return built(SKD(**kw), SPEC, SPEC)
 
 
 def _simplify_by_hand(m: SKD, z_t: torch.Tensor) -> torch.Tensor:
@@ -205,9 +209,9 @@ def test_skd_cli_flags_and_weights():
     )
 
 
-def test_skd_training_steps_decrease_the_loss():
+def test_skd_training_steps_decrease_the_loss(batch):
     m = SKD(gate_init=0.1)
-    losses = train_losses(m, steps=6, lr=0.02)
+    losses = training_losses(m, batch, 0.02, teacher=cifar_teacher("resnet14", seed=1), scale=1.0)
     assert losses[-1] < 0.8 * losses[0], losses
     assert m.simplifier.gate.item() != pytest.approx(0.1)  # the simplifier was trained too
 

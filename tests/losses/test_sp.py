@@ -5,10 +5,10 @@ import torch
 from hf_distill.losses import Features, FeatureSpec, StepInfo, resolve_objective
 from hf_distill.losses.sp import SP, similarity_matrix, sp_loss
 from tests.losses._common import (
-    build_method,
+    built,
     check_gather_matches_full_batch,
-    method_training_losses,
     random_features,
+    training_losses,
     zoo_spec,
 )
 
@@ -59,7 +59,7 @@ def test_gradcheck_and_gradient_only_to_student():
 
 def test_last_maps_match_the_reference():
     s_spec, t_spec = zoo_spec("shufflenetv2"), zoo_spec("resnet32x4")  # a cross-architecture pair
-    m = build_method(SP, {}, s_spec, t_spec)
+    m = built(SP(), s_spec, t_spec)
     assert m.student_layer_names == [s_spec.names[-1]] and m.teacher_layer_names == [t_spec.names[-1]]
     fs, ft = random_features(s_spec, 4), random_features(t_spec, 4, seed=1)
     loss = m(fs, ft, STEP)["sp"]
@@ -70,12 +70,12 @@ def test_last_maps_match_the_reference():
 def test_layer_selection_and_errors():
     s_spec, t_spec = zoo_spec("resnet20"), zoo_spec("vgg13")
     with pytest.raises(ValueError, match=r"--sp-student-layers / --sp-teacher-layers"):
-        build_method(SP, {"student_layers": "stages"}, s_spec, t_spec)
-    m = build_method(SP, {"student_layers": "stage2,stage3", "teacher_layers": "2,-1"}, s_spec, t_spec)
+        built(SP(student_layers="stages"), s_spec, t_spec)
+    m = built(SP(student_layers="stage2,stage3", teacher_layers="2,-1"), s_spec, t_spec)
     assert m.teacher_layer_names == ["stage2", "stage4"]
     # token maps (B, N, D) work too: the Gram matrix only needs a batch dimension
     tokens = FeatureSpec(names=("h0", "h1"), maps={"h1": (5, 8)})
-    m = build_method(SP, {}, tokens, tokens)
+    m = built(SP(), tokens, tokens)
     f = random_features(tokens, 4)
     assert m(f, Features(maps=f.maps), STEP)["sp"].item() == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="layer_reduction"):
@@ -96,8 +96,8 @@ def test_defaults():
 def test_gather_single_process_equals_local():
     s_spec, t_spec = zoo_spec("resnet20"), zoo_spec("resnet56")
     fs, ft = random_features(s_spec, 4), random_features(t_spec, 4, seed=1)
-    a = build_method(SP, {"gather": True}, s_spec, t_spec)(fs, ft, STEP)["sp"]
-    b = build_method(SP, {"gather": False}, s_spec, t_spec)(fs, ft, STEP)["sp"]
+    a = built(SP(gather=True), s_spec, t_spec)(fs, ft, STEP)["sp"]
+    b = built(SP(gather=False), s_spec, t_spec)(fs, ft, STEP)["sp"]
     assert torch.equal(a, b)
 
 
@@ -109,5 +109,5 @@ def test_gather_two_processes_equals_full_batch():
 
 
 def test_training_steps_decrease_the_loss(batch):
-    losses = method_training_losses(SP, {}, batch, lr=0.01, steps=4)
+    losses = training_losses(SP(), batch, lr=0.01, steps=4)
     assert losses[-1] < 0.5 * losses[0], losses

@@ -7,7 +7,7 @@ from torch import nn
 
 from hf_distill.losses import Features, FeatureSpec, StepInfo, resolve_objective
 from hf_distill.losses.vid import VID, VIDHead, vid_nll
-from tests.losses._common import build_method, method_training_losses, random_features, zoo_spec
+from tests.losses._common import built, random_features, training_losses, zoo_spec
 
 STEP = StepInfo(labels=torch.zeros(2, dtype=torch.long))
 
@@ -48,7 +48,7 @@ def test_head_structure_and_initial_variance():
 def test_method_value_matches_numpy_with_pooling_and_layer_sum():
     s_spec = FeatureSpec(names=("stem", "a", "b"), maps={"a": (2, 4, 4), "b": (3, 2, 2)})
     t_spec = FeatureSpec(names=("stem", "a", "b"), maps={"a": (3, 2, 2), "b": (4, 2, 2)})
-    m = build_method(VID, {}, s_spec, t_spec).double()
+    m = built(VID(), s_spec, t_spec).double()
     fs = random_features(s_spec, 2)
     ft = random_features(t_spec, 2, seed=1)
     fs = Features(maps={k: v.double() for k, v in fs.maps.items()})
@@ -63,7 +63,7 @@ def test_method_value_matches_numpy_with_pooling_and_layer_sum():
         total += np.mean(0.5 * ((ft.maps[name].numpy() - mu) ** 2 / v + np.log(v)))
     got = m(fs, ft, STEP)["vid"]
     assert got.item() == pytest.approx(total, rel=1e-10)
-    m2 = build_method(VID, {"layer_reduction": "mean"}, s_spec, t_spec).double()
+    m2 = built(VID(layer_reduction="mean"), s_spec, t_spec).double()
     m2.load_state_dict(m.state_dict())
     assert m2(fs, ft, STEP)["vid"].item() == pytest.approx(total / 2, rel=1e-10)
 
@@ -71,7 +71,7 @@ def test_method_value_matches_numpy_with_pooling_and_layer_sum():
 def test_gradients_reach_student_regressor_and_variance_not_teacher():
     s_spec = FeatureSpec(names=("stem", "a"), maps={"a": (2, 2, 2)})
     t_spec = FeatureSpec(names=("stem", "a"), maps={"a": (3, 2, 2)})
-    m = build_method(VID, {}, s_spec, t_spec).double()
+    m = built(VID(), s_spec, t_spec).double()
     fs = torch.rand(2, 2, 2, 2, dtype=torch.double, requires_grad=True)
     ft = torch.rand(2, 3, 2, 2, dtype=torch.double)
 
@@ -92,7 +92,7 @@ def test_gradients_reach_student_regressor_and_variance_not_teacher():
 
 def test_heads_map_student_channels_to_the_teachers():
     s_spec, t_spec = zoo_spec("shufflenetv2"), zoo_spec("resnet32x4")  # a cross-architecture pair
-    m = build_method(VID, {}, s_spec, t_spec)
+    m = built(VID(), s_spec, t_spec)
     assert len(m.heads) == len(s_spec.names) - 1
     for head, sn, tn in zip(m.heads, m.student_layer_names, m.teacher_layer_names):
         assert head.regressor[0].in_channels == s_spec.maps[sn][0]
@@ -103,10 +103,10 @@ def test_heads_map_student_channels_to_the_teachers():
 
 def test_errors_and_defaults():
     with pytest.raises(ValueError, match="--vid-student-layers / --vid-teacher-layers"):
-        build_method(VID, {}, zoo_spec("resnet20"), zoo_spec("vgg13"))
+        built(VID(), zoo_spec("resnet20"), zoo_spec("vgg13"))
     tokens = FeatureSpec(names=("h0", "h1"), maps={"h1": (5, 8)})
     with pytest.raises(ValueError, match=r"convolutional \(C, H, W\)"):
-        build_method(VID, {}, tokens, tokens)
+        built(VID(), tokens, tokens)
     with pytest.raises(ValueError, match="init_pred_var"):
         VID(init_pred_var=0.0)
     spec = resolve_objective("vid")
@@ -123,5 +123,5 @@ def test_errors_and_defaults():
 def test_training_steps_decrease_the_loss(batch):
     # the loss starts dominated by 0.5 * log(init variance 5) per map and the variance shrinks slowly: expect a
     # steady (monotone) decrease rather than a large one over a few steps
-    losses = method_training_losses(VID, {}, batch, lr=0.1)
+    losses = training_losses(VID(), batch, lr=0.1)
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
