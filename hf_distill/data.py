@@ -1,4 +1,6 @@
-"""Image-classification data for distillation: loading, column detection, transforms, row index, collator.
+"""Image-classification data for distillation: loading, column detection, transforms, row index, collator. The
+file is longer than 500 lines because loading, split carving, the undecodable-image checks and the seeded dataset all
+apply the column conventions defined at its top, kept together so that one reading shows what happens to a row.
 
 A batch leaving the collator is ``{"pixel_values": (B,3,H,W) float, "labels": (B,) long, "index": (B,) long}``;
 ``index`` is the row of the sample in the (sub-sampled) training set, which memory-bank methods (CRD) need.

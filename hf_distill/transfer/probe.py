@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import collate
+from ..features import FeatureNeeds
 from ..hub.processor import model_input_spec
 from ..models.loading import load_model, zoo_architecture
 from ..models.normalization import InputSpec
-from ..models.taps import TapRequest, feature_tap
+from ..models.taps import feature_tap
 from .data import TransferData, prepare
 from .result import LINEAR_PROBE, TransferError, TransferResult, evaluation_of
 
@@ -90,7 +91,7 @@ def extract_features(
     for batch in loader:
         try:
             emb = tap(
-                model, batch["pixel_values"].to(dev), TapRequest(logits=False, embedding=True)
+                model, batch["pixel_values"].to(dev), FeatureNeeds(logits=False, embedding=True)
             ).embedding
         except ValueError as e:
             raise TransferError(f"{model_ref!r} has no penultimate feature to transfer: {e}") from None
