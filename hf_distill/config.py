@@ -100,6 +100,10 @@ class DistillArguments:
         default=False,
         metadata={"help": "Channels-last memory format for both networks (faster on recent GPUs)."},
     )
+    baseline: bool = field(
+        default=False,
+        metadata={"help": "Also train the student without distillation (no teacher) and report the gain."},
+    )
     config: str | None = field(default=None, metadata={"help": "YAML/JSON file with any of these arguments."})
 
     def weights(self) -> list[float] | None:

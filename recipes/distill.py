@@ -3,6 +3,7 @@
 
     python recipes/distill.py                      # embedded default: CIFAR-10 subset, resnet56 -> resnet20, KD
     python recipes/distill.py --method crd_kd      # another method on the same default
+    python recipes/distill.py --baseline           # also train the student alone (no teacher) and print the gain
     accelerate launch recipes/distill.py --config recipes/configs/cifar100/kd/resnet56_resnet20.yaml
 
 Arguments: the fields of ModelArguments, DataArguments, DistillArguments (hf_distill/config.py) and
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from hf_distill.baseline import baseline_fields, build_baseline, comparison_line, run_baseline
 from hf_distill.cli import LOG_FORMAT, exit_on_bad_input
 from hf_distill.config import parse_args
 from hf_distill.pipeline import build_run
@@ -61,6 +63,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     logging.basicConfig(format=LOG_FORMAT, level=logging.INFO)
     with exit_on_bad_input(ValueError):  # bad input: one readable line, exit status 2, no traceback
         model_args, data_args, distill_args, training_args, method_kwargs = parse_args(argv, DEFAULTS)
+        base = (
+            build_baseline(model_args, data_args, distill_args, training_args)
+            if distill_args.baseline
+            else None
+        )
+    # The baseline trains first, so the distillation run is exactly the one a run without --baseline makes.
+    baseline = baseline_fields(run_baseline(base).metrics) if base is not None else {}
+    del base
+    with exit_on_bad_input(ValueError):
         run = build_run(model_args, data_args, distill_args, training_args, method_kwargs)
     trainer = run.trainer
     trainer.log_objective()
@@ -72,13 +83,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         metrics = trainer.evaluate()
         results.update({k: v for k, v in metrics.items() if "accuracy" in k})
     trainer.save_model()
+    if baseline:
+        from hf_distill.hub.publish import save_hook
+
+        results.update(baseline)
+        save_hook(trainer, **baseline)  # the card again, now with the baseline's entry and the gain
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset=data_args.dataset)
+        trainer.push_to_hub(dataset=data_args.dataset, **baseline)
     if trainer.is_world_process_zero():
         with open(os.path.join(training_args.output_dir, "distill_results.json"), "w") as f:
             json.dump({**results, "objective": trainer.model.objective.describe()}, f, indent=2)
         teacher = results.get("eval_teacher_accuracy")
         student = results.get("eval_accuracy")
+        if distill_args.baseline:
+            print("\n" + comparison_line(teacher, results.get("baseline_accuracy"), student))
         print(
             f"\nteacher accuracy: {teacher if teacher is None else f'{teacher:.4f}'}   "
             f"student accuracy: {student if student is None else f'{student:.4f}'}   "
