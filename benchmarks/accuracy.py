@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -81,6 +82,41 @@ def all_methods() -> list[str]:
     return list(dict.fromkeys([m for m in FIRST_METHODS if m in names] + names))
 
 
+def split_variant(method: str) -> tuple[str, dict[str, str]]:
+    """``"kd[temperature=2,logit_standardization=true]"`` -> ``("kd", {"temperature": "2", ...})``: a method or
+    preset with some hyperparameters changed, benchmarked under that full name (values parsed as on the command
+    line)."""
+    base, sep, rest = method.partition("[")
+    if not sep:
+        return method, {}
+    if not rest.endswith("]"):
+        raise ValueError(f"Bad method variant {method!r}: write name[hyperparameter=value,...].")
+    pairs = [p.split("=", 1) for p in rest[:-1].split(",") if p.strip()]
+    if any(len(p) != 2 for p in pairs):
+        raise ValueError(f"Bad method variant {method!r}: write name[hyperparameter=value,...].")
+    return base.strip(), {k.strip(): v.strip() for k, v in pairs}
+
+
+def variant_flags(method: str) -> list[str]:
+    """The ``--<method>-<name> value`` flags of a variant; each hyperparameter goes to every method of the preset
+    that has it.
+
+    Raises:
+        ValueError: a hyperparameter that none of its methods has.
+    """
+    base, changed = split_variant(method)
+    if not changed:
+        return []
+    names = list(resolve_objective(base).methods)
+    flags = []
+    for hp, value in changed.items():
+        owners = [m for m in names if hp in METHODS[m].hyperparameters()]
+        if not owners:
+            raise ValueError(f"{method!r}: none of {', '.join(names)} has a hyperparameter {hp!r}.")
+        flags += [x for m in owners for x in (f"--{m}-{hp}", value)]
+    return flags
+
+
 def _sha(path: Path, chars: int = 16) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -116,7 +152,8 @@ class Cifar10Protocol:
     def method_args(self, method: str) -> dict[str, dict[str, float]]:
         """The epoch-valued hyperparameters of ``method`` scaled to this budget (the rest stay at default)."""
         out: dict[str, dict[str, float]] = {}
-        for name in resolve_objective(method).methods if method != BASELINE else []:
+        base = split_variant(method)[0]
+        for name in resolve_objective(base).methods if base != BASELINE else []:
             for hp, default in METHODS[name].hyperparameters().items():
                 if hp in EPOCH_HYPERPARAMETERS and isinstance(default, (int, float)) and default > 0:
                     out.setdefault(name, {})[hp] = round(float(default) * self.epochs / PAPER_EPOCHS, 4)
@@ -127,7 +164,7 @@ class Cifar10Protocol:
             "dataset": data_dir,
             "student": self.student,
             "teacher": str(REPO / self.teacher),
-            "method": method,
+            "method": split_variant(method)[0],
             "num_train_epochs": self.epochs,
             "per_device_train_batch_size": self.batch_size,
             "per_device_eval_batch_size": 256,
@@ -139,11 +176,12 @@ class Cifar10Protocol:
             "seed": seed,
             "output_dir": output_dir,
             "dataloader_num_workers": 0,
+            "dataloader_pin_memory": torch.cuda.is_available(),
         }
         argv = [x for k, v in args.items() for x in (f"--{k}", str(v))]
         if self.method_args(method):
             argv += ["--method_args", json.dumps(self.method_args(method))]
-        return argv + QUIET
+        return argv + QUIET + variant_flags(method)
 
 
 @dataclass(frozen=True)
@@ -175,18 +213,19 @@ class Cifar100Protocol:
         return hashlib.sha256(json.dumps(self.definition(), sort_keys=True).encode()).hexdigest()[:12]
 
     def argv(self, method: str, seed: int, data_dir: str | None, output_dir: str) -> list[str]:
-        cfg, extra = self.config(method)
+        base = split_variant(method)[0]
+        cfg, extra = self.config(base)
         argv = ["--config", str(cfg), *extra, "--seed", str(seed), "--output_dir", output_dir]
-        if self.teacher and method != BASELINE:
+        if self.teacher and base != BASELINE:
             argv += ["--teacher", self.teacher]
         if data_dir:
             argv += ["--dataset", data_dir]
-        return argv + QUIET
+        return argv + QUIET + variant_flags(method)
 
 
-#: no checkpoints, no per-epoch evaluation, little logging: one evaluation after training
+#: no checkpoints, no per-epoch evaluation, the loss logged once an epoch (progress): one evaluation after training
 QUIET = [
-    "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "1000000", "--report_to", "none",
+    "--eval_strategy", "no", "--save_strategy", "no", "--logging_strategy", "epoch", "--report_to", "none",
     "--disable_tqdm", "true",
 ]  # fmt: skip
 
@@ -329,7 +368,7 @@ def run_one(job: Job, method: str, seed: int) -> dict[str, Any]:
     """Train ``method`` (``none``: the baseline, which never loads the teacher) with ``seed``; its results row."""
     out = str(job.work_dir / f"{method}-s{seed}")
     model_args, data_args, distill_args, training_args, kwargs = _parse(job, method, seed, out)
-    if method == BASELINE:
+    if split_variant(method)[0] == BASELINE:
         run = build_baseline(model_args, data_args, distill_args, training_args, output_dir=out)
     else:
         run = build_run(model_args, data_args, distill_args, training_args, kwargs)
@@ -419,7 +458,8 @@ def run_job(job: Job, order: list[tuple[str, int]]) -> None:
 
 # -- command line --------------------------------------------------------------------------------------------------
 def _split(text: str | None) -> list[str]:
-    return [t.strip() for t in (text or "").split(",") if t.strip()]
+    """A comma list; commas inside a variant's brackets (``kd[a=1,b=2]``) do not split."""
+    return [t.strip() for t in re.split(r",(?![^\[]*\])", text or "") if t.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -428,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="CIFAR-10: folder with train/test.parquet "
                    "(default ../shared/data/cifar10 beside the repository); CIFAR-100: dataset path or Hub id.")  # fmt: skip
     p.add_argument("--results", default=None, help="Results file (default benchmarks/results/<mode>.jsonl).")
-    p.add_argument("--methods", default=None, help="Comma list (default: every method and preset).")
+    p.add_argument("--methods", default=None, help="Comma list (default: every method and preset); a variant "
+                   "with changed hyperparameters as name[hp=value,...], e.g. 'kd[temperature=2]'.")  # fmt: skip
     p.add_argument("--seeds", default="0,1,2", help="Seeds of the baseline and the main methods.")
     p.add_argument("--other_seeds", default="0", help="Seeds of the other methods, run after the main ones.")
     p.add_argument("--threads", type=int, default=2, help="torch threads (the README's figures: 2).")
@@ -479,8 +520,9 @@ def main(argv: list[str] | None = None) -> None:
             return
         methods = _split(a.methods) or all_methods()
         for m in methods:
-            if m != BASELINE:
-                resolve_objective(m)  # an unknown name fails here, before any training
+            if split_variant(m)[0] != BASELINE:
+                variant_flags(m)  # an unknown name or hyperparameter fails here, before any training
+                resolve_objective(split_variant(m)[0])
         job = make_job(a)
         seeds = [int(s) for s in _split(a.seeds)]
     logging.getLogger("transformers").setLevel(logging.WARNING)

@@ -7,13 +7,14 @@ Only rows of the current protocol (hash) and code version enter the table; the o
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.accuracy import BASELINE, TEACHER, code_version, read_rows
+from benchmarks.accuracy import BASELINE, REPO, TEACHER, code_version, read_rows
 
 START = "<!-- results-table:start -->\n"
 END = "<!-- results-table:end -->"
@@ -40,6 +41,15 @@ class MethodStats:
     @property
     def std(self) -> float | None:
         return statistics.stdev(self.top1) if self.n > 1 else None
+
+
+def published_top1(method: str, pair: str = "resnet56_resnet20") -> str:
+    """The published CIFAR-100 top-1 of ``method`` for ``pair``, read from the header of its benchmark config."""
+    path = REPO / "recipes" / "configs" / "cifar100" / method / f"{pair}.yaml"
+    if not path.exists():
+        return "–"
+    m = re.search(r"Published top-1: ([0-9.]+)", path.read_text(encoding="utf-8"))
+    return m.group(1) if m else "–"
 
 
 def select(rows: list[dict[str, Any]], protocol_hash: str, version: str) -> tuple[list[dict], list[dict]]:
@@ -100,12 +110,12 @@ def render_table(rows: list[dict[str, Any]], protocol_hash: str, version: str, b
         f"Protocol `{protocol_hash}`, code version `{version}`: {len(mine)} runs.",
         "",
         "| method | seeds | top-1 % (mean ± std) | gain vs baseline (points) | verdict | top-5 % | train min | "
-        "init stage min |",
-        "|---|---|---|---|---|---|---|---|",
+        "init stage min | published CIFAR-100 top-1 (resnet56→resnet20) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     if teacher:
         lines.append(f"| teacher (resnet56) | – | {_pct(teacher[0]['top1'])} | – | – | {_pct(teacher[0].get('top5'))} "
-                     "| – | – |")  # fmt: skip
+                     "| – | – | 72.34 |")  # fmt: skip
     order = sorted(stats.values(), key=lambda s: (s.method != BASELINE, -s.mean, s.method))
     for s in order:
         std = f" ± {100 * s.std:.2f}" if s.std is not None else ""
@@ -115,8 +125,17 @@ def render_table(rows: list[dict[str, Any]], protocol_hash: str, version: str, b
         lines.append(
             f"| {name} | {s.n} | {_pct(s.mean)}{std} | {gain} | {'' if s is base else verdict(s, base)} | "
             f"{_pct(statistics.fmean(s.top5))} | {statistics.fmean(s.train_seconds) / 60:.1f} | "
-            f"{init:.1f} |"
+            f"{init:.1f} | {published_top1(s.method)} |"
         )
+    verdicts: dict[str, list[str]] = defaultdict(list)
+    for s in order:
+        if s is not base and base is not None:
+            v = verdict(s, base).replace("*", "")
+            verdicts["ahead of the baseline" if v == "ahead" else "behind it" if v == "behind" else
+                     "within seed noise of it" if v == "within noise" else "single seed so far"].append(f"`{s.method}`")  # fmt: skip
+    if verdicts:
+        lines += ["", "; ".join(f"{k.capitalize() if i == 0 else k}: {', '.join(v)}" for i, (k, v) in
+                                 enumerate(verdicts.items())) + "."]  # fmt: skip
     if other or bad_lines:
         kinds = sorted({(r.get("protocol_hash"), r.get("code_version")) for r in other}, key=str)
         apart = ", ".join(f"protocol `{p}` / code `{v}`" for p, v in kinds)

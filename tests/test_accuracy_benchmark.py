@@ -8,6 +8,7 @@ import pytest
 
 from benchmarks import accuracy
 from benchmarks.accuracy_report import END, START, readme_block, render_table, write_report
+from hf_distill.config import parse_args
 from hf_distill.losses import METHODS, PRESETS
 from tests.conftest import REPO
 
@@ -45,6 +46,7 @@ def test_table_keeps_other_versions_and_partial_lines_apart(tmp_path):
     assert "| 3 | 72.10 ± 0.10 | +2.00 | **ahead** |" in kd
     dkd = next(ln for ln in table.splitlines() if ln.startswith("| `dkd`"))
     assert "| 1 | 69.00 | -1.10 | 1 seed: behind (unresolved) |" in dkd
+    assert "Ahead of the baseline: `kd`; single seed so far: `dkd`." in table
 
 
 def test_report_refuses_a_file_of_another_version(tmp_path):
@@ -121,3 +123,20 @@ def test_unknown_method_is_one_line(capsys):
         accuracy.main(["--methods", "kd,nosuch", "--dataset", "/nonexistent"])
     assert e.value.code == 2
     assert "nosuch" in capsys.readouterr().err
+
+
+def test_method_variants_run_by_name():
+    assert accuracy._split("none,kd[temperature=2,ce_weight_x=1],dkd") == [
+        "none",
+        "kd[temperature=2,ce_weight_x=1]",
+        "dkd",
+    ]
+    assert accuracy.split_variant("kd[temperature=2]") == ("kd", {"temperature": "2"})
+    assert accuracy.variant_flags("crd_kd[temperature=2]") == ["--kd-temperature", "2"]
+    argv = accuracy.Cifar10Protocol().argv("kd[temperature=2]", 0, "d", "o")
+    assert argv[argv.index("--method") + 1] == "kd" and argv[-2:] == ["--kd-temperature", "2"]
+    assert parse_args(argv, {})[4] == {"kd": {"temperature": 2.0}}
+    with pytest.raises(ValueError, match="has a hyperparameter 'nosuch'"):
+        accuracy.variant_flags("kd[nosuch=1]")
+    with pytest.raises(ValueError, match="Bad method variant"):
+        accuracy.split_variant("kd[temperature]")
