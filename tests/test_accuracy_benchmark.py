@@ -140,3 +140,16 @@ def test_method_variants_run_by_name():
         accuracy.variant_flags("kd[nosuch=1]")
     with pytest.raises(ValueError, match="Bad method variant"):
         accuracy.split_variant("kd[temperature]")
+
+
+def test_cifar100_mode_parses_every_method():
+    protocol = accuracy.Cifar100Protocol(teacher="outputs/t")
+    for method in accuracy.all_methods() + ["kd[temperature=2]"]:
+        model_args, data_args, distill_args, training_args, kwargs = parse_args(
+            protocol.argv(method, 1, None, "o"), {}
+        )
+        assert distill_args.method == accuracy.split_variant(method)[0] and training_args.seed == 1
+        assert data_args.dataset == "uoft-cs/cifar100" and training_args.eval_strategy == "no"
+        assert model_args.teacher == ("outputs/t" if method != "none" else None)
+    with pytest.raises(ValueError, match="No CIFAR-100 config for the pair"):
+        accuracy.Cifar100Protocol(pair="nosuch").argv("newmethod", 0, None, "o")
