@@ -1,22 +1,13 @@
 """recipes/distill.py --baseline: the student trained alone next to the distilled one, on a tiny slice."""
 
-import importlib.util
 import json
-
-import pytest
 
 from hf_distill.baseline import build_baseline, comparison_line
 from hf_distill.config import parse_args
-from tests.conftest import REPO
+from tests import test_recipe
 from tests.test_recipe import TINY
 
-
-@pytest.fixture(scope="module")
-def recipe():
-    spec = importlib.util.spec_from_file_location("distill_recipe_b", REPO / "recipes" / "distill.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+recipe = test_recipe.recipe  # the recipe module, as a fixture
 
 
 def test_baseline_run_card_and_summary(recipe, tmp_path, capsys):
