@@ -144,7 +144,8 @@ class Cifar10Protocol:
 
     def definition(self) -> dict[str, Any]:
         weights = REPO / self.teacher / "model.safetensors"
-        return {**dataclasses.asdict(self), "teacher_weights": _sha(weights) if weights.exists() else None}
+        fields = {**dataclasses.asdict(self), "epochs": float(self.epochs)}  # 30 and 30.0: one protocol
+        return {**fields, "teacher_weights": _sha(weights) if weights.exists() else None}
 
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(self.definition(), sort_keys=True).encode()).hexdigest()[:12]

@@ -102,6 +102,7 @@ def test_every_method_and_preset_is_run_and_epoch_hyperparameters_scale():
     assert p.method_args("dkd") == {"dkd": {"warmup_epochs": 2.5}}
     assert p.method_args("ie_kd") == {"iekd": {"init_epochs": 3.75}}
     assert p.hash() != accuracy.Cifar10Protocol(epochs=20).hash()
+    assert p.hash() == accuracy.Cifar10Protocol(epochs=30.0).hash()
     order = accuracy.plan(["none", "kd", "at", "dkd"], [0, 1], [0])
     assert order == [("none", 0), ("none", 1), ("kd", 0), ("kd", 1), ("teacher", 0), ("dkd", 0), ("dkd", 1),
                      ("at", 0), ("at", 1)]  # fmt: skip
