@@ -475,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--other_seeds", default="0", help="Seeds of the other methods, run after the main ones.")
     p.add_argument("--threads", type=int, default=2, help="torch threads (the README's figures: 2).")
     p.add_argument("--epochs", type=float, default=None, help="Override the budget (another protocol hash).")
+    p.add_argument("--per_class", type=int, default=None, help="Training images per class (default 500; "
+                   "another protocol hash), e.g. to find a short configuration where distillation pays.")  # fmt: skip
     p.add_argument("--epoch_curve", default=None, help="Comma list of budgets: run the baseline (and "
                    "--curve_methods) at each, to choose the protocol's budget.")  # fmt: skip
     p.add_argument("--curve_methods", default="none", help="Methods of --epoch_curve.")
@@ -497,7 +499,10 @@ def make_job(a: argparse.Namespace) -> Job:
     if a.mode == "cifar100":
         return Job(Cifar100Protocol(a.pair, a.teacher, a.dataset), a.dataset, results, a.threads, work)
     source = Path(a.dataset) if a.dataset else REPO.parent / "shared" / "data" / "cifar10"
-    protocol = Cifar10Protocol() if a.epochs is None else Cifar10Protocol(epochs=a.epochs)
+    protocol = Cifar10Protocol(
+        epochs=CIFAR10_EPOCHS if a.epochs is None else a.epochs,
+        per_class=500 if a.per_class is None else a.per_class,
+    )
     if not (source / "train.parquet").exists() or not (source / "test.parquet").exists():
         raise ValueError(
             f"{source} has no train.parquet/test.parquet: pass --dataset, a folder with the full CIFAR-10 splits "
