@@ -125,6 +125,10 @@ class DistillArguments:
             "read the teacher's outputs instead of running it."
         },
     )
+    baseline: bool = field(
+        default=False,
+        metadata={"help": "Also train the student without distillation (no teacher) and report the gain."},
+    )
     config: str | None = field(default=None, metadata={"help": "YAML/JSON file with any of these arguments."})
     # How the run treats its output folder and its own failures (recipes/distill.py; see README "Reliability").
     overwrite_output_dir: bool = field(

@@ -3,6 +3,7 @@
 
     python recipes/distill.py                      # embedded default: CIFAR-10 subset, resnet56 -> resnet20, KD
     python recipes/distill.py --method crd_kd      # another method on the same default
+    python recipes/distill.py --baseline           # also train the student alone (no teacher) and print the gain
     accelerate launch recipes/distill.py --config recipes/configs/cifar100/kd/resnet56_resnet20.yaml
 
 Arguments: the fields of ModelArguments, DataArguments, DistillArguments (hf_distill/config.py) and
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 
+from hf_distill.baseline import baseline_fields, build_baseline, comparison_line, run_baseline
 from hf_distill.cli import LOG_FORMAT, exit_on_bad_input
 from hf_distill.config import parse_args
 from hf_distill.guards import guarded_output_dir, warn_if_teacher_at_chance
@@ -75,6 +77,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _distill(model_args, data_args, distill_args, training_args, method_kwargs, resume) -> dict[str, Any]:
+    baseline: dict[str, Any] = {}
+    if distill_args.baseline:
+        # The baseline trains first (never running the teacher), so the distillation run is exactly the one a run
+        # without --baseline makes.
+        base = build_baseline(model_args, data_args, distill_args, training_args)
+        baseline = baseline_fields(run_baseline(base).metrics)
+        del base
     run = build_run(model_args, data_args, distill_args, training_args, method_kwargs)
     trainer = run.trainer
     objective = trainer.model.objective.describe()
@@ -99,8 +108,13 @@ def _distill(model_args, data_args, distill_args, training_args, method_kwargs, 
     if trainer.teacher_cache is not None:
         results.update(trainer.teacher_cache.report())
     trainer.save_model()
+    if baseline:
+        from hf_distill.hub.publish import save_hook
+
+        results.update(baseline)
+        save_hook(trainer, **baseline)  # the card again, now with the baseline's entry and the gain
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset=data_args.dataset)
+        trainer.push_to_hub(dataset=data_args.dataset, **baseline)
     if trainer.is_world_process_zero():
         if run.carved_eval is not None:
             results["validation_split"] = run.carved_eval.as_dict()
@@ -108,6 +122,8 @@ def _distill(model_args, data_args, distill_args, training_args, method_kwargs, 
             json.dump({**results, "objective": objective}, f, indent=2)
         teacher = results.get("eval_teacher_accuracy")
         student = results.get("eval_accuracy")
+        if distill_args.baseline:
+            print("\n" + comparison_line(teacher, results.get("baseline_accuracy"), student))
         print(
             f"\nteacher accuracy: {teacher if teacher is None else f'{teacher:.4f}'}   "
             f"student accuracy: {student if student is None else f'{student:.4f}'}   "
