@@ -22,7 +22,7 @@ Peak memory is the process's peak RSS over the method's run on CPU (reset per ru
 parameters and buffers (heads, memory banks). Writes a markdown table and a JSON file (``--out``).
 
 Speed options (applied to the limit and the trainer alike, so the ratio stays a fair one; compare the images/s
-columns between runs): ``--channels_last``, ``--teacher_bf16`` (teacher weights and input in bfloat16),
+columns between runs): ``--channels_last``, ``--teacher_bf16`` (the teacher's forward under bfloat16 autocast),
 ``--compile`` (``torch.compile`` of student and teacher; limit loop only, the trainer's taps are not compiled).
 """
 
@@ -99,18 +99,19 @@ def load_pair(pair: str, options: Options) -> tuple[nn.Module, nn.Module]:
         if tm is not None:
             tm.pretrained_cfg = {**tm.pretrained_cfg, "input_size": (3, 32, 32)}
     teacher.eval().requires_grad_(False)
-    if options.teacher_bf16:
-        teacher.to(torch.bfloat16)
     if options.channels_last:
         teacher.to(memory_format=torch.channels_last)
         student.to(memory_format=torch.channels_last)
     return teacher, student
 
 
-def _prepare(x: Tensor, options: Options, teacher: bool) -> Tensor:
-    if options.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x.to(torch.bfloat16) if teacher and options.teacher_bf16 else x
+def _prepare(x: Tensor, options: Options) -> Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if options.channels_last else x
+
+
+def teacher_autocast(x: Tensor, options: Options) -> torch.autocast:
+    """bfloat16 autocast of the teacher's forward with ``--teacher_bf16`` (a no-op context otherwise)."""
+    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=options.teacher_bf16)
 
 
 class Limit:
@@ -130,9 +131,9 @@ class Limit:
 
     def step(self, batch: dict[str, Tensor]) -> None:
         x, y = batch["pixel_values"], batch["labels"]
-        with torch.no_grad():
-            self.t_fwd(_prepare(self.adapter(x), self.options, teacher=True))
-        logits = self.s_fwd(_prepare(x, self.options, teacher=False)).logits
+        with torch.no_grad(), teacher_autocast(x, self.options):
+            self.t_fwd(_prepare(self.adapter(x), self.options))
+        logits = self.s_fwd(_prepare(x, self.options)).logits
         nn.functional.cross_entropy(logits, y).backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -178,11 +179,13 @@ class Interleave(TrainerCallback):
 
 
 class OptionsTrainer(DistillationTrainer):
-    """The DistillationTrainer with the teacher's input cast to bfloat16 when the teacher is (``--teacher_bf16``)."""
+    """The DistillationTrainer with the teacher's forward under bfloat16 autocast with ``--teacher_bf16``."""
+
+    options = Options()
 
     def teacher_features(self, pixel_values, request=None):
-        p = next(self.teacher.parameters())
-        return super().teacher_features(pixel_values.to(p.dtype), request)
+        with teacher_autocast(pixel_values, self.options):
+            return super().teacher_features(pixel_values, request)
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -285,6 +288,7 @@ def run_method(pair: str, name: str, args: argparse.Namespace, options: Options,
         report_teacher_accuracy=False,
         channels_last=options.channels_last,
     )
+    trainer.options = options
     trainer.remove_callback(PrinterCallback)
     # main-stage step only: the methods' initialization stages (AB, FT, FSP, IE-KD) are marked done
     trainer.model.init_stage_done.fill_(True)
@@ -405,30 +409,31 @@ def main(argv: list[str] | None = None) -> dict:
         return result
     options = Options(args.channels_last, args.teacher_bf16, args.compile)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    env = environment(device)
-    rows = [
-        asdict(run_method(pair, name, args, options, device))
-        for pair in args.pairs.split(",")
-        for name in args.names
-    ]
-    env["load_after"] = round(os.getloadavg()[0], 1)
     result = {
         "batch_size": args.batch_size,
         "steps": args.steps,
         "warmup": args.warmup,
         "rows_in_training_set": args.rows,
         "options": asdict(options),
-        "environment": env,
-        "rows": rows,
+        "environment": environment(device),
+        "rows": [],
     }
-    table = markdown(result)
-    print(table)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
-        out.with_suffix(".md").write_text(table)
+    for pair in args.pairs.split(","):
+        for name in args.names:
+            result["rows"].append(asdict(run_method(pair, name, args, options, device)))
+            result["environment"]["load_after"] = round(os.getloadavg()[0], 1)
+            save(result, args.out)  # after every method: a long run killed midway keeps what it measured
+    print(markdown(result))
     return result
+
+
+def save(result: dict, out: str | None) -> None:
+    """Write the JSON and, next to it, its markdown (``.md``)."""
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        path.with_suffix(".md").write_text(markdown(result))
 
 
 if __name__ == "__main__":
