@@ -83,6 +83,71 @@ def masked_nce_loss(pos: Tensor, neg: Tensor, neg_mask: Tensor, n_data: int, eps
     return -(log_d1.sum() + log_d0.sum()) / pos.shape[0]
 
 
+class _BankNCE(torch.autograd.Function):
+    """:func:`nce_loss` of anchors scored against constant bank rows; the anchors' gradient is computed in forward.
+
+    CRD updates its bank in place right after the loss, before backward. Computing the gradient while the bank still
+    holds the scored rows spares autograd a copy of the whole bank per step (and the chain of element-wise
+    backward kernels): ``dL/dd_b0 = -c / (B T (x_b0 + c))``, ``dL/dd_bk = x_bk / (B T (x_bk + c))`` for the scores
+    ``d = <memory[i], anchor>``, ``x = exp(d / T) / Z`` and ``c = m Pn + eps``.
+    """
+
+    @staticmethod
+    def forward(ctx, anchor, scores, memory, contrast_idx, z, temperature, n_data, eps):
+        x = scores / z
+        loss = nce_loss(x, n_data, eps)
+        if ctx.needs_input_grad[0]:
+            b, m = x.shape[0], x.shape[1] - 1
+            c = m * (1.0 / float(n_data)) + eps
+            g = x / ((x + c) * (b * temperature))
+            g[:, 0] = -c / ((x[:, 0] + c) * (b * temperature))
+            ctx.save_for_backward(_anchor_grad(g, memory, contrast_idx))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        (grad_anchor,) = ctx.saved_tensors
+        return grad_loss * grad_anchor, None, None, None, None, None, None, None
+
+
+def _anchor_grad(grad_scores: Tensor, memory: Tensor, contrast_idx: Tensor) -> Tensor:
+    """``sum_k grad_scores[b, k] * memory[contrast_idx[b, k]]``, the way :func:`exp_scores` scored them."""
+    b, k1 = contrast_idx.shape
+    if memory.shape[0] <= 8 * k1:  # exp_scores scored every row: the transposed product
+        dense = grad_scores.new_zeros(b, memory.shape[0]).scatter_add_(1, contrast_idx, grad_scores)
+        return dense @ memory
+    rows = memory.index_select(0, contrast_idx.reshape(-1)).view(b, k1, memory.shape[1])
+    return torch.bmm(grad_scores.unsqueeze(1), rows).squeeze(1)
+
+
+def bank_nce_loss(
+    anchor: Tensor,
+    scores: Tensor,
+    memory: Tensor,
+    contrast_idx: Tensor,
+    z: Tensor,
+    temperature: float,
+    n_data: int,
+) -> Tensor:
+    """``nce_loss(scores / z, n_data)`` with the gradient reaching ``anchor`` through ``scores``.
+
+    Args:
+        anchor: (B, D) embeddings (with grad).
+        scores: (B, K+1) ``exp_scores(anchor.detach(), memory, contrast_idx, temperature)``.
+        memory: (n, D) the bank the scores were computed from; it may change in place after this call.
+        contrast_idx: (B, K+1) scored rows; column 0 is the positive.
+        z: the normalization constant.
+        temperature: the NCE temperature.
+        n_data: size of the training set.
+
+    Returns:
+        Scalar loss, equal to :func:`nce_loss` of the normalized scores.
+    """
+    if not (torch.is_grad_enabled() and anchor.requires_grad):
+        return nce_loss(scores / z, n_data)
+    return _BankNCE.apply(anchor, scores, memory.detach(), contrast_idx, z, temperature, n_data, NCE_EPS)
+
+
 @register_method("crd")
 class CRD(DistillationLoss):
     """Contrastive representation distillation with a memory bank of other-class negatives.
@@ -224,10 +289,13 @@ class CRD(DistillationLoss):
         index = step.index.to(device=v_s.device, dtype=torch.long).reshape(-1)
         self.bank.check(index, step.labels)
         contrast = self.bank.sample(index)
-        out_s = exp_scores(v_s, self.bank.memory_t, contrast, self.nce_t)
-        out_t = exp_scores(v_t, self.bank.memory_s, contrast, self.nce_t)
+        # scores without a graph: bank_nce_loss gives the anchors their gradient before the bank moves
+        out_s = exp_scores(v_s.detach(), self.bank.memory_t, contrast, self.nce_t)
+        out_t = exp_scores(v_t.detach(), self.bank.memory_s, contrast, self.nce_t)
         self._set_z(out_s, out_t)
-        loss = nce_loss(out_s / self.z_s, self.num_samples) + nce_loss(out_t / self.z_t, self.num_samples)
+        loss = bank_nce_loss(
+            v_s, out_s, self.bank.memory_t, contrast, self.z_s, self.nce_t, self.num_samples
+        ) + bank_nce_loss(v_t, out_t, self.bank.memory_s, contrast, self.z_t, self.nce_t, self.num_samples)
         if self.training:
             self.bank.update(index, v_s.detach(), v_t.detach())
         return {"crd": loss}

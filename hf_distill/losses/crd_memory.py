@@ -30,7 +30,7 @@ def sample_contrast_indices(
     class_start: Tensor,
     nce_k: int,
     mode: str = "exact",
-    plan: tuple[int, bool, bool] | None = None,
+    plan: tuple[int, int, bool, bool] | None = None,
 ) -> Tensor:
     """Draw the positive and ``nce_k`` negatives of every sample of a batch.
 
@@ -52,7 +52,7 @@ def sample_contrast_indices(
         (B, nce_k + 1) long tensor of row indices; column 0 is the positive.
     """
     n = class_rows.numel()
-    max_others, without_replacement, with_replacement = plan or sampling_plan(class_start, nce_k)
+    max_others, min_others, without_replacement, with_replacement = plan or sampling_plan(class_start, nce_k)
     cls = row_labels[index]
     start = class_start[cls]
     count = class_start[cls + 1] - start
@@ -68,9 +68,11 @@ def sample_contrast_indices(
     slots = None
     if without_replacement:
         # K distinct positions among the `others` rows: the K smallest of uniform keys (a random permutation's
-        # prefix, as numpy's choice without replacement); columns past a sample's own count never win.
+        # prefix, as numpy's choice without replacement); columns past a sample's own count never win. Only the
+        # columns past the smallest count can be out of range, so only they are masked.
         keys = torch.rand(b, max_others, device=dev)
-        keys.masked_fill_(torch.arange(max_others, device=dev) >= others[:, None], 2.0)
+        tail = keys[:, min_others:]
+        tail.masked_fill_(torch.arange(min_others, max_others, device=dev) >= others[:, None], 2.0)
         slots = keys.topk(nce_k, dim=1, largest=False, sorted=False).indices
     if with_replacement:
         # integer draws: exact for any row count (a float draw scaled by the count can round up to it)
@@ -81,7 +83,7 @@ def sample_contrast_indices(
     return torch.cat([positive[:, None], class_rows[slots]], dim=1)
 
 
-def sampling_plan(class_start: Tensor, nce_k: int) -> tuple[int, bool, bool]:
+def sampling_plan(class_start: Tensor, nce_k: int) -> tuple[int, int, bool, bool]:
     """How negatives are drawn for a set of class sizes (one host sync; the bank computes it once).
 
     Args:
@@ -89,12 +91,13 @@ def sampling_plan(class_start: Tensor, nce_k: int) -> tuple[int, bool, bool]:
         nce_k: negatives per sample.
 
     Returns:
-        (largest number of other-class rows of a class, whether some class draws without replacement, whether some
-        class draws with replacement). Fixed per training set, so the RNG use per step never depends on the batch.
+        (largest and smallest number of other-class rows of a class, whether some class draws without
+        replacement, whether some class draws with replacement). Fixed per training set, so the RNG use per step
+        never depends on the batch.
     """
     counts = (class_start[1:] - class_start[:-1]).cpu()
     others = int(class_start[-1]) - counts[counts > 0]
-    return int(others.max()), bool((others >= nce_k).any()), bool((others < nce_k).any())
+    return int(others.max()), int(others.min()), bool((others >= nce_k).any()), bool((others < nce_k).any())
 
 
 def exp_scores(
@@ -133,6 +136,8 @@ def exp_scores(
     else:
         rows = memory.index_select(0, contrast_idx.reshape(-1)).view(b, k1, memory.shape[1])
         dots = torch.bmm(rows, anchor.unsqueeze(2)).squeeze(2)
+    if not dots.requires_grad:  # the same values, without two (B, K+1) temporaries
+        return dots.div_(temperature).exp_()
     return torch.exp(dots / temperature)
 
 

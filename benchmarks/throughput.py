@@ -1,0 +1,440 @@
+#!/usr/bin/env python
+"""Throughput of every method against the limit: the DistillationTrainer's step vs a bare training loop.
+
+    python benchmarks/throughput.py                                    # every method and preset, 3 pairs
+    python benchmarks/throughput.py --pairs resnet56-resnet20 --methods kd,crd,crd_kd --steps 20
+    python benchmarks/throughput.py --methods kd --channels_last       # a speed option, measured the same way
+    python benchmarks/throughput.py --pairs cifar_resnet8:cifar_resnet8 --methods kd --steps 3   # any teacher:student
+    python benchmarks/throughput.py --render benchmarks/results/throughput.json   # the README's Speed section
+
+The limit is what any distillation run must pay: a frozen teacher forward without grad, a student forward and
+backward with cross-entropy and an SGD step (momentum 0.9, weight decay 5e-4), on the same batches in the same
+process. The trainer's step is the ``DistillationTrainer``'s (``on_step_begin`` to ``on_step_end``: teacher,
+student, the methods, backward, optimizer). Both are timed interleaved, one limit step after every trainer step
+(ABAB), so that the load of a shared machine hits both alike; the limit's medians over the first and second half of
+the run are reported (before/after) and the ratio uses the limit's median over the whole run. Warm-up steps are
+excluded; the spread is the interquartile range relative to the median.
+
+Data: synthetic CIFAR-shaped rows (a pool of random images, CIFAR-100 labels) with a 50,000-row index so that
+memory banks have CIFAR's size; only speed is measured. Models are randomly initialized with CIFAR-100 heads.
+Peak memory is the process's peak RSS over the method's run on CPU (reset per run through
+``/proc/self/clear_refs``), ``max_memory_allocated`` on GPU. The method state is the bytes of the objective's
+parameters and buffers (heads, memory banks). Writes a markdown table and a JSON file (``--out``).
+
+Speed options (applied to the limit and the trainer alike, so the ratio stays a fair one; compare the images/s
+columns between runs): ``--channels_last``, ``--teacher_bf16`` (the teacher's forward under bfloat16 autocast),
+``--compile`` (``torch.compile`` of student and teacher; limit loop only, the trainer's taps are not compiled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import PrinterCallback, TrainerCallback, TrainingArguments
+
+from hf_distill import DistillationTrainer
+from hf_distill.data import collate
+from hf_distill.losses import METHODS, PRESETS, DistillationObjective
+from hf_distill.models.loading import load_model
+from hf_distill.models.normalization import TeacherInput, input_spec
+
+NUM_CLASSES = 100
+TRAIN_ROWS = 50_000
+
+#: pair name -> (teacher, student), as load_model names them; the timm pair runs at CIFAR's 32x32
+PAIRS = {
+    "resnet56-resnet20": ("cifar_resnet56", "cifar_resnet20"),
+    "resnet32x4-resnet8x4": ("cifar_resnet32x4", "cifar_resnet8x4"),
+    "timm-resnet18-mobilenetv3": ("resnet18", "mobilenetv3_small_100"),
+}
+#: per-method settings of the benchmark: CRD in its faithful mode, init stages left out (main-stage step only)
+METHOD_KWARGS = {"crd": {"nce_k": 16384, "negatives": "bank", "mode": "exact"}}
+
+
+class SyntheticRows(torch.utils.data.Dataset):
+    """``rows`` CIFAR-shaped training rows: a small pool of random images, fixed random labels, the row index."""
+
+    def __init__(
+        self, rows: int = TRAIN_ROWS, num_classes: int = NUM_CLASSES, size: int = 32, pool: int = 256
+    ):
+        g = torch.Generator().manual_seed(0)
+        self.images = torch.randn(pool, 3, size, size, generator=g)
+        self.labels = torch.randint(0, num_classes, (rows,), generator=g)
+        self.num_classes = num_classes
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+    def __getitem__(self, i: int) -> dict:
+        return {"pixel_values": self.images[i % len(self.images)], "labels": int(self.labels[i]), "index": i}
+
+
+@dataclass
+class Options:
+    """Speed options, applied to the limit and the trainer alike."""
+
+    channels_last: bool = False
+    teacher_bf16: bool = False
+    compile: bool = False
+
+
+def load_pair(pair: str, options: Options) -> tuple[nn.Module, nn.Module]:
+    """Randomly initialized teacher and student with CIFAR-100 heads (timm ones set to a 32x32 input)."""
+    t_name, s_name = PAIRS[pair] if pair in PAIRS else pair.split(":")
+    torch.manual_seed(0)
+    teacher = load_model(t_name, num_labels=NUM_CLASSES, role="teacher")
+    student = load_model(s_name, num_labels=NUM_CLASSES)
+    for m in (teacher, student):
+        tm = getattr(m, "timm_model", None)
+        if tm is not None:
+            tm.pretrained_cfg = {**tm.pretrained_cfg, "input_size": (3, 32, 32)}
+    teacher.eval().requires_grad_(False)
+    if options.channels_last:
+        teacher.to(memory_format=torch.channels_last)
+        student.to(memory_format=torch.channels_last)
+    return teacher, student
+
+
+def _prepare(x: Tensor, options: Options) -> Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if options.channels_last else x
+
+
+def teacher_autocast(x: Tensor, options: Options) -> torch.autocast:
+    """bfloat16 autocast of the teacher's forward with ``--teacher_bf16`` (a no-op context otherwise)."""
+    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=options.teacher_bf16)
+
+
+class Limit:
+    """The bare loop: teacher forward (no grad) + student forward/backward with CE + SGD step."""
+
+    def __init__(
+        self, teacher: nn.Module, student: nn.Module, options: Options, device: torch.device
+    ) -> None:
+        self.teacher = teacher
+        self.student = copy.deepcopy(student).to(device).train()
+        self.adapter = TeacherInput(input_spec(student), input_spec(teacher)).to(device)
+        self.options = options
+        self.opt = torch.optim.SGD(self.student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        self.t_fwd, self.s_fwd = self.teacher, self.student
+        if options.compile:
+            self.t_fwd, self.s_fwd = torch.compile(self.teacher), torch.compile(self.student)
+
+    def step(self, batch: dict[str, Tensor]) -> None:
+        x, y = batch["pixel_values"], batch["labels"]
+        with torch.no_grad(), teacher_autocast(x, self.options):
+            self.t_fwd(_prepare(self.adapter(x), self.options))
+        logits = self.s_fwd(_prepare(x, self.options)).logits
+        nn.functional.cross_entropy(logits, y).backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+class LastBatch:
+    """The collator, remembering its last batch: the limit steps run on the trainer's own batches."""
+
+    def __init__(self) -> None:
+        self.batch: dict[str, Tensor] | None = None
+
+    def __call__(self, rows: list[dict]) -> dict[str, Tensor]:
+        self.batch = collate(rows)
+        return self.batch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class Interleave(TrainerCallback):
+    """Times every trainer step, then runs and times one limit step on the same batch (ABAB)."""
+
+    def __init__(self, limit: Limit, batches: LastBatch, device: torch.device) -> None:
+        self.limit, self.batches, self.device = limit, batches, device
+        self.trainer_times: list[float] = []
+        self.limit_times: list[float] = []
+        self._t = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        _sync(self.device)
+        self._t = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        _sync(self.device)
+        self.trainer_times.append(time.perf_counter() - self._t)
+        batch = {k: v.to(self.device) for k, v in self.batches.batch.items()}
+        t = time.perf_counter()
+        self.limit.step(batch)
+        _sync(self.device)
+        self.limit_times.append(time.perf_counter() - t)
+
+
+class OptionsTrainer(DistillationTrainer):
+    """The DistillationTrainer with the teacher's forward under bfloat16 autocast with ``--teacher_bf16``."""
+
+    options = Options()
+
+    def teacher_features(self, pixel_values, request=None):
+        with teacher_autocast(pixel_values, self.options):
+            return super().teacher_features(pixel_values, request)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak: CUDA's allocator statistics, or the kernel's peak RSS (Linux ``clear_refs``)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux: the peak then covers the whole process so far
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated GPU memory, or peak resident set size on CPU, since :func:`reset_peak_memory`."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def state_bytes(module: nn.Module) -> int:
+    """Bytes of a module's parameters and buffers."""
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def summarize(times: list[float]) -> dict[str, float]:
+    """Median and interquartile range relative to the median."""
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    med = statistics.median(times)
+    return {"median_s": med, "iqr_rel": (q[2] - q[0]) / med}
+
+
+@dataclass
+class Row:
+    """One method on one pair: trainer vs limit."""
+
+    pair: str
+    method: str
+    kind: str  # "logit" (logits only), "feature" or "preset"
+    limit_img_s: float
+    limit_before_img_s: float
+    limit_after_img_s: float
+    trainer_img_s: float
+    ratio: float
+    trainer_iqr: float
+    limit_iqr: float
+    peak_mb: float
+    state_mb: float
+    steps: int
+    extra: dict = field(default_factory=dict)
+
+
+def method_kind(name: str) -> str:
+    if name in PRESETS:
+        return "preset"
+    needs = METHODS[name]().needs()
+    return "logit" if not (needs.student.embedding or needs.student.maps or needs.teacher.maps) else "feature"
+
+
+def run_method(pair: str, name: str, args: argparse.Namespace, options: Options, device: torch.device) -> Row:
+    teacher, student = load_pair(pair, options)
+    methods = [m for m, _ in PRESETS[name].methods] if name in PRESETS else [name]
+    kwargs = {m: dict(METHOD_KWARGS[m]) for m in methods if m in METHOD_KWARGS}
+    objective = DistillationObjective.from_names(name, method_kwargs=kwargs)
+    data = SyntheticRows(args.rows)
+    batches = LastBatch()
+    limit = Limit(teacher.to(device), student, options, device)
+    timer = Interleave(limit, batches, device)
+    trainer = OptionsTrainer(
+        model=student,
+        teacher=teacher,
+        objective=objective,
+        args=TrainingArguments(
+            output_dir=f"/tmp/hf_distill_throughput/{name}",
+            per_device_train_batch_size=args.batch_size,
+            max_steps=args.warmup + args.steps,
+            learning_rate=0.05,
+            optim="sgd",
+            optim_args="momentum=0.9",
+            weight_decay=5e-4,
+            max_grad_norm=0.0,  # the limit does not clip either
+            logging_steps=10**6,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=device.type == "cpu",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            seed=0,
+        ),
+        train_dataset=data,
+        data_collator=batches,
+        callbacks=[timer],
+        report_teacher_accuracy=False,
+        channels_last=options.channels_last,
+    )
+    trainer.options = options
+    trainer.remove_callback(PrinterCallback)
+    # main-stage step only: the methods' initialization stages (AB, FT, FSP, IE-KD) are marked done
+    trainer.model.init_stage_done.fill_(True)
+    reset_peak_memory(device)
+    trainer.train()
+    peak = peak_memory_mb(device)
+    w, b = args.warmup, args.batch_size
+    tr, lim = timer.trainer_times[w:], timer.limit_times[w:]
+    half = len(lim) // 2
+    t_sum, l_sum = summarize(tr), summarize(lim)
+    return Row(
+        pair=pair,
+        method=name,
+        kind=method_kind(name),
+        limit_img_s=b / l_sum["median_s"],
+        limit_before_img_s=b / statistics.median(lim[: max(half, 1)]),
+        limit_after_img_s=b / statistics.median(lim[half:]),
+        trainer_img_s=b / t_sum["median_s"],
+        ratio=t_sum["median_s"] / l_sum["median_s"],
+        trainer_iqr=t_sum["iqr_rel"],
+        limit_iqr=l_sum["iqr_rel"],
+        peak_mb=peak,
+        state_mb=state_bytes(trainer.model.objective) / 2**20,
+        steps=len(tr),
+    )
+
+
+TARGETS = {"logit": 1.05, "feature": 1.25, "preset": 1.25}
+
+
+def markdown(result: dict) -> str:
+    """The results as one markdown table per pair, with the run's conditions above."""
+    env = result["environment"]
+    lines = [
+        f"Batch {result['batch_size']}, {result['steps']} timed steps after {result['warmup']} warm-up, "
+        f"{env['device']}, torch {env['torch']}, load average {env['load_before']} before / {env['load_after']} "
+        f"after; options: {', '.join(k for k, v in result['options'].items() if v) or 'none'}.",
+        "",
+    ]
+    for pair in dict.fromkeys(r["pair"] for r in result["rows"]):
+        lines += [
+            f"**{pair}** (teacher -> student)",
+            "",
+            "| method | limit img/s (before / after) | trainer img/s | ratio | target | spread (trainer / limit) "
+            "| peak memory (MB) | method state (MB) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in (r for r in result["rows"] if r["pair"] == pair):
+            target = TARGETS[r["kind"]]
+            verdict = "met" if r["ratio"] <= target else "missed"
+            lines.append(
+                f"| {r['method']} | {r['limit_img_s']:.1f} ({r['limit_before_img_s']:.1f} / "
+                f"{r['limit_after_img_s']:.1f}) | {r['trainer_img_s']:.1f} | {r['ratio']:.2f}x "
+                f"| {target:.2f}x {verdict} | {100 * r['trainer_iqr']:.0f}% / {100 * r['limit_iqr']:.0f}% "
+                f"| {r['peak_mb']:.0f} | {r['state_mb']:.2f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def environment(device: torch.device) -> dict:
+    name = (
+        torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
+    )
+    return {
+        "device": f"{device.type} ({name}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "load_before": round(os.getloadavg()[0], 1),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--methods", default=None, help="comma list (default: every registered method and preset)"
+    )
+    ap.add_argument(
+        "--pairs", default=",".join(PAIRS), help=f"comma list of {', '.join(PAIRS)} or teacher:student names"
+    )
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per method (after the warm-up)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--batch_size", type=int, default=64)
+    ap.add_argument(
+        "--rows", type=int, default=TRAIN_ROWS, help="training-set size (CRD's bank has one row each)"
+    )
+    ap.add_argument("--channels_last", action="store_true")
+    ap.add_argument("--teacher_bf16", action="store_true")
+    ap.add_argument(
+        "--compile", action="store_true", help="torch.compile student and teacher (limit loop only)"
+    )
+    ap.add_argument("--out", default=None, help="write the JSON here (and the markdown next to it, .md)")
+    ap.add_argument("--render", default=None, help="print the markdown of a saved JSON result and exit")
+    args = ap.parse_args(argv)
+    unknown = [p for p in args.pairs.split(",") if p not in PAIRS and p.count(":") != 1]
+    if unknown:
+        ap.error(
+            f"unknown pair {unknown[0]!r}: choose from {', '.join(PAIRS)}, or name one as teacher:student"
+        )
+    names = args.methods.split(",") if args.methods else all_methods()
+    bad = [n for n in names if n not in METHODS and n not in PRESETS]
+    if bad:
+        ap.error(f"unknown method {bad[0]!r}: choose from {', '.join(all_methods())}")
+    args.names = names
+    if args.steps < 2 or args.warmup < 0:
+        ap.error("--steps must be >= 2 and --warmup >= 0")
+    return args
+
+
+def all_methods() -> list[str]:
+    return sorted(m for m in (*METHODS, *PRESETS) if not m.startswith("test_"))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.render:
+        result = json.loads(Path(args.render).read_text())
+        print(markdown(result), end="")
+        return result
+    options = Options(args.channels_last, args.teacher_bf16, args.compile)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result = {
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "rows_in_training_set": args.rows,
+        "options": asdict(options),
+        "environment": environment(device),
+        "rows": [],
+    }
+    for pair in args.pairs.split(","):
+        for name in args.names:
+            result["rows"].append(asdict(run_method(pair, name, args, options, device)))
+            result["environment"]["load_after"] = round(os.getloadavg()[0], 1)
+            save(result, args.out)  # after every method: a long run killed midway keeps what it measured
+    print(markdown(result))
+    return result
+
+
+def save(result: dict, out: str | None) -> None:
+    """Write the JSON and, next to it, its markdown (``.md``)."""
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        path.with_suffix(".md").write_text(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

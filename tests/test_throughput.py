@@ -1,0 +1,57 @@
+"""benchmarks/throughput.py runs on a tiny pair and writes consistent JSON and markdown; README's Speed section is it."""
+
+import importlib.util
+import json
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+RESULT = REPO / "benchmarks" / "results" / "throughput.json"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("throughput", REPO / "benchmarks" / "throughput.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["throughput"] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_runs_on_a_tiny_pair_and_writes_json_and_markdown(tmp_path):
+    bench = _bench()
+    out = tmp_path / "t.json"
+    argv = ["--pairs", "cifar_resnet8:cifar_resnet8", "--methods", "kd,crd", "--steps", "3", "--warmup", "1"]
+    bench.main(argv + ["--batch_size", "8", "--rows", "300", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["steps"] == 3 and result["rows_in_training_set"] == 300
+    kd, crd = result["rows"]
+    assert (kd["method"], kd["kind"], crd["method"], crd["kind"]) == ("kd", "logit", "crd", "feature")
+    for r in (kd, crd):
+        assert r["steps"] == 3
+        assert r["ratio"] == pytest.approx(r["limit_img_s"] / r["trainer_img_s"])
+        assert min(r["limit_before_img_s"], r["limit_after_img_s"]) > 0 and r["peak_mb"] > 0
+    assert kd["state_mb"] == 0
+    # CRD's bank: two (300, 128) float32 tables, plus both heads
+    assert crd["state_mb"] * 2**20 > 2 * 300 * 128 * 4
+    md = out.with_suffix(".md").read_text()
+    assert md == bench.markdown(result)
+    assert "| kd |" in md and "| crd |" in md and "cifar_resnet8:cifar_resnet8" in md
+
+
+def test_unknown_pair_or_method_is_one_clear_error(capsys):
+    bench = _bench()
+    for argv, word in ((["--pairs", "nope"], "unknown pair"), (["--methods", "kd,nope"], "unknown method")):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
+        assert word in capsys.readouterr().err
+
+
+def test_readme_speed_section_is_the_committed_benchmark_output():
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("<!-- speed-table:start -->\n") + len("<!-- speed-table:start -->\n")
+    end = readme.index("<!-- speed-table:end -->")
+    assert readme[start:end] == _bench().markdown(json.loads(RESULT.read_text())), (
+        "README is stale: paste `python benchmarks/throughput.py --render benchmarks/results/throughput.json`"
+    )
