@@ -183,9 +183,9 @@ class OptionsTrainer(DistillationTrainer):
 
     options = Options()
 
-    def teacher_features(self, pixel_values, request=None):
+    def teacher_features(self, pixel_values, request=None, index=None):
         with teacher_autocast(pixel_values, self.options):
-            return super().teacher_features(pixel_values, request)
+            return super().teacher_features(pixel_values, request, index)
 
 
 def reset_peak_memory(device: torch.device) -> None:
