@@ -55,11 +55,12 @@ from hf_distill.cli import LOG_FORMAT, exit_on_bad_input  # noqa: E402
 from hf_distill.config import parse_args  # noqa: E402
 from hf_distill.losses import METHODS, PRESETS, resolve_objective  # noqa: E402
 from hf_distill.pipeline import build_run  # noqa: E402
+from hf_distill.teacher_cache import TeacherCache  # noqa: E402
 
 #: bump when the runner changes results (with ``hf_distill.__version__``: the rows' code version)
 BENCH_REVISION = 1
 #: the CIFAR-10 CPU protocol's epoch budget (chosen with ``--epoch_curve``; README, Results)
-CIFAR10_EPOCHS = 30
+CIFAR10_EPOCHS = 40
 #: the budget the papers' epoch-valued hyperparameters are given for (RepDistiller: 240 epochs)
 PAPER_EPOCHS = 240
 #: method hyperparameters counted in epochs, scaled with the budget
@@ -346,6 +347,8 @@ class Job:
     results: Path
     threads: int = 2
     work_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "hf_distill_bench")
+    #: the teacher-output cache the runs share (None: every run computes the teacher's outputs)
+    teacher_cache: str | None = None
 
     def base_row(self, method: str, seed: int) -> dict[str, Any]:
         return {
@@ -365,6 +368,18 @@ def _parse(job: Job, method: str, seed: int, output_dir: str):
     return parse_args(job.protocol.argv(method, seed, job.data_dir, output_dir), {})
 
 
+def attach_teacher_cache(job: Job, run) -> None:
+    """Give the run the job's teacher-output cache when the teacher's outputs are small (logits, embedding).
+
+    The cache is exact (a run that reads it trains the same student), so it is not part of the protocol: it only
+    makes the seeds and the methods that ask the teacher the same thing share one teacher pass. Methods that take
+    intermediate maps are not cached here: resnet56's maps are ~110 KB an image, ~20 GB over a 40-epoch run.
+    """
+    trainer = run.trainer
+    if job.teacher_cache and trainer.teacher is not None and not trainer.teacher_request.maps:
+        trainer.teacher_cache = TeacherCache.for_trainer(job.teacher_cache, trainer)
+
+
 def run_one(job: Job, method: str, seed: int) -> dict[str, Any]:
     """Train ``method`` (``none``: the baseline, which never loads the teacher) with ``seed``; its results row."""
     out = str(job.work_dir / f"{method}-s{seed}")
@@ -374,9 +389,11 @@ def run_one(job: Job, method: str, seed: int) -> dict[str, Any]:
     else:
         run = build_run(model_args, data_args, distill_args, training_args, kwargs)
         run.trainer.report_teacher_accuracy = False  # measured once, in the teacher's own row
+        attach_teacher_cache(job, run)
     load = os.getloadavg()[0]
     t0 = time.time()
     done = train_and_evaluate(run)
+    cache = getattr(run.trainer, "teacher_cache", None)
     return {
         **job.base_row(method, seed),
         "top1": done.metrics.get("eval_accuracy"),
@@ -394,6 +411,9 @@ def run_one(job: Job, method: str, seed: int) -> dict[str, Any]:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0)),
         "git_commit": _git_commit(),
         "torch": torch.__version__,
+        # the training time depends on whether the teacher's outputs were read from the cache: say which
+        "teacher_cache_read_rows": cache.read_rows if cache is not None else None,
+        "teacher_cache_computed_rows": cache.computed_rows if cache is not None else None,
     }
 
 
@@ -484,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default=None, help="CIFAR-100: the trained teacher's folder.")
     p.add_argument("--cache_dir", default=str(Path.home() / ".cache" / "hf_distill" / "benchmarks"))
     p.add_argument("--work_dir", default=None, help="Where runs write their (unused) output folders.")
+    p.add_argument("--teacher_cache", default=None, help="Teacher-output cache shared by the runs (default "
+                   "<cache_dir>/teacher-outputs; 'none' to run the teacher in every run). Exact: not part of the "
+                   "protocol.")  # fmt: skip
     p.add_argument(
         "--report", action="store_true", help="Write the README table and the chart; train nothing."
     )
@@ -496,8 +519,11 @@ def make_job(a: argparse.Namespace) -> Job:
     """The job of the parsed arguments (data subset prepared for CIFAR-10)."""
     work = Path(a.work_dir) if a.work_dir else Path(tempfile.gettempdir()) / "hf_distill_bench"
     results = Path(a.results) if a.results else RESULTS / f"{a.mode}.jsonl"
+    cache = (
+        None if a.teacher_cache == "none" else a.teacher_cache or str(Path(a.cache_dir) / "teacher-outputs")
+    )
     if a.mode == "cifar100":
-        return Job(Cifar100Protocol(a.pair, a.teacher, a.dataset), a.dataset, results, a.threads, work)
+        return Job(Cifar100Protocol(a.pair, a.teacher, a.dataset), a.dataset, results, a.threads, work, cache)
     source = Path(a.dataset) if a.dataset else REPO.parent / "shared" / "data" / "cifar10"
     protocol = Cifar10Protocol(
         epochs=CIFAR10_EPOCHS if a.epochs is None else a.epochs,
@@ -511,7 +537,7 @@ def make_job(a: argparse.Namespace) -> Job:
     data = class_balanced_subset(
         source, Path(a.cache_dir) / f"cifar10-{protocol.per_class}pc", protocol.per_class
     )
-    return Job(protocol, str(data), results, a.threads, work)
+    return Job(protocol, str(data), results, a.threads, work, cache)
 
 
 def main(argv: list[str] | None = None) -> None:
