@@ -154,3 +154,24 @@ def test_cifar100_mode_parses_every_method():
         assert model_args.teacher == ("outputs/t" if method != "none" else None)
     with pytest.raises(ValueError, match="No CIFAR-100 config for the pair"):
         accuracy.Cifar100Protocol(pair="nosuch").argv("newmethod", 0, None, "o")
+
+
+def test_runs_share_the_teacher_cache_for_small_outputs_only(tmp_path):
+    """KD and DKD of one seed ask the teacher for logits only: the second run reads them all and trains the same
+    student as without the cache; AT takes maps (~110 KB an image for resnet56) and runs its teacher."""
+    data = accuracy.class_balanced_subset(REPO / "assets" / "cifar10-subset", tmp_path / "data", per_class=3)
+    protocol = accuracy.Cifar10Protocol(epochs=1, per_class=3)
+    cached = accuracy.Job(
+        protocol, str(data), tmp_path / "r.jsonl", 1, tmp_path / "w", str(tmp_path / "cache")
+    )
+    uncached = accuracy.Job(protocol, str(data), tmp_path / "u.jsonl", 1, tmp_path / "u", None)
+    kd = accuracy.run_one(cached, "kd", 0)
+    dkd = accuracy.run_one(cached, "dkd", 0)
+    assert (kd["teacher_cache_read_rows"], kd["teacher_cache_computed_rows"]) == (0, 30)
+    assert (dkd["teacher_cache_read_rows"], dkd["teacher_cache_computed_rows"]) == (30, 0)
+    plain = accuracy.run_one(uncached, "dkd", 0)
+    assert plain["teacher_cache_read_rows"] is None
+    assert (plain["top1"], plain["top5"]) == (dkd["top1"], dkd["top5"])
+    assert accuracy.row_key(plain) == accuracy.row_key(dkd)  # the cache is exact: not part of the key
+    at = accuracy.run_one(cached, "at", 0)
+    assert at["teacher_cache_read_rows"] is None
