@@ -84,8 +84,11 @@ _TABLE = {
     "fsp": [69.95, 70.11, 71.89, 72.62, 72.91, None, 70.23, None, None, None, None],
     "nst": [69.60, 69.53, 71.96, 73.30, 73.68, 72.24, 71.53, 58.16, 74.12, 74.68, 74.89],
 }
-# OFD and ReviewKD as reported in the DKD paper (Zhao et al., CVPR 2022, Tables 1-2, mdistiller's runs); KD with
-# logit standardization ("KD+Ours", temperature 2 or 3, KD weight 9) from Sun et al.'s README (CVPR 2024).
+# ReviewKD and OFD from the ReviewKD paper's CIFAR-100 tables (Chen et al., CVPR 2021, Tables 1-2, OFD re-run
+# there: OFD's own paper has none of these pairs), the figures the DKD paper repeats (Zhao et al., CVPR 2022,
+# Tables 1-2; mdistiller's README has only its KD and DKD rows); neither paper has resnet110->resnet20. KD with
+# logit standardization ("KD+Ours") from Sun et al.'s README (CVPR 2024), which has neither ShuffleV1 pair.
+# KDSVD has no published CIFAR-100 top-1 for these pairs (not in RepDistiller's or the DKD paper's tables).
 _TABLE |= {
     "ofd": [70.98, None, 73.23, 74.95, 75.24, 74.33, 73.95, 69.48, 75.98, 76.82, 75.85],
     "reviewkd": [71.89, None, 73.89, 75.63, 76.12, 75.09, 74.84, 70.37, 77.45, 77.78, 77.14],
@@ -105,8 +108,10 @@ DKD_BETA = {
 }
 # mdistiller's ReviewKD loss weight on its one CIFAR-100 config (configs/cifar100/reviewkd.yaml); default 1.0.
 REVIEWKD_WEIGHT = {("resnet32x4", "resnet8x4"): 5.0}
-# Sun et al.'s base temperature 3 (their logs "kd,<teacher>,<student>,3,9"); the other pairs use 2.
-KD_LS_TEMPERATURE = {("vgg13", "vgg8"): 3.0, ("vgg13", "mobilenetv2"): 3.0}
+# Sun et al.'s base temperature and KD weight where their logged run ("kd,<teacher>,<student>,<T>,<weight>.txt",
+# linked from the published number) is not the preset's 2 and 9.
+KD_LS_TEMPERATURE = {("vgg13", "vgg8"): 3.0, ("vgg13", "mobilenetv2"): 3.0, ("resnet110", "resnet20"): 4.0}
+KD_LS_WEIGHT = {("resnet110", "resnet20"): 12.0}
 SMALL_LR_STUDENTS = {"mobilenetv2", "shufflenetv1", "shufflenetv2"}
 # FSP pairs layers of equal channel counts only: not applicable to these pairs (N/A in the benchmark table).
 FSP_NA = {("wrn_40_2", "wrn_40_1")} | set(CROSS)
@@ -191,6 +196,8 @@ def distill_config(method: str, teacher: str, student: str) -> tuple[str, dict]:
         cfg["method_weights"] = str(REVIEWKD_WEIGHT[(teacher, student)])
     if method == "kd_ls" and (teacher, student) in KD_LS_TEMPERATURE:
         cfg["method_args"] = {"kd": {"temperature": KD_LS_TEMPERATURE[(teacher, student)]}}
+    if method == "kd_ls" and (teacher, student) in KD_LS_WEIGHT:
+        cfg["method_weights"] = str(KD_LS_WEIGHT[(teacher, student)])
     cfg.update(schedule(student))
     cfg["output_dir"] = f"outputs/cifar100/{method}/{teacher}_{student}"
     return header, cfg
