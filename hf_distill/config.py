@@ -20,6 +20,20 @@ from .data import LABEL_COLUMNS
 from .losses import METHODS, PRESETS, canonical, resolve_objective
 
 
+def number_list(value: str | None, flag: str) -> list[float] | None:
+    """A comma list of numbers (``"1.0,0.8"``), or None when not given.
+
+    Raises:
+        ValueError: an entry is not a number (one line naming ``flag``).
+    """
+    if value in (None, ""):
+        return None
+    try:
+        return [float(w) for w in str(value).split(",")]
+    except ValueError as e:
+        raise ValueError(f"{flag} must be a comma list of numbers, got {value!r}") from e
+
+
 @dataclass
 class ModelArguments:
     """Which teacher and student."""
@@ -91,14 +105,7 @@ class ModelArguments:
         return files
 
     def ensemble_weight_list(self) -> list[float] | None:
-        if self.ensemble_weights in (None, ""):
-            return None
-        try:
-            return [float(w) for w in str(self.ensemble_weights).split(",")]
-        except ValueError as e:
-            raise ValueError(
-                f"--ensemble_weights must be a comma list of numbers, got {self.ensemble_weights!r}"
-            ) from e
+        return number_list(self.ensemble_weights, "--ensemble_weights")
 
 
 @dataclass
@@ -197,14 +204,7 @@ class DistillArguments:
     )
 
     def weights(self) -> list[float] | None:
-        if self.method_weights in (None, ""):
-            return None
-        try:
-            return [float(w) for w in str(self.method_weights).split(",")]
-        except ValueError as e:
-            raise ValueError(
-                f"--method_weights must be a comma list of numbers, got {self.method_weights!r}"
-            ) from e
+        return number_list(self.method_weights, "--method_weights")
 
     def milestones(self) -> list[float]:
         if not self.lr_milestones:

@@ -286,7 +286,7 @@ def as_teacher(
     """What ``DistillationTrainer(teacher=...)`` distills: a list of two or more teachers becomes their
     :class:`TeacherEnsemble`, a list of one is that teacher (the single-teacher path, unchanged)."""
     if not isinstance(teacher, (list, tuple)):
-        if weights is not None:
+        if weights is not None and teacher is not None:
             raise ValueError("ensemble_weights were given for a single teacher: pass a list of teachers.")
         return teacher
     if len(teacher) == 1:

@@ -14,7 +14,7 @@ from transformers import ResNetConfig, ResNetForImageClassification
 from hf_distill import DistillationTrainer
 from hf_distill.config import parse_args
 from hf_distill.data import prepare_split
-from hf_distill.ensemble import EnsembleMethod, TeacherEnsemble, ensemble_weights, mixture_logits
+from hf_distill.ensemble import EnsembleMethod, TeacherEnsemble, as_teacher, ensemble_weights, mixture_logits
 from hf_distill.labels import align_ensemble_label_spaces
 from hf_distill.losses import DistillationObjective
 from hf_distill.models.loading import load_model
@@ -71,6 +71,9 @@ def test_mixture_softened_at_t_is_the_weighted_average_of_softened_distributions
         ensemble_weights([1.0], 2)
     with pytest.raises(ValueError, match="one positive weight per teacher"):
         ensemble_weights([1.0, -1.0], 2)
+    assert as_teacher(None, [2, 1]) is None  # --baseline: the no-teacher run keeps the ensemble flags
+    with pytest.raises(ValueError, match="pass a list of teachers"):
+        as_teacher(timm_model(), [2, 1])
 
 
 @pytest.mark.parametrize(
@@ -124,6 +127,17 @@ def test_feature_methods_get_one_instance_per_teacher_and_sum_the_terms(tmp_path
         "objective.methods.test_probe.members.0.head.weight",
         "objective.methods.test_probe.members.1.head.weight",
     } <= names
+
+
+def test_an_initialization_stage_trains_every_teachers_parts(tmp_path, tiny):
+    t = _trainer(tmp_path, tiny, [timm_model(seed=1), timm_model(seed=2)], "test_init_probe", max_steps=1)
+    members = t.model.objective.methods["test_init_probe"].members
+    before = [m.head.weight.detach().clone() for m in members]
+    t.run_init_stage()
+    assert all(getattr(m, "ended", False) for m in members)  # the end hook reaches every instance
+    assert all(not torch.equal(b, m.head.weight) for b, m in zip(before, members))
+    logged = {k for h in t.state.log_history for k in h}
+    assert "init_stage_loss" in logged
 
 
 def _mixed_teachers():
