@@ -245,9 +245,18 @@ class TeacherEnsemble(nn.Module):
         self.taps: list = []
         self.requests: list[FeatureNeeds] = []
         self.label_orders: list[Tensor | None] = []
+        self.member_metrics: list[dict[str, float]] = []  # each teacher's eval metrics (set by the trainer)
 
     def __len__(self) -> int:
         return len(self.teachers)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Each teacher's name, weight, and accuracy and top-5 once evaluated (``member_metrics``)."""
+        metrics = self.member_metrics + [{}] * (len(self) - len(self.member_metrics))
+        return [
+            {"name": n, "weight": w, "accuracy": m.get("accuracy"), "top5_accuracy": m.get("top5_accuracy")}
+            for n, w, m in zip(self.names, self.weights, metrics)
+        ]
 
     def prepare(self, accelerator) -> None:
         """Freeze the teachers and place them (device, mixed-precision autocast; never DDP), with their input

@@ -148,7 +148,6 @@ class DistillationTrainer(Trainer):
         self.teacher_label_order = built.teacher_label_order
         self._evaluating_teacher = False
         self._teacher_member: int | None = None  # the ensemble member being evaluated (None: the ensemble)
-        self.teacher_member_metrics: list[dict[str, float]] = []
         self.report_teacher_accuracy = report_teacher_accuracy and teacher is not None
         self._teacher_metrics: dict[str, float] | None = None
         self.lr_milestones = list(lr_milestones or [])
@@ -312,9 +311,10 @@ class DistillationTrainer(Trainer):
             first = self._teacher_metrics is None
             if first:
                 self._teacher_metrics = self.evaluate_teacher()
-                self.teacher_member_metrics = evaluate_members(self) if self.ensemble is not None else []
+                if self.ensemble is not None:
+                    self.ensemble.member_metrics = evaluate_members(self)
             teacher = {f"{metric_key_prefix}_teacher_{k}": v for k, v in self._teacher_metrics.items()}
-            for i, m in enumerate(self.teacher_member_metrics):
+            for i, m in enumerate(self.ensemble.member_metrics if self.ensemble is not None else []):
                 teacher.update({f"{metric_key_prefix}_teacher{i + 1}_{k}": v for k, v in m.items()})
             if first:
                 self.log(teacher)

@@ -310,27 +310,19 @@ def summary_from_run(
 def _teacher_name(trainer: Any, teacher: Any) -> str | None:
     ensemble = getattr(trainer, "ensemble", None)
     if ensemble is not None:
-        return "ensemble of " + " + ".join(model_reference(n) or n for n in ensemble.names)
+        return "ensemble of " + " + ".join(m["name"] for m in _ensemble_members(trainer))
     return model_reference(getattr(getattr(teacher, "config", None), "_name_or_path", None))
 
 
 def _ensemble_members(trainer: Any) -> list[dict[str, Any]]:
-    """Every teacher of an ensemble: its name, weight, accuracy and architecture (empty for a single teacher)."""
+    """Every teacher of an ensemble: name, weight, accuracy and architecture (empty for a single teacher)."""
     ensemble = getattr(trainer, "ensemble", None)
-    if ensemble is None:
-        return []
-    metrics = list(getattr(trainer, "teacher_member_metrics", None) or [])
-    metrics += [{}] * (len(ensemble) - len(metrics))
-    return [
-        {
-            "name": model_reference(name) or name,
-            "weight": w,
-            "accuracy": m.get("accuracy"),
-            "top5_accuracy": m.get("top5_accuracy"),
-            "architecture": _architecture(_config_dict(unwrap(t))),
-        }
-        for name, w, m, t in zip(ensemble.names, ensemble.weights, metrics, ensemble.teachers)
-    ]
+    members = ensemble.summary() if ensemble is not None else []
+    for m, t in zip(members, ensemble.teachers if ensemble is not None else []):
+        m.update(
+            name=model_reference(m["name"]) or m["name"], architecture=_architecture(_config_dict(unwrap(t)))
+        )
+    return members
 
 
 def collect_summary(trainer: Any, **overrides: Any) -> DistillationSummary:
