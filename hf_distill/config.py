@@ -20,17 +20,48 @@ from .data import LABEL_COLUMNS
 from .losses import METHODS, PRESETS, canonical, resolve_objective
 
 
+def number_list(value: str | None, flag: str) -> list[float] | None:
+    """A comma list of numbers (``"1.0,0.8"``), or None when not given.
+
+    Raises:
+        ValueError: an entry is not a number (one line naming ``flag``).
+    """
+    if value in (None, ""):
+        return None
+    try:
+        return [float(w) for w in str(value).split(",")]
+    except ValueError as e:
+        raise ValueError(f"{flag} must be a comma list of numbers, got {value!r}") from e
+
+
 @dataclass
 class ModelArguments:
     """Which teacher and student."""
 
     teacher: str | None = field(
         default=None,
-        metadata={"help": "Teacher: model folder, CIFAR-zoo name (cifar_resnet56), timm name or Hub id."},
+        metadata={
+            "help": "Teacher: model folder, CIFAR-zoo name (cifar_resnet56), timm name or Hub id. Repeat --teacher "
+            "(or give a comma list) to distill an ensemble of teachers."
+        },
     )
     teacher_weights: str | None = field(
         default=None,
-        metadata={"help": "Checkpoint file to load into the teacher architecture (.safetensors/.pt/.th)."},
+        metadata={
+            "help": "Checkpoint file to load into the teacher architecture (.safetensors/.pt/.th); with an "
+            "ensemble, a comma list with one entry per teacher (empty: none)."
+        },
+    )
+    ensemble_weights: str | None = field(
+        default=None,
+        metadata={"help": "Teacher ensemble: comma list of the teachers' weights (default: equal)."},
+    )
+    ensemble_mode: str = field(
+        default="distribution",
+        metadata={
+            "help": "Teacher ensemble: logit methods distill the teachers' weighted average distribution "
+            "('distribution') or average their per-teacher losses ('loss')."
+        },
     )
     student: str = field(
         default="cifar_resnet20",
@@ -47,6 +78,34 @@ class ModelArguments:
             "help": "Accept a teacher built from an architecture name without --teacher_weights (random weights)."
         },
     )
+
+    def teachers(self) -> list[str]:
+        """The teachers named by ``--teacher``: one, or the entries of a comma list (an existing path is one)."""
+        if not self.teacher:
+            return []
+        if os.path.exists(self.teacher):
+            return [self.teacher]
+        return [t.strip() for t in str(self.teacher).split(",") if t.strip()]
+
+    def teacher_weight_files(self) -> list[str | None]:
+        """``--teacher_weights`` per teacher (None: the teacher's own weights).
+
+        Raises:
+            ValueError: an ensemble with another number of entries than teachers.
+        """
+        n = len(self.teachers())
+        if n <= 1 or self.teacher_weights is None:
+            return [self.teacher_weights] * max(n, 1)
+        files = [f.strip() or None for f in str(self.teacher_weights).split(",")]
+        if len(files) != n:
+            raise ValueError(
+                f"--teacher_weights has {len(files)} entries for {n} teachers: give one per teacher, comma "
+                "separated and in the teachers' order (leave an entry empty for a teacher with its own weights)."
+            )
+        return files
+
+    def ensemble_weight_list(self) -> list[float] | None:
+        return number_list(self.ensemble_weights, "--ensemble_weights")
 
 
 @dataclass
@@ -145,14 +204,7 @@ class DistillArguments:
     )
 
     def weights(self) -> list[float] | None:
-        if self.method_weights in (None, ""):
-            return None
-        try:
-            return [float(w) for w in str(self.method_weights).split(",")]
-        except ValueError as e:
-            raise ValueError(
-                f"--method_weights must be a comma list of numbers, got {self.method_weights!r}"
-            ) from e
+        return number_list(self.method_weights, "--method_weights")
 
     def milestones(self) -> list[float]:
         if not self.lr_milestones:
@@ -254,7 +306,7 @@ def parse_args(
 
     Precedence: command line > config file > ``defaults`` (the recipe's) > dataclass defaults.
     """
-    argv = _bare_resume_flag(list(sys.argv[1:] if argv is None else argv))
+    argv = _repeated_teacher(_bare_resume_flag(list(sys.argv[1:] if argv is None else argv)))
     parser = HfArgumentParser(ALL_ARGS)
     parser.allow_abbrev = False  # --kd-temperature must never be read as an abbreviation of another option
     merged: dict[str, Any] = dict(defaults or {})
@@ -287,8 +339,25 @@ def parse_args(
     return model_args, data_args, distill_args, training_args, kwargs
 
 
-_LIST_AS_STR = {"method_weights", "lr_milestones", "method"}
+_LIST_AS_STR = {"method_weights", "lr_milestones", "method", "teacher", "teacher_weights", "ensemble_weights"}
 RESUME_FLAG = "--resume_from_checkpoint"
+
+
+def _repeated_teacher(argv: list[str]) -> list[str]:
+    """``--teacher a --teacher b`` (an ensemble) becomes ``--teacher a,b``; a single ``--teacher`` is left as is."""
+    values = [argv[i + 1] for i, tok in enumerate(argv[:-1]) if tok == "--teacher"]
+    values += [tok.split("=", 1)[1] for tok in argv if tok.startswith("--teacher=")]
+    if len(values) < 2:
+        return argv
+    out, skip = [], False
+    for tok in argv:
+        if skip:
+            skip = False
+        elif tok == "--teacher":
+            skip = True
+        elif not tok.startswith("--teacher="):
+            out.append(tok)
+    return out + ["--teacher", ",".join(values)]
 
 
 def _bare_resume_flag(argv: list[str]) -> list[str]:

@@ -179,45 +179,52 @@ def build_distillation_model(
     return BuiltDistillation(DistillationModel(student, objective, s_req), t_tap, t_req, info, label_order)
 
 
+def probe_input(model: nn.Module, train_dataset=None, collator: Callable = collate) -> Tensor:
+    """The batch the dry run sees: two real training samples, or a zero image at the model's input size."""
+    if train_dataset is not None and len(train_dataset) > 0:
+        return collator([train_dataset[i] for i in range(min(2, len(train_dataset)))])["pixel_values"]
+    size = input_spec(model).image_size
+    return torch.zeros(2, 3, size, size)
+
+
 @torch.no_grad()
+def network_spec(
+    net: nn.Module | None, tap: FeatureTap | None, req: FeatureNeeds, xin: Tensor, batchnorm: bool = False
+) -> FeatureSpec:
+    """Run one network once (eval mode, no grad) on ``xin`` and record the shapes of what ``req`` asks for."""
+    if net is None:
+        return FeatureSpec(names=())
+    p = next(net.parameters(), None)
+    was = net.training
+    net.eval()
+    bns = {}
+    try:
+        xin = xin.to(p.device if p is not None else "cpu")
+        if batchnorm:
+            f, bns = batchnorm_before_maps(net, lambda: tap(net, xin, req))
+        else:
+            f = tap(net, xin, req)
+    finally:
+        net.train(was)
+    return FeatureSpec(
+        names=tuple(tap.names),
+        maps={k: tuple(v.shape[1:]) for k, v in f.maps.items()},
+        logits=None if f.logits is None else tuple(f.logits.shape[1:]),
+        embedding=None if f.embedding is None else tuple(f.embedding.shape[1:]),
+        batchnorm={k: batchnorm_affine(bn) for k, bn in bns.items()},
+    )
+
+
 def _probe_shapes(
     model, teacher, s_tap, t_tap, s_req, t_req, train_dataset, collator, needs, teacher_adapter
 ):
     """Run both networks once (eval mode, no grad) to learn the shapes the methods will see."""
-    if train_dataset is not None and len(train_dataset) > 0:
-        batch = collator([train_dataset[i] for i in range(min(2, len(train_dataset)))])
-        x = batch["pixel_values"]
-    else:
-        size = input_spec(model).image_size
-        x = torch.zeros(2, 3, size, size)
-
-    def spec(net, tap, req, xin, batchnorm=False):
-        if net is None:
-            return FeatureSpec(names=())
-        p = next(net.parameters(), None)
-        was = net.training
-        net.eval()
-        bns = {}
-        try:
-            xin = xin.to(p.device if p is not None else "cpu")
-            if batchnorm:
-                f, bns = batchnorm_before_maps(net, lambda: tap(net, xin, req))
-            else:
-                f = tap(net, xin, req)
-        finally:
-            net.train(was)
-        return FeatureSpec(
-            names=tuple(tap.names),
-            maps={k: tuple(v.shape[1:]) for k, v in f.maps.items()},
-            logits=None if f.logits is None else tuple(f.logits.shape[1:]),
-            embedding=None if f.embedding is None else tuple(f.embedding.shape[1:]),
-            batchnorm={k: batchnorm_affine(bn) for k, bn in bns.items()},
-        )
-
-    s_spec = spec(model, s_tap, s_req, x, needs.student.batchnorm)
+    x = probe_input(model, train_dataset, collator)
+    s_spec = network_spec(model, s_tap, s_req, x, needs.student.batchnorm)
     t_spec = FeatureSpec(names=())
     if teacher is not None and needs.teacher.anything:
-        t_spec = spec(teacher, t_tap, t_req, teacher_adapter(x), needs.teacher.batchnorm)
+        with torch.no_grad():
+            t_spec = network_spec(teacher, t_tap, t_req, teacher_adapter(x), needs.teacher.batchnorm)
     return s_spec, t_spec
 
 
@@ -299,6 +306,8 @@ __all__ = [
     "DistillationModel",
     "build_distillation_model",
     "load_checkpoint_into",
+    "network_spec",
     "num_labels_of",
+    "probe_input",
     "save_distill_state",
 ]

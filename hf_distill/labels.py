@@ -156,7 +156,57 @@ def align_label_spaces(
     return torch.tensor([t_names.index(n) for n in ref], dtype=torch.long)
 
 
+def align_ensemble_label_spaces(
+    student: nn.Module, teachers: Sequence[nn.Module], dataset=None
+) -> list[torch.Tensor | None]:
+    """:func:`align_label_spaces` for every teacher of an ensemble, which must also agree with each other.
+
+    Each teacher is checked against the dataset and the student; teachers that name their classes must then name
+    the same classes once remapped (this also catches two teachers that disagree when neither the dataset nor the
+    student names the classes).
+
+    Returns:
+        One logit order per teacher (None: already in the reference order).
+
+    Raises:
+        ValueError: one line naming the teacher (by position) whose label set differs, and the fix.
+    """
+    orders, named = [], []
+    for i, teacher in enumerate(teachers):
+        try:
+            orders.append(align_label_spaces(student, teacher, dataset))
+        except ValueError as e:
+            raise ValueError(f"Teacher {i + 1} of the ensemble: {e}") from e
+        names = model_label_names(teacher)
+        if names is not None and orders[-1] is not None:
+            names = [names[j] for j in orders[-1].tolist()]
+        named.append(names)
+    counts = [num_labels_of(t) for t in teachers]
+    for i in range(1, len(teachers)):
+        if counts[i] is not None and counts[0] is not None and counts[i] != counts[0]:
+            raise ValueError(
+                f"Teacher 1 of the ensemble predicts {counts[0]} classes but teacher {i + 1} {counts[i]}: every "
+                "teacher of an ensemble must share one label set."
+            )
+    first = next(((i, n) for i, n in enumerate(named) if n is not None), None)
+    for i, names in enumerate(named):
+        if first is not None and names is not None and names != first[1]:
+            detail = (
+                f"Teacher {i + 1} of the ensemble names teacher {first[0] + 1}'s classes in another order and "
+                "neither the dataset nor the student names them."
+                if sorted(names) == sorted(first[1])
+                else _name_mismatch(f"teacher {i + 1}", names, f"teacher {first[0] + 1}", first[1])
+            )
+            raise ValueError(
+                detail
+                + " Every teacher of an ensemble must share one label set: use teachers trained on these "
+                "classes (and a dataset or student that names them)."
+            )
+    return orders
+
+
 __all__ = [
+    "align_ensemble_label_spaces",
     "align_label_spaces",
     "dataset_label_names",
     "dataset_num_classes",

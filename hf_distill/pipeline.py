@@ -41,6 +41,23 @@ def untrained_teacher(name: str, weights: str | None) -> bool:
     return timm.is_model(name)
 
 
+def load_teacher(name: str, weights: str | None, num_labels: int, allow_untrained: bool):
+    """Load one teacher (``--teacher NAME [--teacher_weights FILE]``).
+
+    Raises:
+        ValueError: ``name`` is a bare architecture (random weights) and ``allow_untrained`` is not set.
+    """
+    if untrained_teacher(name, weights):
+        if not allow_untrained:
+            raise ValueError(
+                f"--teacher {name} is an architecture name: it would start from random weights. "
+                "Pass a trained model folder or Hub id, or --teacher_weights FILE (or --allow_untrained_teacher "
+                "to distill from random weights on purpose)."
+            )
+        logger.warning("The teacher %s has random weights (--allow_untrained_teacher).", name)
+    return load_model(name, num_labels=num_labels, weights=weights, role="teacher")
+
+
 def build_run(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -86,20 +103,12 @@ def build_run(
         if model_args.teacher is None:
             raise ValueError(f"Method {distill_args.method!r} needs a teacher: pass --teacher.")
         # The head size only matters for a teacher built here (zoo/timm name); the trainer compares the label
-        # spaces of teacher, student and dataset (counts and names) in one place.
-        if untrained_teacher(model_args.teacher, model_args.teacher_weights):
-            if not model_args.allow_untrained_teacher:
-                raise ValueError(
-                    f"--teacher {model_args.teacher} is an architecture name: it would start from random weights. "
-                    "Pass a trained model folder or Hub id, or --teacher_weights FILE (or --allow_untrained_teacher "
-                    "to distill from random weights on purpose)."
-                )
-            logger.warning(
-                "The teacher %s has random weights (--allow_untrained_teacher).", model_args.teacher
-            )
-        teacher = load_model(
-            model_args.teacher, num_labels=len(names), weights=model_args.teacher_weights, role="teacher"
-        )
+        # spaces of teachers, student and dataset (counts and names) in one place.
+        teachers = [
+            load_teacher(name, weights, len(names), model_args.allow_untrained_teacher)
+            for name, weights in zip(model_args.teachers(), model_args.teacher_weight_files())
+        ]
+        teacher = teachers[0] if len(teachers) == 1 else teachers
     student = load_model(
         model_args.student, id2label=id2label, weights=model_args.student_weights, role="student"
     )
@@ -152,6 +161,8 @@ def build_run(
         lr_decay_rate=distill_args.lr_decay_rate,
         channels_last=distill_args.channels_last,
         teacher_cache=distill_args.teacher_cache,
+        ensemble_weights=model_args.ensemble_weight_list(),
+        ensemble_mode=model_args.ensemble_mode,
     )
     trainer.dataset_id = data_args.dataset  # shown in the model card
     return Run(trainer, train, evals, carved)

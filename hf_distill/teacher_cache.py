@@ -214,6 +214,12 @@ class TeacherCache:
         if trainer.teacher is None or not objective.needs_teacher:
             logger.info("--teacher_cache %s is unused: this run never runs a teacher in training.", root)
             return None
+        ensemble = getattr(trainer, "ensemble", None)
+        if ensemble is not None:
+            raise ValueError(
+                f"--teacher_cache stores the outputs of one teacher, and this run distills an ensemble of "
+                f"{len(ensemble)}: drop --teacher_cache (or distill one teacher)."
+            )
         args = trainer.args
         adapter = trainer.teacher_adapter
         key = {

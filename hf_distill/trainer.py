@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import safetensors.torch
@@ -39,6 +39,7 @@ from .distillation_model import (
     num_labels_of,
     save_distill_state,
 )
+from .ensemble import TeacherEnsemble, as_teacher, build_ensemble_distillation, evaluate_members
 from .features import LOGITS_ONLY, FeatureNeeds, Features
 from .hub.card import TRAINING_ARGS_JSON
 from .init_stage import EpochToDataset, run_init_stage
@@ -59,7 +60,8 @@ class DistillationTrainer(Trainer):
 
     Args:
         model: the student (a transformers, timm-wrapped or CIFAR-zoo image classifier).
-        teacher: the frozen teacher; may be None only for ``--method none`` (plain training).
+        teacher: the frozen teacher; may be None only for ``--method none`` (plain training). A list of two or more
+            teachers distills their ensemble (see :mod:`hf_distill.ensemble`).
         objective: a :class:`~hf_distill.losses.DistillationObjective` or a ``--method`` string such as
             ``"kd"`` or ``"kd,crd"``.
         args: the usual ``TrainingArguments``; every feature keeps working (accumulation, logging, eval/save
@@ -75,13 +77,15 @@ class DistillationTrainer(Trainer):
             on recent GPUs, notably with bf16/fp16); same results up to rounding.
         teacher_cache: a directory where the teacher's training outputs are stored and read back by later runs
             with the same teacher, data, augmentation and seed (exact; see :mod:`hf_distill.teacher_cache`).
+        ensemble_weights, ensemble_mode: with a list of teachers, their weights and how logit methods combine them
+            (:class:`~hf_distill.ensemble.TeacherEnsemble`).
         **kwargs: passed to ``transformers.Trainer`` (callbacks, processing_class, ...).
     """
 
     def __init__(
         self,
         model: nn.Module | None = None,
-        teacher: nn.Module | None = None,
+        teacher: nn.Module | Sequence[nn.Module] | None = None,
         objective: DistillationObjective | str = "kd",
         args: TrainingArguments | None = None,
         train_dataset=None,
@@ -96,6 +100,8 @@ class DistillationTrainer(Trainer):
         lr_decay_rate: float = 0.1,
         channels_last: bool = False,
         teacher_cache: str | None = None,
+        ensemble_weights: Sequence[float] | None = None,
+        ensemble_mode: str = "distribution",
         **kwargs: Any,
     ) -> None:
         if model is None:
@@ -106,6 +112,8 @@ class DistillationTrainer(Trainer):
             args = TrainingArguments(output_dir="outputs/distill")
         if isinstance(objective, str):
             objective = DistillationObjective.from_names(objective)
+        teacher = as_teacher(teacher, ensemble_weights, ensemble_mode)
+        self.ensemble = teacher if isinstance(teacher, TeacherEnsemble) else None
         needs = objective.needs()
         if needs.teacher.anything and teacher is None:
             raise ValueError(
@@ -121,20 +129,25 @@ class DistillationTrainer(Trainer):
             if teacher is not None:
                 teacher.to(memory_format=torch.channels_last)
         self.student_input = student_input or input_spec(model, kwargs.get("processing_class"))
-        self.teacher_input = teacher_input or (input_spec(teacher) if teacher is not None else None)
-        self.teacher_adapter = (
-            TeacherInput(self.student_input, self.teacher_input) if teacher is not None else None
-        )
+        single = teacher is not None and self.ensemble is None
+        self.teacher_input = teacher_input or (input_spec(teacher) if single else None)
+        self.teacher_adapter = TeacherInput(self.student_input, self.teacher_input) if single else None
         torch.manual_seed(args.seed)  # the methods' lazily built parts are initialized from the run's seed
-        built = build_distillation_model(
-            model, teacher, objective, train_dataset, data_collator, data_info, self.teacher_adapter
-        )
+        if self.ensemble is not None:
+            built = build_ensemble_distillation(
+                model, teacher, objective, train_dataset, data_collator, data_info, self.student_input
+            )
+        else:
+            built = build_distillation_model(
+                model, teacher, objective, train_dataset, data_collator, data_info, self.teacher_adapter
+            )
         self.data_info = built.data_info
         container = built.container
         self.teacher_request = built.teacher_request
         self.teacher_tap = built.teacher_tap
         self.teacher_label_order = built.teacher_label_order
         self._evaluating_teacher = False
+        self._teacher_member: int | None = None  # the ensemble member being evaluated (None: the ensemble)
         self.report_teacher_accuracy = report_teacher_accuracy and teacher is not None
         self._teacher_metrics: dict[str, float] | None = None
         self.lr_milestones = list(lr_milestones or [])
@@ -154,7 +167,10 @@ class DistillationTrainer(Trainer):
         self.add_callback(StopOnNonFiniteGradient(container))
         objective.check_batch_size(self.args.per_device_train_batch_size, self.accelerator.num_processes)
         self.teacher = None
-        if teacher is not None:
+        if self.ensemble is not None:
+            self.ensemble.prepare(self.accelerator)
+            self.teacher = self.ensemble
+        elif teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
             # Device placement and mixed-precision autocast only: the teacher is never wrapped in DDP.
@@ -200,7 +216,9 @@ class DistillationTrainer(Trainer):
     ) -> Features:
         """Run the frozen teacher once (eval mode, no grad, under the run's autocast); with a teacher cache and the
         training rows' ``index``, read the outputs an earlier run stored instead. Its logits
-        come in the student's class order."""
+        come in the student's class order. An ensemble gives every teacher's outputs (:class:`EnsembleFeatures`)."""
+        if self.ensemble is not None:
+            return self.ensemble.features(pixel_values, self.accelerator.autocast, request)
         if self.teacher_cache is not None and request is None and index is not None:
             return self.teacher_cache.features(
                 pixel_values, index, lambda: self.teacher_features(pixel_values)
@@ -293,7 +311,11 @@ class DistillationTrainer(Trainer):
             first = self._teacher_metrics is None
             if first:
                 self._teacher_metrics = self.evaluate_teacher()
+                if self.ensemble is not None:
+                    self.ensemble.member_metrics = evaluate_members(self)
             teacher = {f"{metric_key_prefix}_teacher_{k}": v for k, v in self._teacher_metrics.items()}
+            for i, m in enumerate(self.ensemble.member_metrics if self.ensemble is not None else []):
+                teacher.update({f"{metric_key_prefix}_teacher{i + 1}_{k}": v for k, v in m.items()})
             if first:
                 self.log(teacher)
             metrics.update(teacher)
@@ -310,15 +332,16 @@ class DistillationTrainer(Trainer):
             for b in self.accelerator.unwrap_model(self.model).student.buffers():
                 torch.distributed.broadcast(b, src=0)
 
-    def evaluate_teacher(self, eval_dataset=None) -> dict[str, float]:
+    def evaluate_teacher(self, eval_dataset=None, member: int | None = None) -> dict[str, float]:
         """The teacher's ``compute_metrics`` (accuracy, top-5) on the eval set, through the Trainer's own
-        evaluation loop (batching, gathering over processes, metrics) with the teacher in the student's place."""
+        evaluation loop (batching, gathering over processes, metrics) with the teacher in the student's place.
+        With an ensemble: the ensemble's averaged distribution, or teacher ``member`` alone."""
         loader = self.get_eval_dataloader(eval_dataset)
-        self._evaluating_teacher = True
+        self._evaluating_teacher, self._teacher_member = True, member
         try:
             out = self.evaluation_loop(loader, "Teacher evaluation", metric_key_prefix="teacher")
         finally:
-            self._evaluating_teacher = False
+            self._evaluating_teacher, self._teacher_member = False, None
         keep = set(out.metrics) - {
             f"teacher_{k}" for k in ("runtime", "samples_per_second", "steps_per_second")
         }
@@ -327,7 +350,8 @@ class DistillationTrainer(Trainer):
     @torch.no_grad()
     def _teacher_loss(self, inputs: dict[str, Tensor], return_outputs: bool):
         """``compute_loss`` while the teacher is evaluated: its cross-entropy and logits."""
-        logits = self.teacher_features(inputs["pixel_values"], LOGITS_ONLY).logits.float()
+        f = self.teacher_features(inputs["pixel_values"], LOGITS_ONLY)
+        logits = (f if self._teacher_member is None else f.members[self._teacher_member]).logits.float()
         loss = F.cross_entropy(logits, inputs["labels"])
         return (loss, {"logits": logits}) if return_outputs else loss
 

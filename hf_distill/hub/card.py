@@ -140,6 +140,16 @@ def _results_rows(summary: DistillationSummary) -> list[dict[str, str]]:
                 "note": summary.teacher_architecture or "",
             }
         )
+    for i, t in enumerate(summary.teachers):
+        rows.append(
+            {
+                "model": f"{t.get('name') or 'teacher'} (teacher {i + 1} of {len(summary.teachers)}, weight "
+                f"{_fmt(t.get('weight'))})",
+                "top1": _pct(t.get("accuracy")),
+                "top5": _pct(t.get("top5_accuracy")),
+                "note": t.get("architecture") or "",
+            }
+        )
     if summary.baseline_accuracy is not None:
         rows.append(
             {

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..ensemble import method_class
 from ..labels import label_names
 from ..models.configuration_cifar import CifarConfig
 from .summary import (
@@ -306,6 +307,24 @@ def summary_from_run(
     return apply_overrides(summary, overrides)
 
 
+def _teacher_name(trainer: Any, teacher: Any) -> str | None:
+    ensemble = getattr(trainer, "ensemble", None)
+    if ensemble is not None:
+        return "ensemble of " + " + ".join(m["name"] for m in _ensemble_members(trainer))
+    return model_reference(getattr(getattr(teacher, "config", None), "_name_or_path", None))
+
+
+def _ensemble_members(trainer: Any) -> list[dict[str, Any]]:
+    """Every teacher of an ensemble: name, weight, accuracy and architecture (empty for a single teacher)."""
+    ensemble = getattr(trainer, "ensemble", None)
+    members = ensemble.summary() if ensemble is not None else []
+    for m, t in zip(members, ensemble.teachers if ensemble is not None else []):
+        m.update(
+            name=model_reference(m["name"]) or m["name"], architecture=_architecture(_config_dict(unwrap(t)))
+        )
+    return members
+
+
 def collect_summary(trainer: Any, **overrides: Any) -> DistillationSummary:
     """Collect what the card needs from a :class:`~hf_distill.DistillationTrainer` (after ``train``/``evaluate``).
 
@@ -349,7 +368,7 @@ def collect_summary(trainer: Any, **overrides: Any) -> DistillationSummary:
         training=training_hyperparameters(
             args, nproc, getattr(trainer, "lr_milestones", None), getattr(trainer, "lr_decay_rate", 0.1)
         ),
-        method_classes={name: type(m) for name, m in objective.methods.items()},
+        method_classes={name: method_class(m) for name, m in objective.methods.items()},
         overrides=overrides,
         student_class=type(student).__name__,
         library_name="timm" if is_timm_student(student) else "transformers",
@@ -359,7 +378,8 @@ def collect_summary(trainer: Any, **overrides: Any) -> DistillationSummary:
         base_model=hub_reference(name_or_path),
         init_checkpoint=model_reference(name_or_path),
         repo_id=trainer.args.hub_model_id,
-        teacher=model_reference(getattr(getattr(teacher, "config", None), "_name_or_path", None)),
+        teacher=_teacher_name(trainer, teacher),
+        teachers=_ensemble_members(trainer),
         teacher_class=type(teacher).__name__ if teacher is not None else None,
         teacher_architecture=_architecture(teacher_config) if teacher is not None else None,
         dataset=dataset,

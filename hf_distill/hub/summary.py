@@ -57,6 +57,8 @@ class DistillationSummary:
     teacher: str | None = None
     teacher_class: str | None = None
     teacher_architecture: str | None = None
+    #: a teacher ensemble's members, in order: ``name``, ``weight``, ``accuracy``, ``top5_accuracy``, ``architecture``
+    teachers: list[dict[str, Any]] = field(default_factory=list)
     ce_weight: float = 1.0
     methods: list[MethodSummary] = field(default_factory=list)
     dataset: str | None = None

@@ -21,7 +21,7 @@ def main() -> None:
     model_args, data_args, distill_args, training_args, kw = parse_args(sys.argv[2:])
     run = build_run(model_args, data_args, distill_args, training_args, kw)
     trainer = run.trainer
-    train_metrics = trainer.train().metrics
+    train_metrics = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint).metrics
     metrics = trainer.evaluate()
     container = trainer.accelerator.unwrap_model(trainer.model)
     state = {k: digest(v) for k, v in container.state_dict().items()}
