@@ -318,6 +318,8 @@ def collect_summary(trainer: Any, **overrides: Any) -> DistillationSummary:
     Returns:
         The summary.
     """
+    from ..mutual import mutual_partners
+
     container = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
     student = unwrap(container.student)
     objective = container.objective
@@ -377,6 +379,7 @@ def collect_summary(trainer: Any, **overrides: Any) -> DistillationSummary:
         epochs=float(trainer.state.epoch) if trainer.state.epoch is not None else None,
         hardware=hardware,
         num_processes=nproc,
+        mutual=mutual_partners(trainer),
     )
 
 
