@@ -31,7 +31,11 @@ from .models.loading import load_model
 from .models.normalization import input_spec
 from .models.taps import feature_tap
 
+#: the registry names of mutual learning (method and preset)
+MUTUAL = frozenset({"dml", "dml_ie"})
+
 __all__ = [
+    "MUTUAL",
     "PeerEvaluation",
     "attach_peers",
     "evaluate_peers",

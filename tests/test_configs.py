@@ -23,7 +23,7 @@ def test_committed_configs_equal_the_generator_output():
 
 def test_every_method_and_preset_has_configs():
     from hf_distill.losses import METHODS, PRESETS
-    from recipes.configs.make_cifar100_configs import MUTUAL
+    from hf_distill.mutual import MUTUAL
 
     folders = {c.parent.name for c in CONFIGS}
     # mutual learning has no teacher->student pair to reproduce
