@@ -8,10 +8,11 @@ import json
 import pytest
 import safetensors.torch
 import torch
+from huggingface_hub.utils import filter_repo_objects
 
 from hf_distill import DistillationTrainer
 from hf_distill.data import prepare_split
-from hf_distill.hub.publish import load_student
+from hf_distill.hub.publish import IGNORE_PATTERNS, load_student
 from hf_distill.losses import DistillationObjective
 from hf_distill.mutual import PeerEvaluation, attach_peers, evaluate_peers, export_peer, mutual_method
 from tests.helpers import CIFAR_SPEC, trainer_args
@@ -116,6 +117,9 @@ def test_a_peer_is_exported_as_its_own_model_with_its_card(tmp_path, tiny):
     assert "Trained mutually" in student_card and "peer 1 (resnet8" in student_card
     with pytest.raises(ValueError, match="no peer 2 .* 1 peer"):
         export_peer(t, 2, str(tmp_path / "peer2"))
+    # the student's folder, pushed, never carries the peers (each is its own model)
+    files = ["model.safetensors", "peer1/model.safetensors", "peer12/README.md"]
+    assert list(filter_repo_objects(files, ignore_patterns=IGNORE_PATTERNS)) == ["model.safetensors"]
 
 
 def test_the_recipe_runs_mutual_learning_and_exports_the_peers(tmp_path):
