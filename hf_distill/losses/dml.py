@@ -1,5 +1,6 @@
 """DML: Zhang, Xiang, Hospedales, Lu, "Deep Mutual Learning" (CVPR 2018, arXiv 1706.00384); with ``ie=True`` the
-inheritance/exploration split of IE-KD (Huang et al., CVPR 2021) applied between the peers, as that paper's IE-DML.
+inheritance/exploration split of IE-KD (Huang et al., CVPR 2021) applied between the peers (that paper combines its
+framework with DML).
 
 Mutual (online) distillation: the student and one or more peer networks are trained together from scratch, each one
 matching the others' current predictions. The peers are trainable parts of this method (``peer_nets``), so one
