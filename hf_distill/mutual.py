@@ -131,7 +131,7 @@ def evaluate_peers(trainer: Any, metric_key_prefix: str = "eval") -> dict[str, f
     loader = trainer.get_eval_dataloader()
     out: dict[str, float] = {}
     for k, peer in enumerate(method.peer_nets, 1):
-        tap, was = method._peer_taps[k - 1], peer.training
+        tap, was = method.peer_taps[k - 1], peer.training
         peer.eval()
         logits, labels = [], []
         for batch in loader:

@@ -160,7 +160,7 @@ class DML(DistillationLoss):
         self.inh_weight, self.exp_weight = float(inh_weight), float(exp_weight)
         self.student_layers = parse_single_selector(student_layers, "--dml-student-layers")
         self.peer_nets = nn.ModuleList()
-        self._peer_taps: list[PeerTap] = []
+        self.peer_taps: list[PeerTap] = []
         self._image_size = 32
         self.layer_per_network: list[str] = []
 
@@ -180,7 +180,7 @@ class DML(DistillationLoss):
                 f"dml needs at least one peer and one tap per peer, got {len(peers)} and {len(taps)}"
             )
         self.peer_nets = nn.ModuleList(peers)
-        self._peer_taps = list(taps)
+        self.peer_taps = list(taps)
         self._image_size = int(image_size)
 
     @property
@@ -196,7 +196,7 @@ class DML(DistillationLoss):
         """Every peer's features for the batch (logits, and the split map with ``ie``)."""
         return [
             tap(net, pixel_values, self._peer_request(k))
-            for k, (net, tap) in enumerate(zip(self.peer_nets, self._peer_taps))
+            for k, (net, tap) in enumerate(zip(self.peer_nets, self.peer_taps))
         ]
 
     # -- declaration -----------------------------------------------------------------------------------------------
@@ -215,8 +215,8 @@ class DML(DistillationLoss):
             )
         super().resolve_layers(student_names, teacher_names)
         if self.ie:
-            names = [student_names] + [tap.names for tap in self._peer_taps]
-            who = ["student"] + [f"peer {k + 1}" for k in range(len(self._peer_taps))]
+            names = [student_names] + [tap.names for tap in self.peer_taps]
+            who = ["student"] + [f"peer {k + 1}" for k in range(len(self.peer_taps))]
             self.layer_per_network = [
                 resolve_selectors([self.student_layers], n, w)[0] for n, w in zip(names, who)
             ]
@@ -224,7 +224,7 @@ class DML(DistillationLoss):
     @torch.no_grad()
     def _peer_specs(self) -> list[FeatureSpec]:
         specs = []
-        for k, (net, tap) in enumerate(zip(self.peer_nets, self._peer_taps)):
+        for k, (net, tap) in enumerate(zip(self.peer_nets, self.peer_taps)):
             param = next(net.parameters())
             was = net.training
             net.eval()
