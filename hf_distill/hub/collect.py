@@ -18,6 +18,7 @@ from typing import Any
 
 from ..labels import label_names
 from ..models.configuration_cifar import CifarConfig
+from ..mutual import mutual_partners
 from .summary import (
     SUMMARY_NAME,
     DistillationSummary,
@@ -318,8 +319,6 @@ def collect_summary(trainer: Any, **overrides: Any) -> DistillationSummary:
     Returns:
         The summary.
     """
-    from ..mutual import mutual_partners
-
     container = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
     student = unwrap(container.student)
     objective = container.objective
