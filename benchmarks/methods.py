@@ -26,6 +26,7 @@ from hf_distill.data import load_image_dataset, prepare_split
 from hf_distill.losses import METHODS, PRESETS, DistillationObjective
 from hf_distill.models.loading import load_model
 from hf_distill.models.normalization import input_spec
+from hf_distill.mutual import prepare_peers
 
 REPO = Path(__file__).resolve().parents[1]
 INIT_STAGE_ARGS = {"init_epochs": 0.1}  # a few steps: enough to exercise the stage
@@ -55,6 +56,7 @@ def run_method(name: str, args: argparse.Namespace, train, teacher_dir: str) -> 
         if m == "crd":
             kwargs[m] = {"nce_k": args.nce_k}
     objective = DistillationObjective.from_names(name, method_kwargs=kwargs)
+    prepare_peers(objective, student, args.student, teacher.config.id2label, 0)  # dml's peers
     timer = StepTimer()
     trainer = DistillationTrainer(
         model=student,

@@ -19,6 +19,7 @@ from hf_distill.data import collate, load_image_dataset, prepare_split
 from hf_distill.losses import METHODS, DataInfo, DistillationObjective, StepInfo
 from hf_distill.models.loading import load_model
 from hf_distill.models.normalization import TeacherInput, input_spec
+from hf_distill.mutual import prepare_peers
 from hf_distill.trainer import build_distillation_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,6 +52,8 @@ def main() -> None:
     for name in sorted(METHODS):
         torch.manual_seed(0)
         obj = DistillationObjective.from_names(name, method_kwargs={name: KWARGS.get(name, {})})
+        for peer in prepare_peers(obj, student, args.student, teacher.config.id2label, 0):  # dml's peers
+            peer.to(device)
         built = build_distillation_model(
             student, teacher, obj, split.dataset, data_info=DataInfo(len(split.dataset), 10, split.labels)
         )

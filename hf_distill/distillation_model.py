@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import datasets
@@ -55,6 +55,8 @@ class DistillationModel(nn.Module):
         self.tap: FeatureTap = feature_tap(student)
         self.register_buffer("init_stage_done", torch.tensor(False))
         self.phase = "main"
+        # methods that read no teacher (mutual learning) still run on every training step
+        self.teacher_free = bool(objective.methods) and not objective.needs_teacher
 
     @property
     def config(self):
@@ -78,13 +80,17 @@ class DistillationModel(nn.Module):
         """
         if self.phase == "init":
             return self._init_stage_forward(pixel_values, labels, index, teacher_features, step)
+        if teacher_features is None and self.training and self.teacher_free:
+            teacher_features = Features()
         distill = teacher_features is not None and labels is not None
         request = self.student_request if distill else LOGITS_ONLY
         s = self.tap(self.student, pixel_values, request)
         out: dict[str, Any] = {"logits": s.logits}
         if labels is None:
             return out
-        step = step if step is not None else StepInfo(labels=labels, index=index)
+        step = replace(
+            step if step is not None else StepInfo(labels=labels, index=index), pixel_values=pixel_values
+        )
         # Loss math runs in float32 even under bf16/fp16 autocast: softmax with temperature, cosines and NCE
         # normalizations are unstable in half precision.
         with torch.autocast(device_type=pixel_values.device.type, enabled=False):

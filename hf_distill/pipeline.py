@@ -14,6 +14,7 @@ from .data import CarvedSplit, PreparedSplit, class_names, load_train_and_eval, 
 from .losses import DistillationObjective, resolve_objective
 from .models.loading import load_model, zoo_architecture
 from .models.normalization import input_spec
+from .mutual import PeerEvaluation, mutual_method, prepare_peers
 from .trainer import DistillationTrainer
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ def build_run(
     student = load_model(
         model_args.student, id2label=id2label, weights=model_args.student_weights, role="student"
     )
+    prepare_peers(objective, student, model_args.student, id2label, training_args.seed)  # dml only
 
     s_in = input_spec(student)
     size = data_args.image_size or s_in.image_size
@@ -165,4 +167,6 @@ def build_run(
         ensemble_mode=model_args.ensemble_mode,
     )
     trainer.dataset_id = data_args.dataset  # shown in the model card
+    if mutual_method(objective) is not None:
+        trainer.add_callback(PeerEvaluation(trainer))
     return Run(trainer, train, evals, carved)

@@ -26,6 +26,7 @@ from hf_distill.baseline import baseline_fields, build_baseline, comparison_line
 from hf_distill.cli import LOG_FORMAT, exit_on_bad_input
 from hf_distill.config import parse_args
 from hf_distill.guards import guarded_output_dir, warn_if_teacher_at_chance
+from hf_distill.mutual import export_peers
 from hf_distill.pipeline import build_run
 from hf_distill.run_record import RunRecordCallback, check_resume, resolve_resume, run_signature, whole_run
 
@@ -115,6 +116,7 @@ def _distill(model_args, data_args, distill_args, training_args, method_kwargs, 
         save_hook(trainer, **baseline)  # the card again, now with the baseline's entry and the gain
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset=data_args.dataset, **baseline)
+    peers = export_peers(trainer, training_args.output_dir, push=training_args.push_to_hub)  # dml: peer<k>/
     if trainer.is_world_process_zero():
         if run.carved_eval is not None:
             results["validation_split"] = run.carved_eval.as_dict()
@@ -129,6 +131,8 @@ def _distill(model_args, data_args, distill_args, training_args, method_kwargs, 
             f"student accuracy: {student if student is None else f'{student:.4f}'}   "
             f"({distill_args.method}, {minutes:.1f} min) -> {training_args.output_dir}"
         )
+        for k, folder in enumerate(peers, 1):
+            print(f"peer {k} accuracy: {results.get(f'eval_peer{k}_accuracy', float('nan')):.4f} -> {folder}")
     return results
 
 

@@ -195,6 +195,9 @@ def template_variables(summary: DistillationSummary, plot_file: str | None = Non
         "accuracy": _pct(summary.accuracy),
         "top5": _pct(summary.top5_accuracy),
         "teacher_accuracy": _pct(summary.teacher_accuracy),
+        "mutual": ", ".join(
+            f"{p['name']} ({p['architecture']}, top-1 {_pct(p.get('accuracy'))})" for p in summary.mutual
+        ),
         "baseline_accuracy": _pct(summary.baseline_accuracy),
         "gain": _signed_pct(summary.gain),
         "runtime": _duration(summary.train_runtime),

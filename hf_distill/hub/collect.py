@@ -19,6 +19,7 @@ from typing import Any
 from ..ensemble import method_class
 from ..labels import label_names
 from ..models.configuration_cifar import CifarConfig
+from ..mutual import mutual_partners
 from .summary import (
     SUMMARY_NAME,
     DistillationSummary,
@@ -397,6 +398,7 @@ def collect_summary(trainer: Any, **overrides: Any) -> DistillationSummary:
         epochs=float(trainer.state.epoch) if trainer.state.epoch is not None else None,
         hardware=hardware,
         num_processes=nproc,
+        mutual=mutual_partners(trainer),
     )
 
 

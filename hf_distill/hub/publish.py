@@ -34,13 +34,15 @@ from .summary import DistillationSummary
 from .timm_export import save_timm_folder
 
 PROCESSOR_NAME = "preprocessor_config.json"
-#: Never uploaded: checkpoints, the init stage's scratch folder, logs, hidden and private files.
+#: Never uploaded: checkpoints, the init stage's scratch folder, mutual learning's peers (each its own model), logs,
+#: hidden and private files.
 IGNORE_PATTERNS = [
     "checkpoint-*",
     "checkpoint-*/**",
     "tmp-checkpoint-*",
     "tmp-checkpoint-*/**",
     "init_stage/**",
+    "peer[0-9]*/**",
     "runs/**",
     "_*",
     ".*",

@@ -43,7 +43,8 @@ class MethodSummary:
 class DistillationSummary:
     """Everything a model card says about a distillation run (collected by :func:`collect_summary`).
 
-    Accuracies are fractions in [0, 1]; ``None`` means unknown. ``train_runtime`` is in seconds.
+    Accuracies are fractions in [0, 1]; ``None`` means unknown. ``train_runtime`` is in seconds. ``mutual`` lists the
+    networks trained together with this one by mutual learning (``{"name", "architecture", "accuracy"}`` each).
     """
 
     model_name: str
@@ -79,6 +80,7 @@ class DistillationSummary:
     teacher_top5_accuracy: float | None = None
     baseline_accuracy: float | None = None
     baseline_top5_accuracy: float | None = None
+    mutual: list[dict[str, Any]] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)
     train_runtime: float | None = None
     global_step: int | None = None

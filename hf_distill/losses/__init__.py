@@ -7,6 +7,7 @@ from . import (  # noqa: F401  (importing a method module registers it)
     crd,
     cskd,
     dkd,
+    dml,
     fitnet,
     fsp,
     ft,

@@ -74,6 +74,8 @@ class StepInfo:
         global_step: optimizer steps done so far.
         max_steps: optimizer steps of the whole run.
         num_epochs: epochs of the whole run.
+        pixel_values: the batch's images, as the student saw them (methods that run networks of their own: DML's
+            peers).
     """
 
     labels: Tensor
@@ -82,6 +84,7 @@ class StepInfo:
     global_step: int = 0
     max_steps: int = 0
     num_epochs: float = 0.0
+    pixel_values: Tensor | None = None
 
 
 @dataclass(frozen=True)
