@@ -217,9 +217,11 @@ class Cifar100Protocol:
     def argv(self, method: str, seed: int, data_dir: str | None, output_dir: str) -> list[str]:
         base = split_variant(method)[0]
         cfg, extra = self.config(base)
+        if (
+            self.teacher and base != BASELINE
+        ):  # it replaces the configs' teacher (a repeated --teacher: ensemble)
+            extra = [*extra[:2], "--teacher", self.teacher]  # extra: [] or [--method, m, --teacher, t]
         argv = ["--config", str(cfg), *extra, "--seed", str(seed), "--output_dir", output_dir]
-        if self.teacher and base != BASELINE:
-            argv += ["--teacher", self.teacher]
         if data_dir:
             argv += ["--dataset", data_dir]
         return argv + QUIET + variant_flags(method)
