@@ -1,5 +1,6 @@
 """Scale: multi-process equivalence, gradient accumulation, mixed precision, channels_last, torch.compile."""
 
+import copy
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ from hf_distill.data import collate, prepare_split
 from hf_distill.losses import METHODS, DataInfo, DistillationObjective, StepInfo
 from hf_distill.models.loading import load_model
 from hf_distill.models.taps import feature_tap
+from hf_distill.mutual import attach_peers
 from hf_distill.trainer import build_distillation_model
 from tests.conftest import REPO, SUBSET, TEACHER_DIR
 from tests.helpers import CIFAR_SPEC, timm_model
@@ -147,6 +149,8 @@ def test_bf16_losses_agree_with_float32(method, zoo_batch, tmp_path):
     digits of every activation; the terms are sums of many of them, so their relative error is far smaller)."""
     teacher, student, split, batch = zoo_batch
     obj = DistillationObjective.from_names(method, method_kwargs={method: SMALL_KW.get(method, {})})
+    if method == "dml":  # mutual learning trains a peer beside the student: give it one, as the recipe does
+        attach_peers(obj, [copy.deepcopy(student)], student)
     # the trainer's own construction step builds the lazy parts
     built = build_distillation_model(
         student, teacher, obj, split.dataset, data_info=DataInfo(len(split.dataset), 10, split.labels)
