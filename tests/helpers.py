@@ -81,6 +81,16 @@ def registered_methods(methods: dict[str, type[DistillationLoss]]) -> Iterator[N
             METHODS.pop(n, None)
 
 
+def tiny_splits(subset_train, subset_test, n_eval: int = 32):
+    """The small prepared (train, eval) pair the trainer-level tests share: 64 augmented training rows of the
+    embedded subset and ``n_eval`` test rows, at the CIFAR normalization."""
+    from hf_distill.data import prepare_split
+
+    tr = prepare_split(subset_train, CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, True, max_samples=64)
+    te = prepare_split(subset_test, CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, False, max_samples=n_eval)
+    return tr, te
+
+
 def trainer_args(output_dir, **overrides):
     """``TrainingArguments`` of the short CPU runs of these tests: 2 SGD steps at 0.05 with batches of 16, a log
     every step, no checkpoints, seed 0. ``overrides`` replace any of them; an override of ``None`` leaves that

@@ -8,18 +8,15 @@ import safetensors.torch
 import torch
 
 from hf_distill import DistillationTrainer
-from hf_distill.data import prepare_split
 from hf_distill.init_stage import init_stage_args
-from tests.helpers import CIFAR_SPEC, timm_model, trainer_args
+from tests.helpers import CIFAR_SPEC, timm_model, tiny_splits, trainer_args
 
 pytestmark = pytest.mark.usefixtures("probe_methods")  # the test-only method test_probe
 
 
 @pytest.fixture(scope="module")
 def tiny(subset_train, subset_test):
-    tr = prepare_split(subset_train, CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, True, max_samples=64)
-    te = prepare_split(subset_test, CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, False, max_samples=16)
-    return tr, te
+    return tiny_splits(subset_train, subset_test, n_eval=16)
 
 
 def _trainer(tmp_path, tiny, compute_metrics=None, **kw):

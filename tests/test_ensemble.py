@@ -13,22 +13,19 @@ from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_distill import DistillationTrainer
 from hf_distill.config import parse_args
-from hf_distill.data import prepare_split
 from hf_distill.ensemble import EnsembleMethod, TeacherEnsemble, as_teacher, ensemble_weights, mixture_logits
 from hf_distill.labels import align_ensemble_label_spaces
 from hf_distill.losses import DistillationObjective
 from hf_distill.models.loading import load_model
 from tests.conftest import JPEG_TEACHER_DIR, SUBSET, TEACHER_DIR
-from tests.helpers import CIFAR_SPEC, timm_model, trainer_args
+from tests.helpers import CIFAR_SPEC, timm_model, tiny_splits, trainer_args
 
 pytestmark = pytest.mark.usefixtures("probe_methods")  # the test-only method test_probe
 
 
 @pytest.fixture(scope="module")
 def tiny(subset_train, subset_test):
-    tr = prepare_split(subset_train, CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, True, max_samples=64)
-    te = prepare_split(subset_test, CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, False, max_samples=32)
-    return tr, te
+    return tiny_splits(subset_train, subset_test)
 
 
 def _trainer(tmp_path, tiny, teacher, method="kd", seed=0, student=None, **kw):

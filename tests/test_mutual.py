@@ -11,20 +11,17 @@ import torch
 from huggingface_hub.utils import filter_repo_objects
 
 from hf_distill import DistillationTrainer
-from hf_distill.data import prepare_split
 from hf_distill.hub.publish import IGNORE_PATTERNS, load_student
 from hf_distill.losses import DistillationObjective
 from hf_distill.mutual import PeerEvaluation, attach_peers, evaluate_peers, export_peer, mutual_method
-from tests.helpers import CIFAR_SPEC, trainer_args
+from tests.helpers import CIFAR_SPEC, tiny_splits, trainer_args
 from tests.losses._common import zoo_model
 from tests.test_trainer import _StopAt
 
 
 @pytest.fixture(scope="module")
 def tiny(subset_train, subset_test):
-    tr = prepare_split(subset_train, CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, True, max_samples=64)
-    te = prepare_split(subset_test, CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, False, max_samples=32)
-    return tr, te
+    return tiny_splits(subset_train, subset_test)
 
 
 def _trainer(out, tiny, seed=0, ie=False, **kw):

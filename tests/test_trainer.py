@@ -6,20 +6,17 @@ import torch
 from transformers import AutoModelForImageClassification, TrainerCallback
 
 from hf_distill import DistillationTrainer
-from hf_distill.data import prepare_split
 from hf_distill.losses import DistillationObjective
 from hf_distill.models.loading import load_model
 from hf_distill.trainer import DISTILL_STATE_NAME
-from tests.helpers import CIFAR_SPEC, timm_model, trainer_args
+from tests.helpers import CIFAR_SPEC, timm_model, tiny_splits, trainer_args
 
 pytestmark = pytest.mark.usefixtures("probe_methods")  # the test-only methods test_probe / test_init_probe
 
 
 @pytest.fixture(scope="module")
 def tiny(subset_train, subset_test):
-    tr = prepare_split(subset_train, CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, True, max_samples=64)
-    te = prepare_split(subset_test, CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, False, max_samples=32)
-    return tr, te
+    return tiny_splits(subset_train, subset_test)
 
 
 def _args(tmp_path, **kw):
