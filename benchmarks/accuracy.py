@@ -68,6 +68,13 @@ EPOCH_HYPERPARAMETERS = ("init_epochs", "warmup_epochs")
 #: the run order of a full job: the baseline, then the methods most asked about, then the rest
 FIRST_METHODS = ("none", "kd", "dkd", "crd_kd", "icd_kd", "cskd", "skd", "ie_kd")
 DEFAULT_SEEDS = (0, 1, 2)
+#: training arguments a method's own documentation prescribes, given to its runs in both modes and recorded in their
+#: rows: mutual learning clips the norm of all networks together, which cost DML 3-6 points at the default limit of 1
+#: (README, Mutual learning), so its runs train unclipped
+METHOD_TRAINING_ARGS: dict[str, dict[str, str]] = {
+    "dml": {"max_grad_norm": "0"},
+    "dml_ie": {"max_grad_norm": "0"},
+}
 RESULTS = REPO / "benchmarks" / "results"
 TEACHER = "teacher"  # the key of the teacher's own accuracy row
 BASELINE = "none"
@@ -96,6 +103,12 @@ def split_variant(method: str) -> tuple[str, dict[str, str]]:
     if any(len(p) != 2 for p in pairs):
         raise ValueError(f"Bad method variant {method!r}: write name[hyperparameter=value,...].")
     return base.strip(), {k.strip(): v.strip() for k, v in pairs}
+
+
+def method_training_flags(method: str) -> list[str]:
+    """The :data:`METHOD_TRAINING_ARGS` of ``method`` (or of its variant's base) as command-line flags."""
+    prescribed = METHOD_TRAINING_ARGS.get(split_variant(method)[0], {})
+    return [x for k, v in prescribed.items() for x in (f"--{k}", v)]
 
 
 def variant_flags(method: str) -> list[str]:
@@ -183,7 +196,7 @@ class Cifar10Protocol:
         argv = [x for k, v in args.items() for x in (f"--{k}", str(v))]
         if self.method_args(method):
             argv += ["--method_args", json.dumps(self.method_args(method))]
-        return argv + QUIET + variant_flags(method)
+        return argv + QUIET + method_training_flags(method) + variant_flags(method)
 
 
 @dataclass(frozen=True)
@@ -224,7 +237,7 @@ class Cifar100Protocol:
         argv = ["--config", str(cfg), *extra, "--seed", str(seed), "--output_dir", output_dir]
         if data_dir:
             argv += ["--dataset", data_dir]
-        return argv + QUIET + variant_flags(method)
+        return argv + QUIET + method_training_flags(method) + variant_flags(method)
 
 
 #: no checkpoints, no per-epoch evaluation, the loss logged once an epoch (progress): one evaluation after training
@@ -406,6 +419,7 @@ def run_one(job: Job, method: str, seed: int) -> dict[str, Any]:
         "num_train_samples": len(run.train.dataset),
         "num_eval_samples": len(run.eval.dataset) if run.eval is not None else None,
         "objective": run.trainer.model.objective.describe(),
+        "training_args": METHOD_TRAINING_ARGS.get(split_variant(method)[0], {}),
         "hardware": _hardware(),
         "threads": torch.get_num_threads(),
         "load_before": round(load, 2),

@@ -143,6 +143,13 @@ def test_method_variants_run_by_name():
         accuracy.split_variant("kd[temperature]")
 
 
+def test_mutual_learning_runs_unclipped_in_both_modes():
+    for protocol in (accuracy.Cifar10Protocol(), accuracy.Cifar100Protocol(teacher="outputs/t")):
+        for method in ("dml", "dml_ie", "dml[teacher_weight=1]"):
+            assert parse_args(protocol.argv(method, 0, "d", "o"), {})[3].max_grad_norm == 0
+        assert parse_args(protocol.argv("kd", 0, "d", "o"), {})[3].max_grad_norm == 1
+
+
 def test_cifar100_mode_parses_every_method():
     protocol = accuracy.Cifar100Protocol(teacher="outputs/t")
     for method in accuracy.all_methods() + ["kd[temperature=2]"]:
