@@ -9,6 +9,8 @@ report its accuracy), so the comparison costs only the student's training. Used 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,9 +20,14 @@ from transformers import TrainingArguments
 
 from .config import DataArguments, DistillArguments, ModelArguments
 from .pipeline import Run, build_run
+from .run_record import MAX_LISTED_DIFFERENCES, run_signature, signature_differences
+
+logger = logging.getLogger(__name__)
 
 #: the baseline's output folder inside the distillation run's
 BASELINE_DIR = "baseline"
+#: in the baseline's folder once it is trained: its defining arguments and its evaluation metrics
+BASELINE_RESULTS = "baseline_results.json"
 
 
 @dataclass
@@ -104,6 +111,65 @@ def run_baseline(run: Run) -> TrainedRun:
     return done
 
 
+def finished_baseline(folder: str, signature: dict[str, Any]) -> dict[str, float] | None:
+    """The metrics of the baseline already trained in ``folder`` with these defining arguments (None: none there).
+
+    Raises:
+        ValueError: the folder's baseline was trained with other arguments (one line listing them).
+    """
+    path = os.path.join(folder, BASELINE_RESULTS)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    diffs = signature_differences(saved.get("signature", {}), signature)
+    if diffs:
+        raise ValueError(
+            f"{folder} holds a baseline trained with other arguments ({'; '.join(diffs[:MAX_LISTED_DIFFERENCES])}"
+            f"{'; ...' if len(diffs) > MAX_LISTED_DIFFERENCES else ''}). Resume with the arguments it was trained "
+            "with, or delete that folder to train the baseline again."
+        )
+    return {k: float(v) for k, v in saved.get("metrics", {}).items()}
+
+
+def train_or_reuse_baseline(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    distill_args: DistillArguments,
+    training_args: TrainingArguments,
+    resuming: bool,
+) -> dict[str, Any]:
+    """``--baseline``: train the run's no-distillation twin, or, when the run resumes and the twin already finished
+    with the same defining arguments, reuse its metrics; the :func:`baseline_fields` either way.
+
+    Raises:
+        ValueError: bad input, or a finished baseline of other arguments in the folder of a resumed run.
+    """
+    # One set of arguments for the run and its signature: replacing TrainingArguments again after the trainer is
+    # built would reset Accelerate's state under it.
+    b_model, b_distill, b_training = baseline_arguments(model_args, distill_args, training_args)
+    run = build_run(b_model, data_args, b_distill, b_training)
+    folder = b_training.output_dir
+    signature = run_signature(
+        b_model, data_args, b_distill, b_training, run.trainer.model.objective.describe()
+    )
+    metrics = finished_baseline(folder, signature) if resuming else None
+    if metrics is not None:
+        logger.info(
+            "The baseline in %s is already trained (accuracy %s): reused.",
+            folder,
+            metrics.get("eval_accuracy"),
+        )
+        return baseline_fields(metrics)
+    metrics = run_baseline(run).metrics
+    if run.trainer.is_world_process_zero():
+        tmp = os.path.join(folder, BASELINE_RESULTS + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"signature": signature, "metrics": metrics}, f, indent=2)
+        os.replace(tmp, os.path.join(folder, BASELINE_RESULTS))
+    return baseline_fields(metrics)
+
+
 def baseline_fields(metrics: dict[str, float]) -> dict[str, Any]:
     """The summary / ``distill_results.json`` fields of a baseline's evaluation metrics."""
     return {
@@ -127,11 +193,14 @@ def comparison_line(teacher: float | None, baseline: float | None, student: floa
 
 __all__ = [
     "BASELINE_DIR",
+    "BASELINE_RESULTS",
     "TrainedRun",
     "baseline_arguments",
     "baseline_fields",
     "build_baseline",
     "comparison_line",
+    "finished_baseline",
     "run_baseline",
     "train_and_evaluate",
+    "train_or_reuse_baseline",
 ]

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from hf_distill.baseline import baseline_fields, build_baseline, comparison_line, run_baseline
+from hf_distill.baseline import comparison_line, train_or_reuse_baseline
 from hf_distill.cli import LOG_FORMAT, exit_on_bad_input
 from hf_distill.config import parse_args
 from hf_distill.guards import guarded_output_dir, warn_if_teacher_at_chance
@@ -81,10 +81,10 @@ def _distill(model_args, data_args, distill_args, training_args, method_kwargs, 
     baseline: dict[str, Any] = {}
     if distill_args.baseline:
         # The baseline trains first (never running the teacher), so the distillation run is exactly the one a run
-        # without --baseline makes.
-        base = build_baseline(model_args, data_args, distill_args, training_args)
-        baseline = baseline_fields(run_baseline(base).metrics)
-        del base
+        # without --baseline makes; a resumed run reuses the baseline it already trained.
+        baseline = train_or_reuse_baseline(
+            model_args, data_args, distill_args, training_args, resuming=resume is not None
+        )
     run = build_run(model_args, data_args, distill_args, training_args, method_kwargs)
     trainer = run.trainer
     objective = trainer.model.objective.describe()

@@ -2,7 +2,10 @@
 
 import json
 
-from hf_distill.baseline import build_baseline, comparison_line
+import pytest
+
+from hf_distill import baseline as baseline_module
+from hf_distill.baseline import BASELINE_RESULTS, build_baseline, comparison_line
 from hf_distill.config import parse_args
 from tests import test_recipe
 from tests.test_recipe import TINY
@@ -32,6 +35,31 @@ def test_baseline_run_card_and_summary(recipe, tmp_path, capsys):
     assert f"{gain:+.2f}" in card or f"{gain:+.1f}" in card
     printed = capsys.readouterr().out
     assert f"gain {gain:+.2f} points" in printed
+
+
+def test_a_resumed_run_reuses_its_baseline_and_refuses_another(recipe, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv = TINY + ["--baseline", "true", "--output_dir", str(out), "--save_strategy", "epoch"]
+    first = recipe.main(argv)
+    assert (out / "baseline" / BASELINE_RESULTS).is_file()
+
+    def trained_again(run):
+        raise AssertionError("the baseline was trained again")
+
+    monkeypatch.setattr(baseline_module, "run_baseline", trained_again)
+    again = recipe.main(argv + ["--resume_from_checkpoint", "true"])
+    assert again["baseline_accuracy"] == first["baseline_accuracy"]
+    assert again["eval_accuracy"] == first["eval_accuracy"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:  # the baseline in the folder is not this run's
+        recipe.main(argv + ["--resume_from_checkpoint", "true", "--learning_rate", "0.01"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1
+        and "holds a baseline trained with other arguments" in err[0]
+        and "learning_rate" in err[0]
+    )
 
 
 def test_baseline_never_loads_the_teacher(recipe, tmp_path):
