@@ -43,6 +43,12 @@ def _identity(value: str | None) -> str | None:
     return os.path.abspath(value) if value and os.path.exists(value) else value
 
 
+def _identities(values: list[str | None]) -> str | list[str | None] | None:
+    """One entry per teacher, each as :func:`_identity`; a single teacher as a plain value (as records always had)."""
+    out = [_identity(v) for v in values]
+    return out[0] if len(out) == 1 else out or None
+
+
 def run_signature(
     model_args, data_args, distill_args, training_args, objective: dict[str, Any]
 ) -> dict[str, Any]:
@@ -57,8 +63,9 @@ def run_signature(
         "objective": objective,
         "student": _identity(model_args.student),
         "student_weights": _identity(model_args.student_weights),
-        "teacher": _identity(model_args.teacher),
-        "teacher_weights": _identity(model_args.teacher_weights),
+        # an ensemble's teachers one by one, so that relative and absolute paths of the same folders agree
+        "teacher": _identities(model_args.teachers()),
+        "teacher_weights": _identities(model_args.teacher_weight_files()),
         "dataset": _identity(data_args.dataset),
         "train_split": data_args.train_split,
         "max_train_samples": data_args.max_train_samples,

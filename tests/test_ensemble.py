@@ -17,6 +17,7 @@ from hf_distill.ensemble import EnsembleMethod, TeacherEnsemble, as_teacher, ens
 from hf_distill.labels import align_ensemble_label_spaces
 from hf_distill.losses import DistillationObjective
 from hf_distill.models.loading import load_model
+from hf_distill.run_record import run_signature, signature_differences
 from tests.conftest import JPEG_TEACHER_DIR, SUBSET, TEACHER_DIR
 from tests.helpers import CIFAR_SPEC, timm_model, tiny_splits, trainer_args
 
@@ -236,6 +237,24 @@ def test_the_command_line_takes_repeated_teachers_and_weights(tmp_path):
         assert model_args.teachers() == ["x", "y"] and model_args.ensemble_weight_list() == [3.0, 1.0]
     model_args, *_ = parse_args(["--teacher", "x", "--output_dir", str(tmp_path)])
     assert model_args.teachers() == ["x"]
+
+
+def test_a_resume_compares_an_ensembles_teachers_one_by_one(tmp_path, monkeypatch):
+    """Relative and absolute paths of the same teacher folders are the same run; another teacher is not."""
+    monkeypatch.chdir(TEACHER_DIR.parent)
+    absolute, relative = f"{TEACHER_DIR},{JPEG_TEACHER_DIR}", f"{TEACHER_DIR.name},{JPEG_TEACHER_DIR.name}"
+
+    def signature(teachers: str) -> dict:
+        args = parse_args(["--teacher", teachers, "--output_dir", str(tmp_path)])
+        return run_signature(*args[:4], objective={})
+
+    assert signature(relative) == signature(absolute)
+    assert signature(relative)["teacher"] == [str(TEACHER_DIR), str(JPEG_TEACHER_DIR)]
+    swapped = signature(f"{JPEG_TEACHER_DIR.name},{TEACHER_DIR.name}")
+    assert signature_differences(signature(absolute), swapped) == [
+        f"teacher: {[str(TEACHER_DIR), str(JPEG_TEACHER_DIR)]} -> {[str(JPEG_TEACHER_DIR), str(TEACHER_DIR)]}"
+    ]
+    assert signature(str(TEACHER_DIR))["teacher"] == str(TEACHER_DIR)  # one teacher: a plain value, as before
 
 
 @pytest.mark.slow
