@@ -99,11 +99,32 @@ def load_pair(pair: str, options: Options) -> tuple[nn.Module, nn.Module]:
         tm = getattr(m, "timm_model", None)
         if tm is not None:
             tm.pretrained_cfg = {**tm.pretrained_cfg, "input_size": (3, 32, 32)}
+    calibrate_batchnorm(teacher, SyntheticRows(rows=256).images)
     teacher.eval().requires_grad_(False)
     if options.channels_last:
         teacher.to(memory_format=torch.channels_last)
         student.to(memory_format=torch.channels_last)
     return teacher, student
+
+
+def calibrate_batchnorm(model: nn.Module, images: Tensor, batch: int = 64) -> None:
+    """Set a random network's BatchNorm running statistics from ``images``, as training sets a teacher's.
+
+    Freshly initialized statistics (mean 0, variance 1) make a deep network in eval mode amplify its activations at
+    every block: a random resnet56's embedding overflows, and the gradients of methods that read it (CC) with it.
+    Speed does not depend on the values, but a run that stops on a non-finite gradient measures nothing.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            model(images[i : i + batch])
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
 
 
 def _prepare(x: Tensor, options: Options) -> Tensor:

@@ -5,6 +5,7 @@ import json
 import sys
 
 import pytest
+import torch
 
 from tests.conftest import REPO
 
@@ -55,3 +56,16 @@ def test_readme_speed_section_is_the_committed_benchmark_output():
     assert readme[start:end] == _bench().markdown(json.loads(RESULT.read_text())), (
         "README is stale: paste `python benchmarks/throughput.py --render benchmarks/results/throughput.json`"
     )
+
+
+def test_the_random_teacher_gets_batchnorm_statistics_of_its_data():
+    """A random resnet56 in eval mode with fresh statistics amplifies its logits to thousands (CC's gradient then
+    overflows); calibrated on the synthetic images, its logits are of order one."""
+    bench = _bench()
+    torch.manual_seed(0)
+    teacher = bench.load_model("cifar_resnet56", num_labels=100, role="teacher").eval()
+    images = bench.SyntheticRows(rows=256).images
+    with torch.no_grad():
+        assert teacher(images[:64]).logits.abs().max() > 100
+        bench.calibrate_batchnorm(teacher, images)
+        assert teacher.eval()(images[:64]).logits.abs().max() < 20
