@@ -41,6 +41,19 @@ def test_benchmark_runs_on_a_tiny_pair_and_writes_json_and_markdown(tmp_path):
     assert "| kd |" in md and "| crd |" in md and "cifar_resnet8:cifar_resnet8" in md
 
 
+def test_a_method_that_does_not_apply_to_a_pair_is_listed_and_the_run_goes_on(tmp_path):
+    bench = _bench()
+    out = tmp_path / "t.json"
+    argv = ["--pairs", "timm-resnet18-mobilenetv3", "--methods", "ab,kd", "--steps", "2", "--warmup", "0"]
+    bench.main(argv + ["--batch_size", "4", "--rows", "50", "--out", str(out)])
+    ab, kd = json.loads(out.read_text())["rows"]
+    assert "pre-activation" in ab["skipped"] and "ratio" not in ab  # fmt: skip
+    assert kd["method"] == "kd" and kd["ratio"] > 0
+    assert "| ab | not applicable: The student (MobileNetV3, a timm model) cannot give pre-activation" in (
+        out.with_suffix(".md").read_text()
+    )
+
+
 def test_unknown_pair_or_method_is_one_clear_error(capsys):
     bench = _bench()
     for argv, word in ((["--pairs", "nope"], "unknown pair"), (["--methods", "kd,nope"], "unknown method")):
