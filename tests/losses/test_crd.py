@@ -255,6 +255,21 @@ def test_sampling_follows_torch_rng_and_mixed_class_sizes():
     assert len(set(a[1, 1:].tolist())) == 10  # without replacement where possible
 
 
+def test_negatives_without_replacement_are_uniform_over_the_other_class_rows():
+    """Every other-class row is drawn with probability K / others (here 5 of 20), as numpy's choice without
+    replacement; the own class never. 2,000 draws: each row's count is 500 +- 4 standard deviations."""
+    labels = torch.arange(30) % 3  # 10 rows per class: 20 others
+    order, start = _tables(labels)
+    torch.manual_seed(0)
+    idx = torch.zeros(2000, dtype=torch.long)  # class 0, drawn 2,000 times
+    c = sample_contrast_indices(idx, labels, order, start, 5)
+    assert all(len(set(r.tolist())) == 5 for r in c[:, 1:])
+    counts = torch.bincount(c[:, 1:].reshape(-1), minlength=30)
+    assert (counts[labels == 0] == 0).all()
+    sd = (2000 * 0.25 * 0.75) ** 0.5
+    assert ((counts[labels != 0] - 500).abs() < 4 * sd).all(), counts
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 2. gradients
 
