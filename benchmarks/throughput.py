@@ -364,8 +364,9 @@ def markdown(result: dict) -> str:
                 continue
             target = TARGETS[r["kind"]]
             verdict = "met" if r["ratio"] <= target else "missed"
+            note = (r.get("extra") or {}).get("note")  # e.g. a row re-measured in a later run
             lines.append(
-                f"| {r['method']} | {r['limit_img_s']:.1f} ({r['limit_before_img_s']:.1f} / "
+                f"| {r['method']}{f' ({note})' if note else ''} | {r['limit_img_s']:.1f} ({r['limit_before_img_s']:.1f} / "
                 f"{r['limit_after_img_s']:.1f}) | {r['trainer_img_s']:.1f} | {r['ratio']:.2f}x "
                 f"| {target:.2f}x {verdict} | {100 * r['trainer_iqr']:.0f}% / {100 * r['limit_iqr']:.0f}% "
                 f"| {r['peak_mb']:.0f} | {r['state_mb']:.2f} |"

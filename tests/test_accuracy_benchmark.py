@@ -182,3 +182,30 @@ def test_runs_share_the_teacher_cache_for_small_outputs_only(tmp_path):
     assert accuracy.row_key(plain) == accuracy.row_key(dkd)  # the cache is exact: not part of the key
     at = accuracy.run_one(cached, "at", 0)
     assert at["teacher_cache_read_rows"] is None
+
+
+def test_readme_default_run_figures_are_the_committed_short_runs():
+    """The README's table of the default configuration (1,000 images, 30 and 60 epochs) is computed from
+    benchmarks/results/cifar10-short.jsonl: means and spreads over seeds, and the gain paired by seed."""
+    import statistics
+
+    rows, bad = accuracy.read_rows(REPO / "benchmarks" / "results" / "cifar10-short.jsonl")
+    assert not bad
+    readme = (REPO / "README.md").read_text()
+    for epochs in (60.0, 30.0):
+        top1 = {
+            m: {
+                r["seed"]: 100 * r["top1"]
+                for r in rows
+                if r["method"] == m and r["definition"]["epochs"] == epochs
+            }
+            for m in ("none", "kd")
+        }
+        assert sorted(top1["none"]) == sorted(top1["kd"]) == [0, 1, 2]
+        assert all(r["definition"]["per_class"] == 100 for r in rows)
+        gains = [top1["kd"][s] - top1["none"][s] for s in top1["none"]]
+        cells = [
+            f"{statistics.mean(v.values()):.2f} ± {statistics.stdev(v.values()):.2f}%" for v in top1.values()
+        ]
+        cells.append(f"{statistics.mean(gains):+.2f} ± {statistics.stdev(gains):.2f} points")
+        assert all(c in readme for c in cells), cells

@@ -115,3 +115,23 @@ def test_bad_input_exit_code_from_the_command_line():
 def test_feature_layer_that_does_not_exist(recipe, capsys):
     line = _fails(recipe, capsys, ["--method", "at", "--at-student-layers", "stage9"])
     assert "'stage9' does not exist in the student" in line and "stem, stage1, stage2, stage3" in line
+
+
+def test_the_default_data_is_the_first_100_images_of_each_class(recipe):
+    """assets/cifar10-1k, the default run's data (the README's measured configuration), is the first 100 rows of each
+    class of assets/cifar10-subset with the same test images."""
+    import pyarrow.parquet as pq
+
+    one_k, subset = REPO / "assets" / "cifar10-1k", REPO / "assets" / "cifar10-subset"
+    assert recipe.DEFAULTS["dataset"] == str(one_k) and recipe.DEFAULTS["num_train_epochs"] == 60
+    full = pq.read_table(subset / "train.parquet").to_pydict()
+    taken = {c: 0 for c in range(10)}
+    first = []
+    for i, y in enumerate(full["label"]):
+        if taken[y] < 100:
+            taken[y] += 1
+            first.append(i)
+    train = pq.read_table(one_k / "train.parquet").to_pydict()
+    assert train["label"] == [full["label"][i] for i in first] and len(first) == 1000
+    assert train["img"] == [full["img"][i] for i in first]
+    assert (one_k / "test.parquet").read_bytes() == (subset / "test.parquet").read_bytes()
