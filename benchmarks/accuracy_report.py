@@ -82,12 +82,17 @@ def method_stats(rows: list[dict[str, Any]]) -> dict[str, MethodStats]:
 
 def verdict(s: MethodStats, base: MethodStats | None) -> str:
     """ahead / behind when the mean gain exceeds twice its standard error (both sides need 2+ seeds), else
-    'within noise'; single-seed rows are marked as unresolved."""
+    'within noise'. A single-seed row is unresolved: it is called ahead or behind only when its gain exceeds twice
+    the standard error it would have with the baseline's seed spread, else within noise."""
     if base is None:
         return ""
     gain = s.mean - base.mean
-    if s.n < 2 or base.n < 2:
+    if base.n < 2:
         return "1 seed: " + ("ahead" if gain > 0 else "behind") + " (unresolved)"
+    if s.n < 2:
+        se = base.std * math.sqrt(1 + 1 / base.n)  # one run's noise taken as the baseline's
+        side = "ahead" if gain > 2 * se else "behind" if gain < -2 * se else "within noise"
+        return f"1 seed: {side} (unresolved)"
     se = math.sqrt(s.std**2 / s.n + base.std**2 / base.n)
     if gain > 2 * se:
         return "**ahead**"

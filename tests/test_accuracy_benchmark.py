@@ -45,7 +45,9 @@ def test_table_keeps_other_versions_and_partial_lines_apart(tmp_path):
     kd = next(ln for ln in table.splitlines() if ln.startswith("| `kd`"))
     assert "| 3 | 72.10 ± 0.10 | +2.00 | **ahead** |" in kd
     dkd = next(ln for ln in table.splitlines() if ln.startswith("| `dkd`"))
-    assert "| 1 | 69.00 | -1.10 | 1 seed: behind (unresolved) |" in dkd
+    assert "| 1 | 69.00 | -1.10 | 1 seed: behind (unresolved) |" in dkd  # 1.10 > 2 x 0.1 x sqrt(4/3)
+    close = render_table([*rows_read[:6], _row("dkd", 0, 0.7005)], "p1", accuracy.code_version(), 0)
+    assert "| 1 | 70.05 | -0.05 | 1 seed: within noise (unresolved) |" in close  # 0.05 < 2 x 0.1 x sqrt(4/3)
     assert "Ahead of the baseline: `kd`; single seed so far: `dkd`." in table
 
 
