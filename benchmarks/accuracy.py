@@ -105,10 +105,14 @@ def split_variant(method: str) -> tuple[str, dict[str, str]]:
     return base.strip(), {k.strip(): v.strip() for k, v in pairs}
 
 
+def method_training_args(method: str) -> dict[str, str]:
+    """The :data:`METHOD_TRAINING_ARGS` of ``method`` (or of its variant's base); empty for most methods."""
+    return METHOD_TRAINING_ARGS.get(split_variant(method)[0], {})
+
+
 def method_training_flags(method: str) -> list[str]:
-    """The :data:`METHOD_TRAINING_ARGS` of ``method`` (or of its variant's base) as command-line flags."""
-    prescribed = METHOD_TRAINING_ARGS.get(split_variant(method)[0], {})
-    return [x for k, v in prescribed.items() for x in (f"--{k}", v)]
+    """:func:`method_training_args` as command-line flags."""
+    return [x for k, v in method_training_args(method).items() for x in (f"--{k}", v)]
 
 
 def variant_flags(method: str) -> list[str]:
@@ -419,7 +423,7 @@ def run_one(job: Job, method: str, seed: int) -> dict[str, Any]:
         "num_train_samples": len(run.train.dataset),
         "num_eval_samples": len(run.eval.dataset) if run.eval is not None else None,
         "objective": run.trainer.model.objective.describe(),
-        "training_args": METHOD_TRAINING_ARGS.get(split_variant(method)[0], {}),
+        "training_args": method_training_args(method),
         "hardware": _hardware(),
         "threads": torch.get_num_threads(),
         "load_before": round(load, 2),

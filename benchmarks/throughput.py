@@ -449,9 +449,8 @@ def main(argv: list[str] | None = None) -> dict:
         for name in args.names:
             try:
                 row = asdict(run_method(pair, name, args, options, device))
-            except (
-                ValueError
-            ) as e:  # the method does not apply to the pair (a timm student has no pre-activations)
+            except ValueError as e:
+                # the method does not apply to the pair (a timm student has no pre-activation maps)
                 row = {
                     "pair": pair,
                     "method": name,

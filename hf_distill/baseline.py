@@ -20,7 +20,7 @@ from transformers import TrainingArguments
 
 from .config import DataArguments, DistillArguments, ModelArguments
 from .pipeline import Run, build_run
-from .run_record import MAX_LISTED_DIFFERENCES, run_signature, signature_differences
+from .run_record import listed_differences, run_signature, signature_differences
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +125,8 @@ def finished_baseline(folder: str, signature: dict[str, Any]) -> dict[str, float
     diffs = signature_differences(saved.get("signature", {}), signature)
     if diffs:
         raise ValueError(
-            f"{folder} holds a baseline trained with other arguments ({'; '.join(diffs[:MAX_LISTED_DIFFERENCES])}"
-            f"{'; ...' if len(diffs) > MAX_LISTED_DIFFERENCES else ''}). Resume with the arguments it was trained "
-            "with, or delete that folder to train the baseline again."
+            f"{folder} holds a baseline trained with other arguments ({listed_differences(diffs)}). Resume with "
+            "the arguments it was trained with, or delete that folder to train the baseline again."
         )
     return {k: float(v) for k, v in saved.get("metrics", {}).items()}
 

@@ -156,6 +156,13 @@ def resolve_resume(value: str | bool | None, output_dir: str) -> str | None:
     return text
 
 
+def listed_differences(diffs: list[str]) -> str:
+    """The first :data:`MAX_LISTED_DIFFERENCES` of :func:`signature_differences`, ``"; "``-joined, and how many
+    more there are: short enough for a one-line error."""
+    more = len(diffs) - MAX_LISTED_DIFFERENCES
+    return "; ".join(diffs[:MAX_LISTED_DIFFERENCES]) + (f"; and {more} more" if more > 0 else "")
+
+
 def check_resume(checkpoint: str, signature: dict[str, Any], ignore_changes: bool) -> list[Segment]:
     """Refuse to resume a checkpoint of another run; return the segments recorded in it.
 
@@ -168,13 +175,9 @@ def check_resume(checkpoint: str, signature: dict[str, Any], ignore_changes: boo
         return []
     diffs = signature_differences(record.get("signature", {}), signature)
     if diffs and not ignore_changes:
-        shown = "; ".join(diffs[:MAX_LISTED_DIFFERENCES])
-        more = (
-            f"; and {len(diffs) - MAX_LISTED_DIFFERENCES} more" if len(diffs) > MAX_LISTED_DIFFERENCES else ""
-        )
         raise ValueError(
-            f"{checkpoint} was written by another run ({shown}{more}). Resume with the same arguments, or pass "
-            "--resume_ignore_changes to continue it with these."
+            f"{checkpoint} was written by another run ({listed_differences(diffs)}). Resume with the same "
+            "arguments, or pass --resume_ignore_changes to continue it with these."
         )
     return [Segment(**s) for s in record.get("segments", [])]
 
@@ -248,6 +251,7 @@ def whole_run(
 
 __all__ = [
     "RUN_RECORD_NAME",
+    "listed_differences",
     "RunRecordCallback",
     "Segment",
     "check_resume",
