@@ -19,6 +19,10 @@ def polynomial_mmd(student: Tensor, teacher: Tensor, degree: int = 2, c: float =
     Every channel of a sample is one point (its vector over spatial positions); the MMD compares the student's set
     of channel points with the teacher's, per sample, and the result is averaged over the batch.
 
+    For degree 1 and 2 the channel-pair sums have a closed form through the (N, N) Gram matrices over positions
+    (:func:`_position_gram_means`), used when it is the cheaper one: late stages have far more channels than
+    positions (a 512-channel 1x1 map costs 512^2 per sample by channel pairs, 1 by positions).
+
     Args:
         student: (B, Cs, N) per-channel vectors (already L2-normalized over N).
         teacher: (B, Ct, N) per-channel vectors (already L2-normalized over N); no gradient flows into them.
@@ -26,6 +30,10 @@ def polynomial_mmd(student: Tensor, teacher: Tensor, degree: int = 2, c: float =
     Returns:
         Scalar: mean k(t, t') + mean k(s, s') - 2 mean k(s, t), means over the batch and the channel pairs.
     """
+    cs, ct, n = student.shape[1], teacher.shape[1], student.shape[2]
+    if degree <= 2 and n * (cs + ct + n) < cs * cs + cs * ct + ct * ct:
+        tt, ss, st = _position_gram_means(student, teacher.detach(), degree, c)
+        return tt.detach() + ss - 2.0 * st
 
     def k(a: Tensor, b: Tensor) -> Tensor:
         # (B, Ca, Cb) via a batched product: never materializes the (B, Ca, Cb, N) tensor.
@@ -33,6 +41,27 @@ def polynomial_mmd(student: Tensor, teacher: Tensor, degree: int = 2, c: float =
 
     tt = k(teacher, teacher).mean().detach()  # a constant: it only makes the value a true (>= 0) MMD
     return tt + k(student, student).mean() - 2.0 * k(student, teacher).mean()
+
+
+def _position_gram_means(s: Tensor, t: Tensor, degree: int, c: float) -> tuple[Tensor, Tensor, Tensor]:
+    """mean k(t, t'), mean k(s, s'), mean k(s, t) for degree 1 or 2, from (N, N) Gram matrices over positions.
+
+    With A (Ca, N) and B (Cb, N) the channel vectors of one sample, sum_{a, b} (a.b)^2 = ||A B^T||_F^2
+    = <A^T A, B^T B>_F and sum_{a, b} a.b = (sum_a a).(sum_b b); (x + c)^2 = x^2 + 2cx + c^2 and the means divide
+    by Ca Cb. Work B N^2 (Cs + Ct) instead of B N (Cs^2 + Cs Ct + Ct^2).
+    """
+    sums = {"s": s.sum(1), "t": t.sum(1)}  # (B, N)
+    grams = {"s": s.transpose(1, 2) @ s, "t": t.transpose(1, 2) @ t} if degree == 2 else {}
+    sizes = {"s": s.shape[1], "t": t.shape[1]}
+
+    def mean_k(a: str, b: str) -> Tensor:
+        linear = (sums[a] * sums[b]).sum(1) / (sizes[a] * sizes[b])  # (B,): mean of x.y
+        if degree == 1:
+            return (linear + c).mean()
+        square = (grams[a] * grams[b]).sum((1, 2)) / (sizes[a] * sizes[b])  # mean of (x.y)^2
+        return (square + 2 * c * linear + c * c).mean()
+
+    return mean_k("t", "t"), mean_k("s", "s"), mean_k("s", "t")
 
 
 def nst_loss(

@@ -66,6 +66,33 @@ def test_nst_matches_numpy_reference_with_pooling_and_channel_mismatch():
     assert nst_loss(s, t, 3, 0.5).item() == pytest.approx(want3, rel=1e-5)
 
 
+def _channel_pair_mmd(s, t, degree, c):
+    """The (B, Cs, Ct) channel-pair form of polynomial_mmd, whatever the shapes."""
+
+    def k(a, b):
+        return (torch.bmm(a, b.transpose(1, 2)) + c).pow(degree).mean()
+
+    return k(t, t) + k(s, s) - 2 * k(s, t)
+
+
+@pytest.mark.parametrize("degree,c", [(2, 0.0), (2, 0.7), (1, 0.3)])
+def test_many_channels_few_positions_uses_the_position_form_with_the_same_value_and_gradient(degree, c):
+    # 40 and 24 channels over 4 positions: the (N, N) Gram form is chosen; the loop reference and the channel-pair
+    # form agree with it, values and gradients
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(3, 40, 2, 2, generator=g, dtype=torch.double, requires_grad=True)
+    t = torch.randn(3, 24, 2, 2, generator=g, dtype=torch.double)
+    got = nst_loss([s], [t], degree, c)
+    assert got.item() == pytest.approx(_np_nst_layer(s.detach().numpy(), t.numpy(), degree, c), rel=1e-10)
+    fs, ft = (torch.nn.functional.normalize(x.flatten(2), dim=2) for x in (s, t))
+    want = _channel_pair_mmd(fs, ft, degree, c)
+    assert got.item() == pytest.approx(want.item(), rel=1e-10)
+    (g_got,) = torch.autograd.grad(got, s)
+    (g_want,) = torch.autograd.grad(want, s)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-9, atol=1e-12)
+    assert g_want.abs().max() > 1e-6
+
+
 def test_properties_zero_for_identical_and_channel_permutation_invariant():
     x = torch.randn(2, 5, 4, 4)
     assert nst_loss([x], [x]).abs().item() < 1e-6

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_distill.losses import Features, FeatureSpec, StepInfo, resolve_objective
-from hf_distill.losses.rkd import RKD, pairwise_distances, rkd_loss
+from hf_distill.losses.rkd import RKD, _angles, pairwise_distances, rkd_loss
 from tests.losses._common import (
     built,
     check_gather_matches_full_batch,
@@ -61,6 +61,34 @@ def test_value_matches_python_loops():
     assert d2.item() == pytest.approx(ed2, rel=1e-7) and a2.item() == pytest.approx(ea2, rel=1e-7)
 
 
+def _explicit_angles(e):
+    """RepDistiller's form: unit difference vectors (B, B, D) and their batched products, B^3 x D work."""
+    diff = torch.nn.functional.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)
+    return torch.bmm(diff, diff.transpose(1, 2)).reshape(-1)
+
+
+@pytest.mark.parametrize("offset", [0.0, 100.0])
+def test_gram_angles_equal_the_explicit_difference_vectors(offset):
+    # a training-size batch in float32, also far from the origin (the Gram form centers the rows against
+    # cancellation); values and gradients agree with the explicit form
+    g = torch.Generator().manual_seed(0)
+    e = (torch.randn(64, 576, generator=g).relu() + offset).requires_grad_(True)
+    target = _explicit_angles(torch.randn(64, 512, generator=g).relu())
+    got, want = _angles(e), _explicit_angles(e)
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
+    # through the angle loss itself: its gradient is 0 at the zero-length differences (i = j or k = j), where the
+    # explicit form's F.normalize would scale any other upstream gradient by 1e12
+    (g_got,) = torch.autograd.grad(torch.nn.functional.smooth_l1_loss(got, target), e)
+    (g_want,) = torch.autograd.grad(torch.nn.functional.smooth_l1_loss(want, target), e)
+    assert g_want.abs().max() > 1e-6
+    torch.testing.assert_close(g_got, g_want, rtol=1e-3, atol=1e-4 * g_want.abs().max().item())
+    # coincident rows: cosine 0 wherever the difference of the pair is involved, as F.normalize of a zero vector
+    dup = torch.cat([e[:3], e[:1]]).detach()
+    cos = _angles(dup).reshape(4, 4, 4)
+    assert cos[0, 3].abs().max() == 0 and cos[3, :, 0].abs().max() == 0
+    torch.testing.assert_close(cos, _explicit_angles(dup).reshape(4, 4, 4), rtol=0, atol=2e-5)
+
+
 def test_concrete_value_and_invariances():
     # same configuration up to scale and translation: both terms are 0
     s = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
@@ -105,8 +133,7 @@ def test_gradcheck_and_gradient_only_to_student():
     torch.testing.assert_close(g.sum(0), torch.zeros(3, dtype=torch.double), rtol=0, atol=1e-12)
     assert (g * fs.detach()).sum().item() == pytest.approx(0.0, abs=1e-12)
     # coincident points (distance 0): the value is the loop reference's, and the distance term pushes the two
-    # copies apart symmetrically (the angle term's gradient there is finite but of order 1e9: F.normalize of a zero
-    # difference, as in RepDistiller)
+    # copies apart symmetrically (their difference has no direction: its cosines are 0 and pass no gradient)
     dup = torch.tensor([[1.0, 2.0], [1.0, 2.0], [0.0, 1.0]], dtype=torch.double, requires_grad=True)
     t3 = torch.tensor([[0.0, 1.0], [2.0, 0.0], [1.0, 1.0]], dtype=torch.double)
     d, a = rkd_loss(dup, t3)
