@@ -312,7 +312,11 @@ def run_method(pair: str, name: str, args: argparse.Namespace, options: Options,
     )
     trainer.options = options
     trainer.remove_callback(PrinterCallback)
-    # main-stage step only: the methods' initialization stages (AB, FT, FSP, IE-KD) are marked done
+    # main-stage step only: the methods' initialization stages (AB, FT, FSP, IE-KD) are marked done and their
+    # end hooks run, so a pretrained part is frozen (eval mode, out of the optimizer) as in a real main stage
+    objective = trainer.model.objective
+    for m in objective.init_stage_methods():
+        objective.methods[m].on_init_stage_end()
     trainer.model.init_stage_done.fill_(True)
     reset_peak_memory(device)
     trainer.train()
