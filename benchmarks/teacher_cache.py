@@ -6,9 +6,11 @@
     python benchmarks/teacher_cache.py --threads 1           # on a CPU shared with other jobs
 
 For each pair: one epoch fills the cache (its time is the cold-cache epoch: the teacher runs and its outputs are
-written), then uncached and warm-cache epochs alternate ``--repeats`` times (same student initialization, same data,
-same seed), so that a change in the machine's load hits both alike. Reported: the median epoch time of each mode,
-their ratio, the cache's disk use per epoch and the machine's load average. The networks are freshly initialized
+written), then uncached, warm-cache and student-alone epochs alternate ``--repeats`` times (same student initialization,
+same data, same seed), so that a change in the machine's load hits all alike. The student alone (no teacher, plain
+cross-entropy) is the floor a perfect cache would reach: ``ceiling`` = uncached / alone is the most any cache can
+save on this machine, ``warm / alone`` how close the cache gets to it. Reported: the median epoch time of each mode,
+their ratios, the cache's disk use per epoch and the machine's load average. The networks are freshly initialized
 (timing does not depend on their weights) with heads of the data's classes; batch 64, float32, on the GPU when there
 is one.
 """
@@ -48,15 +50,19 @@ class EpochTimer(TrainerCallback):
         self.times.append(time.perf_counter() - self.t0)
 
 
-def epoch_time(teacher_name: str, student_name: str, split, args: TrainingArguments, cache: str | None):
-    """Train one epoch of KD from fresh networks; returns (seconds, the trainer)."""
+def epoch_time(
+    teacher_name: str | None, student_name: str, split, args: TrainingArguments, cache: str | None
+):
+    """Train one epoch of KD from fresh networks (no teacher: the student alone); returns (seconds, the trainer)."""
     torch.manual_seed(0)
-    teacher = load_model(teacher_name, num_labels=split.num_classes, role="teacher")
+    teacher = None
+    if teacher_name is not None:
+        teacher = load_model(teacher_name, num_labels=split.num_classes, role="teacher")
     student = load_model(student_name, num_labels=split.num_classes)
     trainer = DistillationTrainer(
         model=student,
         teacher=teacher,
-        objective="kd",
+        objective="kd" if teacher is not None else "none",
         args=args,
         train_dataset=split.dataset,
         report_teacher_accuracy=False,
@@ -87,14 +93,16 @@ def bench_pair(teacher_name: str, student_name: str, raw, rows: int, repeats: in
     )
     cache = os.path.join(workdir, f"cache-{teacher_name}")
     cold, trainer = epoch_time(teacher_name, student_name, split, args, cache)
-    uncached, warm = [], []
+    uncached, warm, alone = [], [], []
     for _ in range(repeats):
         uncached.append(epoch_time(teacher_name, student_name, split, args, None)[0])
         t, trainer = epoch_time(teacher_name, student_name, split, args, cache)
         assert trainer.teacher_cache.computed_rows == 0, "the warm epoch ran the teacher"
         warm.append(t)
+        # the floor: the student trained alone (no teacher, no cache), the time a perfect cache would reach
+        alone.append(epoch_time(None, student_name, split, args, None)[0])
     report = trainer.teacher_cache.report()
-    u, w = statistics.median(uncached), statistics.median(warm)
+    u, w, a = statistics.median(uncached), statistics.median(warm), statistics.median(alone)
     return {
         "pair": f"{teacher_name} -> {student_name}",
         "rows": rows,
@@ -104,13 +112,23 @@ def bench_pair(teacher_name: str, student_name: str, raw, rows: int, repeats: in
         "warm_spread_s": round(max(warm) - min(warm), 3),
         "cold_s": round(cold, 3),
         "speedup": round(u / w, 2),
+        "alone_s": round(a, 3),
+        "alone_spread_s": round(max(alone) - min(alone), 3),
+        # the most any cache can give on this machine (the teacher's whole share), and how close the cache gets
+        "ceiling": round(u / a, 2),
+        "warm_over_alone": round(w / a, 3),
         "cache_bytes_per_epoch": report["teacher_cache_bytes_per_epoch"],
         "cache_bytes_per_row": round(report["teacher_cache_bytes_per_epoch"] / rows, 1),
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--pairs",
+        default=",".join(f"{t}:{s}" for t, s in PAIRS),
+        help="comma list of teacher:student model names",
+    )
     ap.add_argument("--rows", type=int, default=1024, help="training rows per epoch")
     ap.add_argument("--repeats", type=int, default=3, help="uncached/warm epoch pairs per model pair")
     ap.add_argument("--dataset", default=str(REPO / "assets" / "cifar10-subset"))
@@ -118,13 +136,14 @@ def main() -> None:
     ap.add_argument(
         "--threads", type=int, default=None, help="CPU threads (1 is steadier on a loaded machine)"
     )
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     raw = load_image_dataset(args.dataset, "train")
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as workdir:
-        results = [bench_pair(t, s, raw, args.rows, args.repeats, workdir) for t, s in PAIRS]
+        pairs = [p.split(":") for p in args.pairs.split(",")]
+        results = [bench_pair(t, s, raw, args.rows, args.repeats, workdir) for t, s in pairs]
     load = [round(max(a, b), 2) for a, b in zip(load_before, os.getloadavg())]
     device = (
         torch.cuda.get_device_name()
@@ -135,18 +154,21 @@ def main() -> None:
         f"KD, batch 64, {args.rows} rows per epoch, {device}; load average (1/5/15 min, max of start and end): {load}\n"
     )
     print(
-        "| pair | uncached epoch (s) | warm-cache epoch (s) | speedup | cold-cache epoch (s) | cache per epoch |"
+        "| pair | uncached epoch (s) | warm-cache epoch (s) | speedup | student alone (s) | ceiling "
+        "| warm / alone | cold-cache epoch (s) | cache per epoch |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['pair']} | {r['uncached_s']} ± {r['uncached_spread_s']} | {r['warm_s']} ± {r['warm_spread_s']} "
-            f"| {r['speedup']}x | {r['cold_s']} | {r['cache_bytes_per_epoch'] / 2**20:.2f} MiB "
+            f"| {r['speedup']}x | {r['alone_s']} ± {r['alone_spread_s']} | {r['ceiling']}x "
+            f"| {r['warm_over_alone']} | {r['cold_s']} | {r['cache_bytes_per_epoch'] / 2**20:.2f} MiB "
             f"({r['cache_bytes_per_row']} B/row) |"
         )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": device, "load_average": load, "results": results}, f, indent=2)
+    return results
 
 
 if __name__ == "__main__":

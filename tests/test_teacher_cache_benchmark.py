@@ -1,0 +1,26 @@
+"""benchmarks/teacher_cache.py runs on a tiny pair: the warm epoch never runs the teacher, the ratios are consistent."""
+
+import importlib.util
+import json
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def test_cache_benchmark_reports_speedup_ceiling_and_warm_over_alone(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("cache_bench", REPO / "benchmarks" / "teacher_cache.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "c.json"
+    argv = ["--pairs", "cifar_resnet20:cifar_resnet8", "--rows", "128", "--repeats", "1", "--threads", "1"]
+    (r,) = bench.main(argv + ["--json", str(out)])
+    # (the benchmark itself asserts that the warm epoch computed no teacher row)
+    assert r["pair"] == "cifar_resnet20 -> cifar_resnet8" and r["rows"] == 128
+    assert r["speedup"] == pytest.approx(r["uncached_s"] / r["warm_s"], abs=0.01)
+    assert r["ceiling"] == pytest.approx(r["uncached_s"] / r["alone_s"], abs=0.01)
+    assert r["warm_over_alone"] == pytest.approx(r["warm_s"] / r["alone_s"], abs=0.001)
+    # logits of 10 classes in float32 per row, plus the file's own framing
+    assert r["cache_bytes_per_row"] >= 40
+    assert json.loads(out.read_text())["results"] == [r]
+    assert "| cifar_resnet20 -> cifar_resnet8 |" in capsys.readouterr().out
