@@ -24,3 +24,15 @@ def test_cache_benchmark_reports_speedup_ceiling_and_warm_over_alone(tmp_path, c
     assert r["cache_bytes_per_row"] >= 40
     assert json.loads(out.read_text())["results"] == [r]
     assert "| cifar_resnet20 -> cifar_resnet8 |" in capsys.readouterr().out
+
+
+def test_readme_cache_table_is_the_committed_run():
+    result = json.loads((REPO / "benchmarks" / "results" / "teacher_cache.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    for r in result["results"]:
+        pair = r["pair"].replace("cifar_", "")
+        row = (
+            f"| {pair} | {r['uncached_s']:.2f} s | {r['warm_s']:.2f} s | {r['speedup']:.2f}x | {r['alone_s']:.2f} s "
+            f"| {r['ceiling']:.2f}x | {r['warm_over_alone']:.2f} |"
+        )
+        assert row in readme, row
