@@ -270,20 +270,30 @@ class TeacherEnsemble(nn.Module):
 
     @torch.no_grad()
     def features(
-        self, pixel_values: Tensor, autocast: Callable, request: FeatureNeeds | None = None
+        self,
+        pixel_values: Tensor,
+        autocast: Callable,
+        request: FeatureNeeds | None = None,
+        caches: Sequence | None = None,
+        index: Tensor | None = None,
     ) -> EnsembleFeatures:
         """Run every teacher once on the student's batch (each in its own input format); logits in the student's
-        class order."""
+        class order. With ``caches`` (one :class:`~hf_distill.teacher_cache.TeacherCache` per teacher) and the
+        training rows' ``index``, a teacher whose outputs are stored is read instead of run."""
         members = []
-        for t, tap, adapter, req, order in zip(
-            self.teachers, self.taps, self.adapters, self.requests, self.label_orders
+        for i, (t, tap, adapter, req, order) in enumerate(
+            zip(self.teachers, self.taps, self.adapters, self.requests, self.label_orders)
         ):
-            t.eval()
-            with autocast():
-                f = tap(t, adapter(pixel_values), request or req)
-            if order is not None and f.logits is not None:
-                f.logits = f.logits[:, order]
-            members.append(f)
+
+            def compute(t=t, tap=tap, adapter=adapter, req=req, order=order) -> Features:
+                t.eval()
+                with autocast():
+                    f = tap(t, adapter(pixel_values), request or req)
+                if order is not None and f.logits is not None:
+                    f.logits = f.logits[:, order]
+                return f
+
+            members.append(compute() if caches is None else caches[i].features(pixel_values, index, compute))
         return ensemble_features(members, self.weights)
 
 

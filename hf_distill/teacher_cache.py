@@ -23,6 +23,9 @@ writing the same cache at once only ever add whole shards. Shards store every ou
 produced it (float32 unless the run uses bf16/fp16 autocast), intermediate maps included: there is no lossy mode, so
 map-consuming methods are cached too, at their full size (reported in the logs and by :meth:`TeacherCache.report`).
 
+An ensemble of teachers gets one cache per teacher (:class:`EnsembleTeacherCache`), each under the key a run of that
+teacher alone would use: single-teacher runs and ensembles of the same teachers share what they stored.
+
 The rows of the epoch being trained are held in memory (about 20 MB per epoch for CIFAR-100 logits of 50,000 rows;
 maps take much more). Evaluation never uses the cache, and a run without a teacher (``--method none``) never opens it.
 """
@@ -168,6 +171,20 @@ def features_to_tensors(f: Features) -> dict[str, Tensor]:
     return {k: v.detach().cpu() for k, v in out.items()}
 
 
+def teacher_key(
+    teacher: nn.Module, adapter: nn.Module, request, label_order: Tensor | None
+) -> dict[str, Any]:
+    """The teacher's part of a cache key: its weights, its input conversion, what is requested of it and the class
+    order its stored logits are in (the student's: :mod:`hf_distill.labels`)."""
+    return {
+        "teacher": module_fingerprint(teacher),
+        "teacher_input": f"{type(adapter).__qualname__}:{module_fingerprint(adapter)}:"
+        f"{adapter.identity}:{adapter.resize}",
+        "request": json.dumps(asdict(request), sort_keys=True),
+        "label_order": None if label_order is None else label_order.tolist(),
+    }
+
+
 # -- the cache --------------------------------------------------------------------------------------------------
 class TeacherCache:
     """Teacher outputs of one key (teacher, request, data, transform, seed), per epoch and row, on disk.
@@ -206,45 +223,56 @@ class TeacherCache:
         self._write_key_file()
 
     @classmethod
-    def for_trainer(cls, root: str, trainer) -> TeacherCache | None:
+    def for_trainer(cls, root: str, trainer) -> TeacherCache | EnsembleTeacherCache | None:
         """The cache of a :class:`~hf_distill.trainer.DistillationTrainer`'s teacher and training set, with its
         callback (flush at epoch ends, checkpoints and the end of training) added; ``None`` when the run never
-        runs the teacher in training (no teacher, or ``--method none``)."""
+        runs the teacher in training (no teacher, or ``--method none``). An ensemble gets one cache per teacher
+        (:class:`EnsembleTeacherCache`), each under the key a run of that teacher alone would use."""
         objective = trainer.model.objective
         if trainer.teacher is None or not objective.needs_teacher:
             logger.info("--teacher_cache %s is unused: this run never runs a teacher in training.", root)
             return None
-        ensemble = getattr(trainer, "ensemble", None)
-        if ensemble is not None:
-            raise ValueError(
-                f"--teacher_cache stores the outputs of one teacher, and this run distills an ensemble of "
-                f"{len(ensemble)}: drop --teacher_cache (or distill one teacher)."
-            )
         args = trainer.args
-        adapter = trainer.teacher_adapter
-        key = {
+        run_key = {
             "format": CACHE_FORMAT,
-            "teacher": module_fingerprint(trainer.accelerator.unwrap_model(trainer.teacher)),
-            "teacher_input": f"{type(adapter).__qualname__}:{module_fingerprint(adapter)}:"
-            f"{adapter.identity}:{adapter.resize}",
-            "request": json.dumps(asdict(trainer.teacher_request), sort_keys=True),
-            # the stored logits are in the student's class order (hf_distill.labels): the order is part of the key
-            "label_order": None
-            if trainer.teacher_label_order is None
-            else trainer.teacher_label_order.tolist(),
             "precision": precision_of(args),
             "channels_last": str(bool(trainer.channels_last)),
             "device": args.device.type,
             "torch": torch.__version__,
             **dataset_fingerprint(trainer.train_dataset),
         }
-        cache = cls(
-            root, key, trainer.train_dataset, trainer.channels_last, is_main=trainer.is_world_process_zero()
-        )
-        trainer.add_callback(TeacherCacheCallback(cache))
-        if cache.is_main:
-            logger.info("Teacher cache %s (%s)", cache.dir, cache.size_summary())
-        return cache
+        ensemble = getattr(trainer, "ensemble", None)
+        if ensemble is None:
+            teachers = [
+                (
+                    trainer.teacher,
+                    trainer.teacher_adapter,
+                    trainer.teacher_request,
+                    trainer.teacher_label_order,
+                )
+            ]
+        else:
+            teachers = list(
+                zip(ensemble.teachers, ensemble.adapters, ensemble.requests, ensemble.label_orders)
+            )
+        caches = []
+        for teacher, adapter, request, label_order in teachers:
+            key = {
+                **run_key,
+                **teacher_key(trainer.accelerator.unwrap_model(teacher), adapter, request, label_order),
+            }
+            cache = cls(
+                root,
+                key,
+                trainer.train_dataset,
+                trainer.channels_last,
+                is_main=trainer.is_world_process_zero(),
+            )
+            if cache.is_main:
+                logger.info("Teacher cache %s (%s)", cache.dir, cache.size_summary())
+            caches.append(cache)
+        trainer.add_callback(TeacherCacheCallback(*caches))
+        return caches[0] if ensemble is None else EnsembleTeacherCache(caches)
 
     def _write_key_file(self) -> None:
         os.makedirs(self.dir, exist_ok=True)
@@ -382,34 +410,66 @@ class TeacherCache:
         }
 
 
-class TeacherCacheCallback(TrainerCallback):
-    """Write a :class:`TeacherCache`'s waiting rows at each epoch end, checkpoint and at the end of training."""
+class EnsembleTeacherCache:
+    """The caches of an ensemble's teachers, one per teacher under the key a run of that teacher alone would use:
+    an ensemble reads what single-teacher runs (or other ensembles) of the same teachers stored, and the other way
+    round. Row counts add up over the teachers (two teachers over 100 rows: 200 rows)."""
 
-    def __init__(self, cache: TeacherCache) -> None:
-        self.cache = cache
+    def __init__(self, members: list[TeacherCache]) -> None:
+        self.members = members
+
+    @property
+    def read_rows(self) -> int:
+        return sum(m.read_rows for m in self.members)
+
+    @property
+    def computed_rows(self) -> int:
+        return sum(m.computed_rows for m in self.members)
+
+    def report(self) -> dict[str, Any]:
+        """The members' reports added up; the directories listed, the epochs stored by every member."""
+        reports = [m.report() for m in self.members]
+        out = {k: sum(r[k] for r in reports) for k in reports[0] if k != "teacher_cache_dir"}
+        out["teacher_cache_dir"] = [r["teacher_cache_dir"] for r in reports]
+        out["teacher_cache_epochs_stored"] = min(r["teacher_cache_epochs_stored"] for r in reports)
+        return out
+
+
+class TeacherCacheCallback(TrainerCallback):
+    """Write the waiting rows of :class:`TeacherCache` s (an ensemble's: one per teacher) at each epoch end,
+    checkpoint and at the end of training."""
+
+    def __init__(self, *caches: TeacherCache) -> None:
+        self.caches = caches
+
+    def flush(self) -> None:
+        for cache in self.caches:
+            cache.flush()
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        self.cache.flush()
-        if self.cache.is_main:
-            c = self.cache
-            logger.info(
-                "Teacher cache: %d rows read, %d computed so far; %s",
-                c.read_rows,
-                c.computed_rows,
-                c.size_summary(),
-            )
+        self.flush()
+        for c in self.caches:
+            if c.is_main:
+                logger.info(
+                    "Teacher cache: %d rows read, %d computed so far; %s",
+                    c.read_rows,
+                    c.computed_rows,
+                    c.size_summary(),
+                )
 
     def on_save(self, args, state, control, **kwargs):
-        self.cache.flush()
+        self.flush()
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.cache.flush()
+        self.flush()
 
 
 __all__ = [
+    "EnsembleTeacherCache",
     "TeacherCache",
     "TeacherCacheCallback",
     "dataset_fingerprint",
     "input_digests",
     "module_fingerprint",
+    "teacher_key",
 ]

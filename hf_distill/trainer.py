@@ -216,10 +216,13 @@ class DistillationTrainer(Trainer):
     ) -> Features:
         """Run the frozen teacher once (eval mode, no grad, under the run's autocast); with a teacher cache and the
         training rows' ``index``, read the outputs an earlier run stored instead. Its logits
-        come in the student's class order. An ensemble gives every teacher's outputs (:class:`EnsembleFeatures`)."""
+        come in the student's class order. An ensemble gives every teacher's outputs (:class:`EnsembleFeatures`),
+        each read from its own cache where stored."""
+        cached = self.teacher_cache is not None and request is None and index is not None
         if self.ensemble is not None:
-            return self.ensemble.features(pixel_values, self.accelerator.autocast, request)
-        if self.teacher_cache is not None and request is None and index is not None:
+            caches = self.teacher_cache.members if cached else None
+            return self.ensemble.features(pixel_values, self.accelerator.autocast, request, caches, index)
+        if cached:
             return self.teacher_cache.features(
                 pixel_values, index, lambda: self.teacher_features(pixel_values)
             )

@@ -150,6 +150,44 @@ def test_any_key_change_is_a_miss(tmp_path, tiny, reference, subset_train):
     assert set(before) < set(_shards(cache))  # new keys, new directories; the old shards untouched
 
 
+def _ensemble_run(out, tiny, teachers, cache=None):
+    t = DistillationTrainer(
+        model=timm_model(seed=0),
+        teacher=[timm_model(seed=s) for s in teachers] if len(teachers) > 1 else timm_model(seed=teachers[0]),
+        objective="kd",
+        args=trainer_args(
+            out, max_steps=STEPS, optim_args="momentum=0.9", data_seed=0, lr_scheduler_type="linear"
+        ),
+        train_dataset=tiny.dataset,
+        student_input=CIFAR_SPEC,  # each teacher converts it to its own input format, alone or in the ensemble
+        teacher_cache=None if cache is None else str(cache),
+    )
+    t.train()
+    return t, {k: v.detach().clone() for k, v in t.model.state_dict().items()}
+
+
+def test_an_ensemble_caches_each_teacher_under_its_own_key(tmp_path, tiny):
+    rows = STEPS * 16
+    _, ref = _ensemble_run(tmp_path / "uncached", tiny, [100, 5])
+    cache = tmp_path / "cache"
+    alone, _ = _ensemble_run(tmp_path / "alone", tiny, [100], cache)  # teacher 100 alone fills its key
+    assert alone.teacher_cache.computed_rows == rows
+    # the ensemble reads teacher 100 from that run's key and computes (and stores) teacher 5
+    t, got = _ensemble_run(tmp_path / "cold", tiny, [100, 5], cache)
+    assert (t.teacher_cache.read_rows, t.teacher_cache.computed_rows) == (rows, rows)
+    assert [m.dir for m in t.teacher_cache.members][0] == alone.teacher_cache.dir
+    assert _max_gap(ref, got) <= 1e-6
+    t, got = _ensemble_run(tmp_path / "warm", tiny, [100, 5], cache)
+    assert (t.teacher_cache.read_rows, t.teacher_cache.computed_rows) == (2 * rows, 0)
+    assert _max_gap(ref, got) <= 1e-6
+    report = t.teacher_cache.report()
+    assert report["teacher_cache_read_rows"] == 2 * rows and len(report["teacher_cache_dir"]) == 2
+    assert report["teacher_cache_epochs_stored"] == 2
+    assert report["teacher_cache_bytes"] == sum(
+        m.report()["teacher_cache_bytes"] for m in t.teacher_cache.members
+    )
+
+
 def test_rows_whose_pixels_differ_are_a_miss(tmp_path, tiny):
     cache = TeacherCache(str(tmp_path), {"k": "v"}, tiny.dataset)
     x, index = torch.randn(4, 3, 8, 8), torch.arange(4)
