@@ -200,16 +200,6 @@ class Interleave(TrainerCallback):
         self.limit_times.append(time.perf_counter() - t)
 
 
-class OptionsTrainer(DistillationTrainer):
-    """The DistillationTrainer with the teacher's forward under bfloat16 autocast with ``--teacher_bf16``."""
-
-    options = Options()
-
-    def teacher_features(self, pixel_values, request=None, index=None):
-        with teacher_autocast(pixel_values, self.options):
-            return super().teacher_features(pixel_values, request, index)
-
-
 def reset_peak_memory(device: torch.device) -> None:
     """Start a new peak: CUDA's allocator statistics, or the kernel's peak RSS (Linux ``clear_refs``)."""
     if device.type == "cuda":
@@ -283,7 +273,7 @@ def run_method(pair: str, name: str, args: argparse.Namespace, options: Options,
     batches = LastBatch()
     limit = Limit(teacher.to(device), student, options, device)
     timer = Interleave(limit, batches, device)
-    trainer = OptionsTrainer(
+    trainer = DistillationTrainer(
         model=student,
         teacher=teacher,
         objective=objective,
@@ -309,8 +299,8 @@ def run_method(pair: str, name: str, args: argparse.Namespace, options: Options,
         callbacks=[timer],
         report_teacher_accuracy=False,
         channels_last=options.channels_last,
+        teacher_precision="bf16" if options.teacher_bf16 else "same",
     )
-    trainer.options = options
     trainer.remove_callback(PrinterCallback)
     # main-stage step only: the methods' initialization stages (AB, FT, FSP, IE-KD) are marked done and their
     # end hooks run, so a pretrained part is frozen (eval mode, out of the optimizer) as in a real main stage
@@ -355,8 +345,15 @@ def markdown(result: dict) -> str:
         "",
     ]
     for pair in dict.fromkeys(r["pair"] for r in result["rows"]):
+        # runs merged from separate processes keep each pair's own conditions
+        penv = result.get("pair_environments", {}).get(pair)
+        measured = (
+            f" measured in its own run: load average {penv['load_before']} before / {penv['load_after']} after"
+            if penv
+            else ""
+        )
         lines += [
-            f"**{pair}** (teacher -> student)",
+            f"**{pair}** (teacher -> student){measured}",
             "",
             "| method | limit img/s (before / after) | trainer img/s | ratio | target | spread (trainer / limit) "
             "| peak memory (MB) | method state (MB) |",

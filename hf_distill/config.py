@@ -177,6 +177,14 @@ class DistillArguments:
         default=False,
         metadata={"help": "Channels-last memory format for both networks (faster on recent GPUs)."},
     )
+    teacher_precision: str = field(
+        default="same",
+        metadata={
+            "help": "Precision of the teacher's forward: 'same' (the run's: float32, or bf16/fp16 autocast with "
+            "--bf16/--fp16), 'bf16' or 'fp16' (autocast of the teacher alone: faster where the hardware has fast "
+            "half precision; its outputs change slightly, and a teacher cache keys them apart)."
+        },
+    )
     teacher_cache: str | None = field(
         default=None,
         metadata={

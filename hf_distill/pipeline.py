@@ -162,6 +162,7 @@ def build_run(
         lr_milestones=distill_args.milestones(),
         lr_decay_rate=distill_args.lr_decay_rate,
         channels_last=distill_args.channels_last,
+        teacher_precision=distill_args.teacher_precision,
         teacher_cache=distill_args.teacher_cache,
         ensemble_weights=model_args.ensemble_weight_list(),
         ensemble_mode=model_args.ensemble_mode,

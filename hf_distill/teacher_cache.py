@@ -118,8 +118,11 @@ def dataset_fingerprint(dataset) -> dict[str, str]:
     }
 
 
-def precision_of(args) -> str:
-    """The autocast precision of a run (``TrainingArguments``): what the teacher's outputs are computed in."""
+def precision_of(args, teacher_precision: str = "same") -> str:
+    """What the teacher's outputs are computed in: ``--teacher_precision`` when set, else the run's autocast
+    precision (``TrainingArguments``)."""
+    if teacher_precision != "same":
+        return teacher_precision
     return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
 
 
@@ -235,7 +238,7 @@ class TeacherCache:
         args = trainer.args
         run_key = {
             "format": CACHE_FORMAT,
-            "precision": precision_of(args),
+            "precision": precision_of(args, trainer.teacher_precision),
             "channels_last": str(bool(trainer.channels_last)),
             "device": args.device.type,
             "torch": torch.__version__,

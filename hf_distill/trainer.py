@@ -14,6 +14,7 @@ stops the run with :class:`NonFiniteLossError` before anything non-finite is wri
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -53,6 +54,8 @@ from .teacher_cache import TeacherCache
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE_NAME = "trainer_state.json"
+#: --teacher_precision: the teacher's own autocast dtype (None: the run's precision)
+TEACHER_DTYPES = {"same": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class DistillationTrainer(Trainer):
@@ -75,6 +78,9 @@ class DistillationTrainer(Trainer):
             150/180/210); replaces ``args.lr_scheduler_type`` when given.
         channels_last: store both networks and the batches in channels-last memory format (faster convolutions
             on recent GPUs, notably with bf16/fp16); same results up to rounding.
+        teacher_precision: ``"same"`` (the teacher runs in the run's precision), ``"bf16"`` or ``"fp16"`` (the
+            teacher's forward alone under that autocast: faster on hardware with fast half precision, outputs not
+            bit-equal to float32 ones).
         teacher_cache: a directory where the teacher's training outputs are stored and read back by later runs
             with the same teacher, data, augmentation and seed (exact; see :mod:`hf_distill.teacher_cache`).
         ensemble_weights, ensemble_mode: with a list of teachers, their weights and how logit methods combine them
@@ -99,6 +105,7 @@ class DistillationTrainer(Trainer):
         lr_milestones: list[float] | None = None,
         lr_decay_rate: float = 0.1,
         channels_last: bool = False,
+        teacher_precision: str = "same",
         teacher_cache: str | None = None,
         ensemble_weights: Sequence[float] | None = None,
         ensemble_mode: str = "distribution",
@@ -123,6 +130,11 @@ class DistillationTrainer(Trainer):
         args.remove_unused_columns = False
         data_collator = data_collator or collate
 
+        if teacher_precision not in TEACHER_DTYPES:
+            raise ValueError(
+                f"Unknown --teacher_precision {teacher_precision!r}: use one of {', '.join(TEACHER_DTYPES)}."
+            )
+        self.teacher_precision = teacher_precision
         self.channels_last = channels_last
         if channels_last:
             model.to(memory_format=torch.channels_last)
@@ -221,19 +233,29 @@ class DistillationTrainer(Trainer):
         cached = self.teacher_cache is not None and request is None and index is not None
         if self.ensemble is not None:
             caches = self.teacher_cache.members if cached else None
-            return self.ensemble.features(pixel_values, self.accelerator.autocast, request, caches, index)
+            return self.ensemble.features(pixel_values, self.teacher_autocast, request, caches, index)
         if cached:
             return self.teacher_cache.features(
                 pixel_values, index, lambda: self.teacher_features(pixel_values)
             )
         self.teacher.eval()
-        with self.accelerator.autocast():
+        with self.teacher_autocast():
             f = self.teacher_tap(
                 self.teacher, self.teacher_adapter(pixel_values), request or self.teacher_request
             )
         if self.teacher_label_order is not None and f.logits is not None:
             f.logits = f.logits[:, self.teacher_label_order]
         return f
+
+    def teacher_autocast(self) -> contextlib.ExitStack:
+        """The autocast the teacher runs under: the run's (``--bf16``/``--fp16``), or ``--teacher_precision``'s
+        on top of it for the teacher alone."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.accelerator.autocast())
+        dtype = TEACHER_DTYPES[self.teacher_precision]
+        if dtype is not None:
+            stack.enter_context(torch.autocast(self.args.device.type, dtype=dtype))
+        return stack
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """One distillation step: teacher forward (once, no grad), then the student and the methods.

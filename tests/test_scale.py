@@ -109,6 +109,23 @@ def test_channels_last_gives_the_same_training(tmp_path):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5, msg=k)
 
 
+def test_teacher_precision_runs_the_teacher_alone_in_half_precision(tmp_path):
+    ref = _tiny_trainer(tmp_path / "a", timm_model(seed=0))
+    half = _tiny_trainer(tmp_path / "b", timm_model(seed=0), teacher_precision="bf16")
+    x = torch.randn(4, 3, 32, 32)
+    f, f32 = half.teacher_features(x), ref.teacher_features(x)
+    assert f.logits.dtype == torch.bfloat16 and f32.logits.dtype == torch.float32
+    torch.testing.assert_close(f.logits.float(), f32.logits, rtol=0.05, atol=0.05)
+    ref.train()
+    half.train()
+    # the student itself stays in float32; the two runs differ by the teacher's rounding only
+    assert all(p.dtype == torch.float32 for p in half.model.parameters())
+    for (k, a), b in zip(ref.model.state_dict().items(), half.model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=0.05, atol=1e-3, msg=k)
+    with pytest.raises(ValueError, match="Unknown --teacher_precision 'fp8': use one of same, bf16, fp16"):
+        _tiny_trainer(tmp_path / "c", timm_model(seed=0), teacher_precision="fp8")
+
+
 @pytest.mark.slow
 def test_torch_compile_gives_the_same_training(tmp_path):
     ref = _tiny_trainer(tmp_path / "a", timm_model(seed=0))

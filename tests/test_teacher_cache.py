@@ -188,6 +188,23 @@ def test_an_ensemble_caches_each_teacher_under_its_own_key(tmp_path, tiny):
     )
 
 
+def test_the_teacher_precision_is_part_of_the_key(tmp_path, tiny):
+    def trainer(precision):
+        return DistillationTrainer(
+            model=timm_model(seed=0),
+            teacher=timm_model(seed=100),
+            objective="kd",
+            args=trainer_args(tmp_path / precision),
+            train_dataset=tiny.dataset,
+            teacher_cache=str(tmp_path / "c"),
+            teacher_precision=precision,
+        )
+
+    f32, half = trainer("same"), trainer("bf16")
+    assert (f32.teacher_cache.key["precision"], half.teacher_cache.key["precision"]) == ("fp32", "bf16")
+    assert f32.teacher_cache.dir != half.teacher_cache.dir
+
+
 def test_rows_whose_pixels_differ_are_a_miss(tmp_path, tiny):
     cache = TeacherCache(str(tmp_path), {"k": "v"}, tiny.dataset)
     x, index = torch.randn(4, 3, 8, 8), torch.arange(4)
