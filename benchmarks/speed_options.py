@@ -4,6 +4,7 @@
     python benchmarks/speed_options.py                                  # resnet56 -> resnet20, every option
     python benchmarks/speed_options.py --pairs resnet32x4-resnet8x4 --options channels_last,teacher_bf16
     python benchmarks/speed_options.py --out benchmarks/results/speed_options.json
+    python benchmarks/speed_options.py --render benchmarks/results/speed_options.json   # the README's table
 
 For each pair and option: two copies of the same randomly initialized teacher and student, one run plainly and one
 with the option, each doing the limit step of ``benchmarks/throughput.py`` (teacher forward without grad + student
@@ -49,6 +50,7 @@ OPTIONS = [f.name for f in fields(Options)]
 
 def compare(pair: str, option: str, steps: int, warmup: int, batch_size: int, device: torch.device) -> dict:
     """Plain limit steps and limit steps with ``option``, interleaved on the same batches."""
+    load_before = round(os.getloadavg()[0], 1)
     loops = {}
     for name, options in (("plain", Options()), (option, Options(**{option: True}))):
         teacher, student = load_pair(pair, options)
@@ -75,6 +77,7 @@ def compare(pair: str, option: str, steps: int, warmup: int, batch_size: int, de
         "plain_iqr": plain["iqr_rel"],
         "option_iqr": with_option["iqr_rel"],
         "steps": steps,
+        "load": [load_before, round(os.getloadavg()[0], 1)],
     }
 
 
@@ -82,11 +85,11 @@ def markdown(result: dict) -> str:
     env = result["environment"]
     lines = [
         f"Batch {result['batch_size']}, {result['steps']} timed steps after {result['warmup']} warm-up, "
-        f"{env['device']}, torch {env['torch']}, load average {env['load_before']} before / "
-        f"{env.get('load_after', '?')} after.",
+        f"{env['device']}, torch {env['torch']}.",
         "",
-        "| pair | option | plain step (s) | with the option (s) | speedup | spread (plain / option) | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| pair | option | plain step (s) | with the option (s) | speedup | spread (plain / option) | load average "
+        "| verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         # a speedup inside the larger spread is no evidence either way
@@ -100,7 +103,7 @@ def markdown(result: dict) -> str:
         )
         lines.append(
             f"| {r['pair']} | {r['option']} | {r['plain_s']:.3f} | {r['option_s']:.3f} | {r['speedup']:.2f}x "
-            f"| {r['plain_iqr']:.0%} / {r['option_iqr']:.0%} | {verdict} |"
+            f"| {r['plain_iqr']:.0%} / {r['option_iqr']:.0%} | {r['load'][0]} -> {r['load'][1]} | {verdict} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -115,7 +118,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batch_size", type=int, default=64)
     ap.add_argument("--out", default=None, help="write the JSON here (and the markdown next to it, .md)")
+    ap.add_argument("--render", default=None, help="print the markdown of a saved JSON result and exit")
     args = ap.parse_args(argv)
+    if args.render:
+        result = json.loads(Path(args.render).read_text())
+        print(markdown(result), end="")
+        return result
     unknown = [o for o in args.options.split(",") if o not in OPTIONS]
     if unknown:
         ap.error(f"unknown option(s) {', '.join(unknown)}: choose from {', '.join(OPTIONS)}")

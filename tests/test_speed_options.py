@@ -17,13 +17,21 @@ def test_options_are_compared_on_a_tiny_pair_and_written(tmp_path):
     for r in result["rows"]:
         assert r["steps"] == 3 and r["plain_s"] > 0 and r["option_s"] > 0
         assert r["speedup"] == pytest.approx(r["plain_s"] / r["option_s"])
+        assert len(r["load"]) == 2
     assert json.loads(out.read_text()) == result
     md = out.with_suffix(".md").read_text()
     assert md == speed_options.markdown(result) and "| cifar_resnet8:cifar_resnet8 | teacher_bf16 |" in md
 
 
 def test_verdict_needs_a_change_beyond_the_spread():
-    row = {"pair": "p", "plain_s": 1.0, "steps": 20, "plain_iqr": 0.05, "option_iqr": 0.04}
+    row = {
+        "pair": "p",
+        "plain_s": 1.0,
+        "steps": 20,
+        "plain_iqr": 0.05,
+        "option_iqr": 0.04,
+        "load": [1.0, 1.2],
+    }
     env = {"device": "cpu", "torch": "x", "load_before": 0.0}
 
     def verdict(speedup):
@@ -47,3 +55,12 @@ def test_an_unknown_option_is_one_clear_error(capsys):
     assert (
         "unknown option(s) fp8: choose from channels_last, teacher_bf16, compile" in capsys.readouterr().err
     )
+
+
+def test_readme_speed_options_table_is_the_committed_run():
+    from tests.conftest import REPO
+
+    result = json.loads((REPO / "benchmarks" / "results" / "speed_options.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- speed-options:start -->\n")[1].split("<!-- speed-options:end -->")[0]
+    assert block == speed_options.markdown(result)
