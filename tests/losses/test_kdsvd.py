@@ -4,7 +4,14 @@ import torch
 from torch import nn
 
 from hf_distill.losses import Features, FeatureSpec, StepInfo, resolve_objective
-from hf_distill.losses.kdsvd import KDSVD, align_to_teacher, kdsvd_loss, top_singular_vectors
+from hf_distill.losses.kdsvd import (
+    KDSVD,
+    align_to_teacher,
+    kdsvd_loss,
+    rbf_relation,
+    relation_gap,
+    top_singular_vectors,
+)
 from tests.losses._common import (
     ZOO_PAIRS,
     built,
@@ -51,6 +58,28 @@ def _np_kdsvd(s_maps, t_maps, k, t_signs):
             total += ((rs - rt) ** 2).sum() / b
         prev = (al, vt)
     return total
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_fused_relation_gap_equals_the_autograd_chain(k):
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 7, k, generator=g, dtype=torch.double, requires_grad=True)
+    b = torch.randn(3, 5, k, generator=g, dtype=torch.double, requires_grad=True)
+    r_t = rbf_relation(
+        torch.randn(3, 7, k, generator=g, dtype=torch.double), torch.randn(3, 5, k, generator=g)
+    )
+    got = relation_gap(a, b, r_t)
+    want = (rbf_relation(a, b) - r_t).pow(2).sum()
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
+    ga, gb = torch.autograd.grad(got, (a, b))
+    wa, wb = torch.autograd.grad(want, (a, b))
+    torch.testing.assert_close((ga, gb), (wa, wb), rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x, y: relation_gap(x, y, r_t), (a, b))
+    # a NaN element counts 0 in the value, as the reference's zeroing of non-finite elements
+    nan_a = a.detach().clone()
+    nan_a[0, 0, 0] = float("nan")
+    finite = (rbf_relation(nan_a, b) - r_t).pow(2)
+    assert relation_gap(nan_a, b.detach(), r_t).item() == pytest.approx(finite.nansum().item(), rel=1e-12)
 
 
 def test_singular_vectors_match_numpy():
