@@ -281,6 +281,8 @@ class TeacherEnsemble(nn.Module):
         class order. With ``caches`` (one :class:`~hf_distill.teacher_cache.TeacherCache` per teacher) and the
         training rows' ``index``, a teacher whose outputs are stored is read instead of run."""
         members = []
+        # every member's cache checks the same batch: hash its pixels once
+        digests = caches[0].input_digests(pixel_values) if caches else None
         for i, (t, tap, adapter, req, order) in enumerate(
             zip(self.teachers, self.taps, self.adapters, self.requests, self.label_orders)
         ):
@@ -293,7 +295,9 @@ class TeacherEnsemble(nn.Module):
                     f.logits = f.logits[:, order]
                 return f
 
-            members.append(compute() if caches is None else caches[i].features(pixel_values, index, compute))
+            members.append(
+                compute() if caches is None else caches[i].features(pixel_values, index, compute, digests)
+            )
         return ensemble_features(members, self.weights)
 
 

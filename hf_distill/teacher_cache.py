@@ -344,12 +344,23 @@ class TeacherCache:
             maps={k[len(MAP_PREFIX) :]: v for k, v in got.items() if k.startswith(MAP_PREFIX)},
         )
 
-    def features(self, pixel_values: Tensor, index: Tensor, compute: Callable[[], Features]) -> Features:
+    #: the rows' pixel digests, for callers that share one batch between several caches (an ensemble's)
+    input_digests = staticmethod(input_digests)
+
+    def features(
+        self,
+        pixel_values: Tensor,
+        index: Tensor,
+        compute: Callable[[], Features],
+        digests: Tensor | None = None,
+    ) -> Features:
         """The teacher's outputs for a training batch: read from the cache when every row is stored, else
-        ``compute()`` (the teacher's forward) and store its outputs."""
+        ``compute()`` (the teacher's forward) and store its outputs. ``digests``: the batch's
+        :func:`input_digests`, when the caller already has them (each ensemble member's cache sees the same
+        batch)."""
         epoch = int(self.dataset.epoch)
         index = index.detach().cpu().long()
-        digests = input_digests(pixel_values)
+        digests = input_digests(pixel_values) if digests is None else digests
         cached = self.lookup(epoch, index, digests)
         if cached is not None:
             self.read_rows += len(index)

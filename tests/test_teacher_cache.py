@@ -275,8 +275,16 @@ def test_a_damaged_shard_is_detected_and_rebuilt(tmp_path, tiny, reference, dama
         assert calls == 0 and t.teacher_cache.rejected_shards == 0
 
 
+def _forked_child() -> None:
+    """Make a forked child safe for torch: GNU OpenMP's thread pool does not survive fork, so a child that enters a
+    parallel region the parent had used waits forever on the parent's (absent) workers; one thread never enters one.
+    """
+    torch.set_num_threads(1)
+
+
 def _write_rows(root: str, worker: int) -> None:
     """40 batches of 64 rows, a shard each; the rows of half the batches are written by both workers."""
+    _forked_child()
     cache = TeacherCache(root, {"k": "shared"}, _Rows(4096), flush_rows=64)
     for step in range(40):
         index = torch.arange(64) + 64 * ((step + worker * 20) % 64)
@@ -286,6 +294,7 @@ def _write_rows(root: str, worker: int) -> None:
 
 def _read_until(root: str, done, seen) -> None:
     """Load the epoch again and again while the writers run; record the shards it had to reject."""
+    _forked_child()
     cache = TeacherCache(root, {"k": "shared"}, _Rows(4096))
     loads = 0
     while not done.is_set():
@@ -310,15 +319,20 @@ def test_two_writers_at_once_never_corrupt_the_cache(tmp_path):
     ctx = multiprocessing.get_context("fork")  # the children inherit the imports: no 20 s start-up each
     done, seen = ctx.Event(), ctx.Queue()
     reader = ctx.Process(target=_read_until, args=(str(tmp_path), done, seen))
-    reader.start()
     writers = [ctx.Process(target=_write_rows, args=(str(tmp_path), w)) for w in (0, 1)]
-    for w in writers:
-        w.start()
-    for w in writers:
-        w.join(timeout=300)
-    done.set()
-    rejected, loads = seen.get(timeout=300)
-    reader.join(timeout=60)
+    try:
+        reader.start()
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join(timeout=300)
+        done.set()
+        rejected, loads = seen.get(timeout=300)
+        reader.join(timeout=60)
+    finally:  # a child that hangs fails this test instead of holding pytest at exit
+        for p in (reader, *writers):
+            if p.is_alive():
+                p.kill()
     assert all(w.exitcode == 0 for w in writers) and reader.exitcode == 0
     assert rejected == 0 and loads > 1  # a reader running meanwhile never saw a partial shard
     cache = TeacherCache(str(tmp_path), {"k": "shared"}, _Rows(4096))

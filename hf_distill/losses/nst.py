@@ -33,7 +33,7 @@ def polynomial_mmd(student: Tensor, teacher: Tensor, degree: int = 2, c: float =
     cs, ct, n = student.shape[1], teacher.shape[1], student.shape[2]
     if degree <= 2 and n * (cs + ct + n) < cs * cs + cs * ct + ct * ct:
         tt, ss, st = _position_gram_means(student, teacher.detach(), degree, c)
-        return tt.detach() + ss - 2.0 * st
+        return tt + ss - 2.0 * st
 
     def k(a: Tensor, b: Tensor) -> Tensor:
         # (B, Ca, Cb) via a batched product: never materializes the (B, Ca, Cb, N) tensor.
