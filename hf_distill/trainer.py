@@ -48,6 +48,7 @@ from .losses import DataInfo, DistillationObjective, StepInfo
 from .metrics import classification_metrics
 from .models.normalization import InputSpec, TeacherInput, input_spec
 from .non_finite import NonFiniteLossError, StopOnNonFiniteGradient, check_state, check_terms
+from .processes import destroy_process_group_at_exit
 from .schedule import multistep_scheduler
 from .teacher_cache import TeacherCache
 
@@ -177,6 +178,7 @@ class DistillationTrainer(Trainer):
         )
         self.add_callback(EpochToDataset(train_dataset))
         self.add_callback(StopOnNonFiniteGradient(container))
+        destroy_process_group_at_exit()  # a live gloo group can abort the process at shutdown
         objective.check_batch_size(self.args.per_device_train_batch_size, self.accelerator.num_processes)
         self.teacher = None
         if self.ensemble is not None:

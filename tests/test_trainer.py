@@ -282,3 +282,13 @@ def test_a_transformers_model_trains_as_student_with_feature_methods(tmp_path, t
         type(AutoModelForImageClassification.from_pretrained(str(out))).__name__
         == "ResNetForImageClassification"
     )
+
+
+def test_building_a_trainer_registers_the_process_group_teardown(tmp_path, tiny, monkeypatch):
+    from hf_distill import processes
+
+    registered = []
+    monkeypatch.setattr(processes, "_registered", False)
+    monkeypatch.setattr(processes.atexit, "register", registered.append)
+    _trainer(tmp_path, tiny)
+    assert registered == [processes.destroy_process_group_if_alive]
