@@ -43,6 +43,7 @@ from .labels import align_ensemble_label_spaces, num_labels_of
 from .losses import DataInfo, DistillationLoss, DistillationObjective, StepInfo
 from .models.normalization import InputSpec, TeacherInput, input_spec
 from .models.taps import feature_tap
+from .teacher_cache import input_digests
 
 #: how a logit method combines the teachers: their averaged distribution, or the average of per-teacher losses
 ENSEMBLE_MODES = ("distribution", "loss")
@@ -282,7 +283,7 @@ class TeacherEnsemble(nn.Module):
         training rows' ``index``, a teacher whose outputs are stored is read instead of run."""
         members = []
         # every member's cache checks the same batch: hash its pixels once
-        digests = caches[0].input_digests(pixel_values) if caches else None
+        digests = input_digests(pixel_values) if caches else None
         for i, (t, tap, adapter, req, order) in enumerate(
             zip(self.teachers, self.taps, self.adapters, self.requests, self.label_orders)
         ):

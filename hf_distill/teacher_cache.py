@@ -344,9 +344,6 @@ class TeacherCache:
             maps={k[len(MAP_PREFIX) :]: v for k, v in got.items() if k.startswith(MAP_PREFIX)},
         )
 
-    #: the rows' pixel digests, for callers that share one batch between several caches (an ensemble's)
-    input_digests = staticmethod(input_digests)
-
     def features(
         self,
         pixel_values: Tensor,
