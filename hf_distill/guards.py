@@ -23,10 +23,16 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .redact import redact_command
+
 logger = logging.getLogger(__name__)
 
-#: the lock file inside the output folder, present while a run writes there
-LOCK_NAME = ".hf_distill.lock"
+#: the lock file inside the output folder, present while a run writes there. It names the host and the pid, so it must
+#: never be uploaded: the leading underscore is one of upstream ``Trainer.push_to_hub``'s ignore patterns (``_*``)
+#: as well as ours (:data:`hf_distill.hub.publish.IGNORE_PATTERNS`)
+LOCK_NAME = "_hf_distill.lock"
+#: the name earlier versions used (recognised so that a run of an older version still guards the folder)
+OLD_LOCK_NAME = ".hf_distill.lock"
 #: a lock file that cannot be read (a run killed while writing it) counts as stale after this many seconds
 UNREADABLE_LOCK_AGE_S = 60.0
 #: rows of the evaluation (or training) set on which the teacher is checked before training
@@ -101,7 +107,7 @@ def acquire_lock(folder: str) -> str:
         pid=os.getpid(),
         host=socket.gethostname(),
         started=datetime.datetime.now().isoformat(timespec="seconds"),
-        command=" ".join(sys.argv),
+        command=redact_command(sys.argv),  # never a --hub_token value
         process_start=_process_start(os.getpid()),
     )
     for _ in range(3):
@@ -140,7 +146,7 @@ def check_output_dir(output_dir: str, overwrite: bool, resuming: bool) -> None:
         raise OutputFolderError(f"--output_dir {output_dir} is a file, not a folder: pass a folder path.")
     if overwrite or resuming or not os.path.isdir(output_dir):
         return
-    present = sorted(e for e in os.listdir(output_dir) if e != LOCK_NAME)
+    present = sorted(e for e in os.listdir(output_dir) if e not in (LOCK_NAME, OLD_LOCK_NAME))
     if present:
         listed = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
         resume = (

@@ -49,6 +49,7 @@ from .metrics import classification_metrics
 from .models.normalization import InputSpec, TeacherInput, input_spec
 from .non_finite import NonFiniteLossError, StopOnNonFiniteGradient, check_state, check_terms
 from .processes import destroy_process_group_at_exit
+from .redact import hide_token
 from .schedule import multistep_scheduler
 from .teacher_cache import TeacherCache
 
@@ -118,6 +119,9 @@ class DistillationTrainer(Trainer):
             raise ValueError("Pass the student itself as `model=`; the trainer builds the DistillationModel.")
         if args is None:
             args = TrainingArguments(output_dir="outputs/distill")
+        # The token stays usable for uploads but pickles as a placeholder: upstream writes ``training_args.bin``
+        # (a pickle of ``args``) into every checkpoint and uploads it with the model.
+        args.hub_token = hide_token(args.hub_token)
         if isinstance(objective, str):
             objective = DistillationObjective.from_names(objective)
         teacher = as_teacher(teacher, ensemble_weights, ensemble_mode)
