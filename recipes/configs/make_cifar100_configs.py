@@ -7,7 +7,8 @@ CRD (Tian et al. 2020, RepDistiller) and DKD (mdistiller), plus one config per t
 
 The schedule is the benchmarks': 240 epochs, SGD momentum 0.9, weight decay 5e-4, batch 64, lr 0.05 (0.01 for
 MobileNetV2/ShuffleNet students), x0.1 at epochs 150/180/210. Published top-1 numbers are quoted in each file's
-header (RepDistiller README / CRD paper, mdistiller README, the DKD paper, Sun et al.'s README) so a run can be compared with them.
+header (RepDistiller README / CRD paper, mdistiller README, the DKD paper, Sun et al.'s README, the DIST authors'
+README) so a run can be compared with them.
 """
 
 from __future__ import annotations
@@ -96,6 +97,17 @@ _TABLE |= {
 }
 for _m, _vals in _TABLE.items():
     PUBLISHED[_m] = {pair: v for pair, v in zip(SAME + CROSS, _vals) if v is not None}
+# DIST from the authors' README (hunto/DIST_KD, CIFAR-100 table, mean of their runs; their own recipe, configs/
+# strategies/distill/dist_cifar.yaml, which may differ from this schedule). Its other pair, ResNet50 -> MobileNetV2,
+# is not in the zoo. OFA-KD publishes no CIFAR-100 figure for these pairs (its CIFAR-100 table is heterogeneous
+# ImageNet-style pairs), so its configs say "not published".
+PUBLISHED["dist"] = {
+    ("wrn_40_2", "wrn_40_1"): 74.43,
+    ("resnet56", "resnet20"): 71.75,
+    ("resnet32x4", "resnet8x4"): 76.31,
+    ("resnet32x4", "shufflenetv1"): 76.34,
+    ("resnet32x4", "shufflenetv2"): 77.35,
+}
 
 # mdistiller's per-pair DKD beta (CFG.DKD.BETA overrides); the others keep 8.0.
 DKD_BETA = {
