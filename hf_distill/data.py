@@ -506,9 +506,72 @@ def prepare_split(
 
 
 def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack a list of transformed rows into a batch."""
-    return {
-        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+    """Stack a list of transformed rows (``pixel_values``, ``labels``, and ``index`` where the rows carry one)
+    into a batch."""
+    batch = {
+        "pixel_values": torch.stack([torch.as_tensor(e["pixel_values"]) for e in examples]),
         "labels": torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long),
-        "index": torch.tensor([int(e["index"]) for e in examples], dtype=torch.long),
     }
+    if all("index" in e for e in examples):
+        batch["index"] = torch.tensor([int(e["index"]) for e in examples], dtype=torch.long)
+    return batch
+
+
+class IndexedRows(torch.utils.data.Dataset):
+    """A map-style dataset whose rows also carry their position as ``index``: what methods with a per-row state
+    (CRD's memory bank) need, added to a user's dataset that yields only ``pixel_values`` and ``labels``.
+
+    Attributes pass through to the wrapped dataset (``set_epoch``, ``features``, ``info``...).
+    """
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    @classmethod
+    def if_needed(cls, dataset) -> Any:
+        """``dataset`` itself when its rows already carry ``index``, else wrapped.
+
+        Raises:
+            DataError: a dataset without a length or random access (rows cannot be indexed).
+        """
+        if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+            raise DataError(
+                f"This objective keeps a state per training row (e.g. CRD's memory bank) and needs a map-style "
+                f"dataset (len() and dataset[i]); got {type(dataset).__name__}. Use a map-style dataset or a "
+                "method without per-row state."
+            )
+        if len(dataset) and "index" in dataset[0]:
+            return dataset
+        return cls(dataset)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**self.dataset[i], "index": int(i)}
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        # defined here: the DataLoader prefers a dataset's batched __getitems__, which __getattr__ would otherwise
+        # forward to the wrapped dataset's (rows without their index)
+        batched = getattr(self.dataset, "__getitems__", None)  # a datasets.Dataset transforms a batch at once
+        rows = batched(indices) if batched is not None else [self.dataset[i] for i in indices]
+        return [{**row, "index": int(i)} for row, i in zip(rows, indices)]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not yet set (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def class_names_of(dataset) -> list[str] | None:
+    """The class names of a training set: a :class:`PreparedSplit` dataset's, or a ``datasets`` ``ClassLabel``
+    feature's (``label``/``labels``/``fine_label``...); None when the dataset does not say."""
+    names = getattr(dataset, "class_names", None)
+    if names:
+        return list(names)
+    features = getattr(dataset, "features", None) or {}
+    for column in ("labels", "label", *[c for c in features if "label" in c]):
+        feature = features.get(column)
+        if isinstance(feature, datasets.ClassLabel):
+            return list(feature.names)
+    return None

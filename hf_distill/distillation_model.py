@@ -10,16 +10,13 @@ the methods' parts), public so that benchmarks and tests build exactly what the 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import datasets
-import safetensors.torch
 import torch
 from torch import Tensor, nn
-from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .data import collate, find_label_column
 from .features import LOGITS_ONLY, FeatureNeeds, Features, FeatureSpec
@@ -30,7 +27,6 @@ from .models.normalization import TeacherInput, input_spec
 from .models.taps import FeatureTap, feature_tap
 
 #: the methods' parameters and buffers (heads, memory banks) in a checkpoint, beside the student's weights
-DISTILL_STATE_NAME = "distill_state.safetensors"
 
 
 class DistillationModel(nn.Module):
@@ -234,60 +230,6 @@ def _probe_shapes(
     return s_spec, t_spec
 
 
-def save_distill_state(container: DistillationModel, folder: str) -> None:
-    """Write the methods' parameters and buffers (heads, memory banks) and the init-stage flag to ``folder``."""
-    state = {
-        k: v.detach().cpu().contiguous().clone()
-        for k, v in container.state_dict().items()
-        if not k.startswith("student.")
-    }
-    safetensors.torch.save_file(state, os.path.join(folder, DISTILL_STATE_NAME), metadata={"format": "pt"})
-
-
-def load_checkpoint_into(container: DistillationModel, folder: str) -> None:
-    """Load a checkpoint folder (student in Hub format + ``distill_state.safetensors``) into ``container``.
-
-    Raises:
-        ValueError: the folder is not a DistillationTrainer checkpoint, or it holds another architecture or method.
-    """
-    student = container.student
-    single = os.path.join(folder, SAFE_WEIGHTS_NAME)
-    index = os.path.join(folder, SAFE_WEIGHTS_INDEX_NAME)
-    if os.path.isfile(single):
-        sd = safetensors.torch.load_file(single, device="cpu")
-    elif os.path.isfile(index):
-        files = sorted(set(_read_json(index)["weight_map"].values()))
-        sd = {}
-        for f in files:
-            sd.update(safetensors.torch.load_file(os.path.join(folder, f), device="cpu"))
-    else:
-        raise ValueError(
-            f"{folder} holds no student weights ({SAFE_WEIGHTS_NAME}); it is not a checkpoint of this trainer."
-        )
-    res = student.load_state_dict(sd, strict=False)
-    tied = set(getattr(student, "all_tied_weights_keys", {}) or {})
-    missing = [k for k in res.missing_keys if k not in tied]
-    if missing or res.unexpected_keys:
-        raise ValueError(
-            f"The student weights in {folder} do not fit this student ({type(student).__name__}): "
-            f"missing {missing[:5]}, unexpected {res.unexpected_keys[:5]}. Resume with the same student architecture."
-        )
-    state_file = os.path.join(folder, DISTILL_STATE_NAME)
-    own = {k: v for k, v in container.state_dict().items() if not k.startswith("student.")}
-    if not os.path.isfile(state_file):
-        raise ValueError(
-            f"{folder} has no {DISTILL_STATE_NAME}: the methods' state (heads, memory banks) cannot be restored. "
-            "Resume from a checkpoint written by DistillationTrainer."
-        )
-    state = safetensors.torch.load_file(state_file, device="cpu")
-    if set(state) != set(own):
-        raise ValueError(
-            f"The distillation state in {folder} belongs to another objective: it has {sorted(set(state) - set(own))[:5]} "
-            f"that this run lacks and lacks {sorted(set(own) - set(state))[:5]}. Resume with the same --method."
-        )
-    container.load_state_dict(state, strict=False)
-
-
 def _read_json(path: str) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -297,8 +239,11 @@ def _data_info(train_dataset, num_classes: int | None) -> DataInfo:
     if train_dataset is None:
         return DataInfo(num_samples=0, num_classes=num_classes or 0)
     labels = getattr(train_dataset, "labels", None)
-    if not isinstance(labels, torch.Tensor) and isinstance(train_dataset, datasets.Dataset):
-        raw = train_dataset.with_format(None)
+    inner = train_dataset
+    while not isinstance(inner, datasets.Dataset) and getattr(inner, "dataset", None) is not None:
+        inner = inner.dataset  # a wrapper (hf_distill.data.IndexedRows): the user's dataset inside
+    if not isinstance(labels, torch.Tensor) and isinstance(inner, datasets.Dataset):
+        raw = inner.with_format(None)
         col = find_label_column(raw.column_names)
         labels = torch.as_tensor(raw[col], dtype=torch.long) if col is not None else None
     if not isinstance(labels, torch.Tensor):
@@ -307,13 +252,10 @@ def _data_info(train_dataset, num_classes: int | None) -> DataInfo:
 
 
 __all__ = [
-    "DISTILL_STATE_NAME",
     "BuiltDistillation",
     "DistillationModel",
     "build_distillation_model",
-    "load_checkpoint_into",
     "network_spec",
     "num_labels_of",
     "probe_input",
-    "save_distill_state",
 ]

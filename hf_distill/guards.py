@@ -160,7 +160,7 @@ def check_output_dir(output_dir: str, overwrite: bool, resuming: bool) -> None:
         )
 
 
-def _existing_dirs(path: str) -> set[str]:
+def existing_dirs(path: str) -> set[str]:
     """Every folder at or below ``path`` and above it (up to the root) that exists now."""
     path = os.path.abspath(path)
     found = {p for p in _ancestors(path) if os.path.isdir(p)}
@@ -200,11 +200,17 @@ def _is_main_process() -> bool:
 
 
 @contextlib.contextmanager
-def guarded_output_dir(output_dir: str, overwrite: bool = False, resuming: bool = False) -> Iterator[None]:
+def guarded_output_dir(
+    output_dir: str, overwrite: bool = False, resuming: bool = False, existed: set[str] | None = None
+) -> Iterator[None]:
     """Check the output folder, lock it for the body, and tidy up after a failure.
 
     On the main process the folder is created and ``LOCK_NAME`` written in it; the lock is removed when the body
     ends, however it ends. When the body raises, the folders it created and left empty are removed too.
+
+    Args:
+        output_dir, overwrite, resuming: the folder and the flags that allow writing into a folder with files.
+        existed: the folders that existed before the run began (default: now); those are never removed.
 
     Raises:
         OutputFolderError: a file path, a folder with files (see :func:`check_output_dir`), or a folder in use.
@@ -214,7 +220,7 @@ def guarded_output_dir(output_dir: str, overwrite: bool = False, resuming: bool 
         yield
         return
     check_output_dir(output_dir, overwrite=True, resuming=False)  # a file path
-    existed = _existing_dirs(output_dir)
+    existed = existing_dirs(output_dir) if existed is None else existed
     lock = None
     try:
         os.makedirs(output_dir, exist_ok=True)

@@ -4,7 +4,7 @@ The peers are trainable parts of :class:`~hf_distill.losses.dml.DML` (inside the
 the optimizer, DDP, checkpoints and resume handle them with the student. This module does what a loss may not: build
 networks (:func:`prepare_peers`, used by :func:`hf_distill.pipeline.build_run`), evaluate them each time the student
 is evaluated (:class:`PeerEvaluation`) and save peer ``k`` as its own Hub model folder with a card that names the
-networks it was trained with (:func:`export_peer`).
+networks it was trained with (:func:`hf_distill.hub.peers.export_peer`).
 
 Python API::
 
@@ -12,12 +12,11 @@ Python API::
     prepare_peers(objective, student, "cifar_resnet20", id2label, seed=0)
     trainer = DistillationTrainer(model=student, teacher=None, objective=objective, ...)
     trainer.add_callback(PeerEvaluation(trainer))
-    trainer.train(); export_peer(trainer, 1, "outputs/peer1")
+    trainer.train(); hf_distill.hub.peers.export_peer(trainer, 1, "outputs/peer1")
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -39,8 +38,6 @@ __all__ = [
     "PeerEvaluation",
     "attach_peers",
     "evaluate_peers",
-    "export_peer",
-    "export_peers",
     "mutual_method",
     "mutual_partners",
     "prepare_peers",
@@ -192,67 +189,3 @@ def _peer_history(log_history: list[dict[str, Any]], k: int) -> list[dict[str, A
         if set(rec) - {"epoch", "step"}:
             out.append(rec)
     return out
-
-
-def export_peer(trainer: Any, k: int, folder: str, **overrides: Any):
-    """Save peer ``k`` (from 1) as its own model folder, in the student's format (weights, config, processor) with
-    a card that says it was trained mutually and with which networks.
-
-    Args:
-        trainer: the trainer of a dml run (after training).
-        k: the peer's number.
-        folder: the output folder.
-        **overrides: further :class:`~hf_distill.hub.summary.DistillationSummary` fields (``repo_id``, ...).
-
-    Returns:
-        The peer's summary (also saved in the folder).
-
-    Raises:
-        ValueError: no dml method, or no peer ``k``.
-    """
-    from .hub.publish import complete_folder
-
-    method = mutual_method(trainer)
-    n = len(method.peer_nets) if method is not None else 0
-    if not 1 <= k <= n:
-        raise ValueError(f"There is no peer {k} to export: this run has {n} peer(s) (numbered from 1).")
-    peer = method.peer_nets[k - 1]
-    history = trainer.state.log_history
-    fields = {
-        "model_name": overrides.pop("model_name", None) or f"{_peer_architecture(peer)}-peer{k}",
-        "student_class": type(peer).__name__,
-        "student_architecture": _peer_architecture(peer),
-        "num_parameters": sum(p.numel() for p in peer.parameters()),
-        "accuracy": _last(history, f"eval_peer{k}_accuracy"),
-        "top5_accuracy": _last(history, f"eval_peer{k}_top5_accuracy"),
-        "log_history": _peer_history(history, k),
-        "mutual": mutual_partners(trainer, k),
-    }
-    if trainer.args.should_save:
-        return complete_folder(trainer, folder, student=peer, **fields, **overrides)
-    return None
-
-
-def export_peers(trainer: Any, output_dir: str, push: bool = False) -> list[str]:
-    """Export every peer to ``output_dir/peer<k>`` (see :func:`export_peer`) and, with ``push``, push each to
-    ``<hub_model_id>-peer<k>``.
-
-    Returns:
-        The folders (empty without dml).
-    """
-    method = mutual_method(trainer)
-    folders = []
-    for k in range(1, len(method.peer_nets) + 1 if method is not None else 1):
-        folder = os.path.join(output_dir, f"peer{k}")
-        repo_id = f"{trainer.args.hub_model_id}-peer{k}" if trainer.args.hub_model_id else None
-        export_peer(trainer, k, folder, repo_id=repo_id)
-        folders.append(folder)
-        if push and trainer.args.should_save:
-            from .hub.publish import push_folder
-
-            if repo_id is None:
-                raise ValueError(
-                    "Pushing the peers needs --hub_model_id (peer k goes to <hub_model_id>-peer<k>)."
-                )
-            push_folder(folder, repo_id, token=trainer.args.hub_token, private=trainer.args.hub_private_repo)
-    return folders

@@ -13,13 +13,18 @@ Every checkpoint gets a ``run_record.json`` (written by :class:`RunRecordCallbac
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .checkpoints import latest_complete_checkpoint
+
+logger = logging.getLogger(__name__)
 
 RUN_RECORD_NAME = "run_record.json"
 #: differences listed in a refusal before "and N more"
@@ -139,7 +144,9 @@ def resolve_resume(value: str | bool | None, output_dir: str) -> str | None:
         return None
     text = str(value).strip()
     if value is True or text.lower() in _TRUE:
-        latest = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        latest, incomplete = latest_complete_checkpoint(output_dir)
+        for path in incomplete:
+            logger.warning("%s is skipped: its save was interrupted (no readable trainer_state.json).", path)
         if latest is None:
             raise ValueError(
                 f"--resume_from_checkpoint true: {output_dir} has no {PREFIX_CHECKPOINT_DIR}-N folder to resume "
@@ -182,15 +189,6 @@ def check_resume(checkpoint: str, signature: dict[str, Any], ignore_changes: boo
     return [Segment(**s) for s in record.get("segments", [])]
 
 
-def loss_sum_so_far(trainer) -> float:
-    """The sum of the per-step training losses of the current ``train()`` call, as ``Trainer`` divides it by the
-    steps for ``train_loss`` (transformers 5: ``_total_loss_scalar`` plus the not yet logged ``_tr_loss``)."""
-    pending = getattr(trainer, "_tr_loss", None)
-    return float(getattr(trainer, "_total_loss_scalar", 0.0)) + (
-        float(pending) if pending is not None else 0.0
-    )
-
-
 class RunRecordCallback(TrainerCallback):
     """Write ``run_record.json`` (signature and segments) into every checkpoint right after it is saved.
 
@@ -216,7 +214,7 @@ class RunRecordCallback(TrainerCallback):
             from_step=self.start_step,
             to_step=int(self.trainer.state.global_step),
             minutes=(time.time() - self.started) / 60,
-            loss_sum=loss_sum_so_far(self.trainer),
+            loss_sum=self.trainer.loss_sum(),
         )
 
     def on_save(self, args, state, control, **kwargs):

@@ -15,39 +15,39 @@ stops the run with :class:`NonFiniteLossError` before anything non-finite is wri
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
-import os
-import shutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import PreTrainedModel, Trainer, TrainingArguments
-from transformers.trainer_callback import ExportableState
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rotate_checkpoints
-from transformers.utils import SAFE_WEIGHTS_NAME
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import TrainOutput
 
-from .data import collate
+from .checkpoints import (
+    check_checkpoint_fits,
+    finished_checkpoint,
+    load_finished_checkpoint,
+    write_student_folder,
+)
+from .data import IndexedRows, class_names_of, collate
 from .distillation_model import (
-    DISTILL_STATE_NAME,
     BuiltDistillation,
     DistillationModel,
     build_distillation_model,
-    load_checkpoint_into,
     num_labels_of,
-    save_distill_state,
 )
 from .ensemble import TeacherEnsemble, as_teacher, build_ensemble_distillation, evaluate_members
 from .features import LOGITS_ONLY, FeatureNeeds, Features
-from .hub.card import TRAINING_ARGS_JSON
 from .init_stage import EpochToDataset, run_init_stage
 from .losses import DataInfo, DistillationObjective, StepInfo
 from .metrics import classification_metrics
 from .models.normalization import InputSpec, TeacherInput, input_spec
+from .models.wrapping import is_raw_timm_model, model_name, name_classes, wrap_timm_model
 from .non_finite import NonFiniteLossError, StopOnNonFiniteGradient, check_state, check_terms
+from .outputs import DEFAULT_EXPORT_CALLBACKS, ExportCallback
 from .processes import destroy_process_group_at_exit
 from .redact import hide_token
 from .schedule import multistep_scheduler
@@ -55,7 +55,6 @@ from .teacher_cache import TeacherCache
 
 logger = logging.getLogger(__name__)
 
-TRAINER_STATE_NAME = "trainer_state.json"
 #: --teacher_precision: the teacher's own autocast dtype (None: the run's precision)
 TEACHER_DTYPES = {"same": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -124,6 +123,14 @@ class DistillationTrainer(Trainer):
         args.hub_token = hide_token(args.hub_token)
         if isinstance(objective, str):
             objective = DistillationObjective.from_names(objective)
+        # What a timm or transformers user already has: a raw timm module is wrapped (same parameters) so that the
+        # saved student loads with from_pretrained and timm; a config with placeholder labels gets the dataset's
+        # class names.
+        if is_raw_timm_model(model):
+            model = wrap_timm_model(model)
+        name_classes(model, class_names_of(train_dataset))
+        if is_raw_timm_model(teacher):
+            teacher = wrap_timm_model(teacher)
         teacher = as_teacher(teacher, ensemble_weights, ensemble_mode)
         self.ensemble = teacher if isinstance(teacher, TeacherEnsemble) else None
         needs = objective.needs()
@@ -134,6 +141,14 @@ class DistillationTrainer(Trainer):
         # The trainer reads `index` and the label columns itself; the container's forward does not name them all.
         args.remove_unused_columns = False
         data_collator = data_collator or collate
+        if needs.index and train_dataset is not None:
+            # a per-row state (CRD's memory bank) needs the row index: added where the rows lack it
+            train_dataset = IndexedRows.if_needed(train_dataset)
+            if "index" not in data_collator([train_dataset[0]]):
+                raise ValueError(
+                    f"The methods {', '.join(objective.methods)} need the dataset row index of every sample, but "
+                    "the data collator drops the rows' 'index': keep it in the batch (or use hf_distill.data.collate)."
+                )
 
         if teacher_precision not in TEACHER_DTYPES:
             raise ValueError(
@@ -145,7 +160,9 @@ class DistillationTrainer(Trainer):
             model.to(memory_format=torch.channels_last)
             if teacher is not None:
                 teacher.to(memory_format=torch.channels_last)
-        self.student_input = student_input or input_spec(model, kwargs.get("processing_class"))
+        self.student_input = student_input or _trained_size(
+            input_spec(model, kwargs.get("processing_class")), train_dataset, data_collator
+        )
         single = teacher is not None and self.ensemble is None
         self.teacher_input = teacher_input or (input_spec(teacher) if single else None)
         self.teacher_adapter = TeacherInput(self.student_input, self.teacher_input) if single else None
@@ -171,6 +188,15 @@ class DistillationTrainer(Trainer):
         self.lr_decay_rate = lr_decay_rate
         self._term_sums: dict[str, float] = {}
         self._term_count = 0
+        #: where the teacher came from (the card names it); the recipe may set a Hub id or a folder
+        self.teacher_name = model_name(teacher) if self.ensemble is None else None
+        #: summary fields the next final save passes to the export callbacks (e.g. a baseline's accuracy)
+        self.summary_fields: dict[str, Any] = {}
+        #: the sum of the per-step training losses of this ``train()`` call (what ``train_loss`` averages)
+        self.train_loss_sum = 0.0
+        self._loss_sum: Tensor | None = None
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        callbacks += [factory() for factory in DEFAULT_EXPORT_CALLBACKS]
         super().__init__(
             model=container,
             args=args,
@@ -178,6 +204,7 @@ class DistillationTrainer(Trainer):
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             compute_metrics=compute_metrics or classification_metrics,
+            callbacks=callbacks,
             **kwargs,
         )
         self.add_callback(EpochToDataset(train_dataset))
@@ -198,13 +225,6 @@ class DistillationTrainer(Trainer):
                 logger.info("The teacher names the classes in another order: its logits are remapped.")
                 self.teacher_label_order = self.teacher_label_order.to(self.args.device)
         self.teacher_cache = TeacherCache.for_trainer(teacher_cache, self) if teacher_cache else None
-        if needs.index and train_dataset is not None:
-            probe = data_collator([train_dataset[0]])
-            if "index" not in probe:
-                raise ValueError(
-                    f"The methods {', '.join(objective.methods)} need the dataset row index of every sample, but "
-                    "the training batches have no 'index'. Prepare the dataset with hf_distill.data.prepare_split."
-                )
 
     def log_objective(self) -> None:
         """Log the resolved objective (methods, weights, hyperparameters, feature layers) once, on the main process."""
@@ -315,6 +335,10 @@ class DistillationTrainer(Trainer):
         if not self.lr_milestones:
             return super().create_scheduler(num_training_steps, optimizer)
         if self.lr_scheduler is None:
+            # upstream's scheduler first, for its bookkeeping (a later train() call resets what it created); ours
+            # replaces it before any step
+            optimizer = optimizer if optimizer is not None else self.optimizer
+            super().create_scheduler(num_training_steps, optimizer)
             epochs = self.args.num_train_epochs if self.args.max_steps <= 0 else None
             per_epoch = (
                 num_training_steps / epochs
@@ -322,13 +346,12 @@ class DistillationTrainer(Trainer):
                 else len(self.get_train_dataloader()) / self.args.gradient_accumulation_steps
             )
             self.lr_scheduler = multistep_scheduler(
-                optimizer if optimizer is not None else self.optimizer,
+                optimizer,
                 self.lr_milestones,
                 per_epoch,
                 self.lr_decay_rate,
                 self.args.get_warmup_steps(num_training_steps),
             )
-            self._created_lr_scheduler = True
         return self.lr_scheduler
 
     # -- evaluation ----------------------------------------------------------------------------------------------
@@ -386,9 +409,99 @@ class DistillationTrainer(Trainer):
         loss = F.cross_entropy(logits, inputs["labels"])
         return (loss, {"logits": logits}) if return_outputs else loss
 
-    # -- init stage ------------------------------------------------------------------------------------------------
+    # -- saving ----------------------------------------------------------------------------------------------------
+    def _export_callbacks(self) -> list[ExportCallback]:
+        return [c for c in self.callback_handler.callbacks if isinstance(c, ExportCallback)]
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save for a checkpoint or export the student.
+
+        A checkpoint (upstream's ``_save_checkpoint`` calls this with the checkpoint folder) holds the trained
+        container (student and the methods' parts and buffers) in upstream's own format, written and read back by
+        upstream's code. Any other save exports the student alone, in Hub format (:func:`write_student_folder`,
+        config last, so an interrupted save is recognisably incomplete), then tells the export callbacks (the Hub
+        layer writes the card, the processor and the plots) and pushes when ``args.push_to_hub`` asks for it.
+
+        Raises:
+            NonFiniteLossError: the student or the methods hold a NaN or an infinity (nothing is written).
+        """
+        self.check_finite_state()
+        if _internal_call and output_dir is not None:
+            super().save_model(output_dir, _internal_call)
+            return
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            write_student_folder(self._student(), output_dir, self.args, self.processing_class)
+            for callback in self._export_callbacks():
+                callback.on_export(self, output_dir, **self.summary_fields)
+        self.accelerator.wait_for_everyone()
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save")
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """The distillation model card, written by the export callbacks (``push_to_hub`` calls this before
+        uploading); takes ``Trainer.create_model_card``'s arguments."""
+        if not self.is_world_process_zero():
+            return
+        callbacks = self._export_callbacks()
+        if not callbacks:
+            super().create_model_card(*args, **kwargs)
+        for callback in callbacks:
+            callback.on_model_card(self, **{**self.summary_fields, **kwargs})
+
+    def push_to_hub(
+        self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs: Any
+    ):
+        """Export the student and upload it through the first export callback that uploads (the Hub layer's,
+        with its ignore list and checks); without one, upstream's ``push_to_hub``."""
+        callbacks = self._export_callbacks()
+        if not callbacks:
+            return super().push_to_hub(commit_message=commit_message, blocking=blocking, **kwargs)
+        self.save_model(_internal_call=True)  # no folder given: the export, on every process
+        if not self.is_world_process_zero():
+            return None
+        self.create_model_card(**kwargs)
+        for callback in callbacks:
+            done = callback.on_push(self, commit_message=commit_message, blocking=blocking, **kwargs)
+            if done is not None:
+                return done
+        return None
+
+    def check_finite_state(self) -> None:
+        """Refuse to write weights or buffers (BN statistics, memory banks) that are NaN or infinite."""
+        check_state(self._container(), self.state.global_step, self.args)
+
+    # -- resuming ------------------------------------------------------------------------------------------------
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None) -> Tensor:
+        """Upstream's step; the step's loss is also summed here (a resumed run reports its loss over all segments
+        from this sum, not from the Trainer's private counters)."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._loss_sum = loss.detach() if self._loss_sum is None else self._loss_sum + loss.detach()
+        return loss
+
+    def loss_sum(self) -> float:
+        """The sum of the per-step training losses of this ``train()`` call so far (this process)."""
+        return float(self._loss_sum) if self._loss_sum is not None else 0.0
+
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
-        """Run the methods' initialization stage (if any, and not already done), then the main training."""
+        """Run the methods' initialization stage (if any, and not already done), then the main training.
+
+        Resuming: the checkpoint must hold this objective's state (one line otherwise, before anything loads), and
+        a checkpoint at the end of its run is that run's final state: it is loaded and nothing more is trained
+        (upstream would train one step past a run that ended mid-epoch).
+        """
+        self._loss_sum = None
+        if isinstance(resume_from_checkpoint, str):
+            check_checkpoint_fits(self._container(), resume_from_checkpoint)
+            if finished_checkpoint(resume_from_checkpoint):
+                self.state = load_finished_checkpoint(self._container(), resume_from_checkpoint)
+                logger.info(
+                    "%s is the end of its run (step %d of %d): nothing left to train.",
+                    resume_from_checkpoint,
+                    self.state.global_step,
+                    self.state.max_steps,
+                )
+                return TrainOutput(self.state.global_step, _last_train_loss(self.state.log_history), {})
         container: DistillationModel = self.model
         if (
             container.objective.init_stage_methods()
@@ -402,170 +515,41 @@ class DistillationTrainer(Trainer):
         """The methods' initialization stage (see :func:`hf_distill.init_stage.run_init_stage`)."""
         return run_init_stage(self)
 
-    # -- checkpoints -------------------------------------------------------------------------------------------
+    # -- the networks ----------------------------------------------------------------------------------------------
     def _container(self) -> DistillationModel:
         return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
 
     def _student(self) -> nn.Module:
         return self._container().student
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Write the student alone, in Hub format (``save_pretrained``), plus the processor and the args.
+    @property
+    def teacher_metrics(self) -> dict[str, float] | None:
+        """The teacher's evaluation metrics (accuracy, top-5), once :meth:`evaluate` has measured them."""
+        return self._teacher_metrics
 
-        A private override because upstream's ``save_model`` delegates the writing to it on every backend and would
-        write the container (``student.*`` keys and the methods' parts). It keeps upstream's behaviour otherwise:
-        only the saving process writes, with the processor and ``training_args.bin``. Pinned by
-        ``test_save_model_writes_the_student_alone`` and the checkpoints' ``from_pretrained`` round trip.
-        """
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if not self.args.should_save:
-            return
-        os.makedirs(output_dir, exist_ok=True)
-        student = self._student()
-        if state_dict is not None:
-            state_dict = {k[len("student.") :]: v for k, v in state_dict.items() if k.startswith("student.")}
-        if isinstance(student, PreTrainedModel):
-            student.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
-        else:
-            sd = state_dict if state_dict is not None else student.state_dict()
-            safetensors.torch.save_file(
-                {k: v.contiguous() for k, v in sd.items()},
-                os.path.join(output_dir, SAFE_WEIGHTS_NAME),
-                metadata={"format": "pt"},
-            )
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        torch.save(
-            self.args, os.path.join(output_dir, "training_args.bin")
-        )  # the HF convention, never read back
-        # The JSON twin is what the card reads: a model folder's pickle is never unpickled (it could run code).
-        with open(os.path.join(output_dir, TRAINING_ARGS_JSON), "w", encoding="utf-8") as f:
-            f.write(self.args.to_json_string())
 
-    # -- Hub -----------------------------------------------------------------------------------------------------
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the student; a final save (not a checkpoint) also completes the folder for the Hub: image
-        processor, model card, training-curve plot, timm / remote-code format (see :mod:`hf_distill.hub`).
+def _trained_size(spec: InputSpec, train_dataset, collator: Callable) -> InputSpec:
+    """``spec`` with the image size of the training batches (a timm model created for 224 px and trained on 32 px
+    images is published as a 32 px model)."""
+    if train_dataset is None or not hasattr(train_dataset, "__len__") or len(train_dataset) == 0:
+        return spec
+    pixels = collator([train_dataset[0]]).get("pixel_values")
+    if pixels is None or pixels.dim() != 4 or pixels.shape[-1] != pixels.shape[-2]:
+        return spec
+    size = int(pixels.shape[-1])
+    return spec if size == spec.image_size else dataclasses.replace(spec, image_size=size)
 
-        Raises:
-            NonFiniteLossError: the student or the methods hold a NaN or an infinity (nothing is written).
-        """
-        self._check_finite_state()
-        super().save_model(output_dir, _internal_call)
-        if not _internal_call:
-            from .hub.publish import save_hook
 
-            save_hook(self, output_dir)
-
-    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
-        """The distillation model card (``push_to_hub`` calls this before uploading ``output_dir``); takes
-        ``Trainer.create_model_card``'s arguments (see :func:`hf_distill.hub.publish.trainer_model_card`)."""
-        from .hub.publish import trainer_model_card
-
-        trainer_model_card(self, *args, **kwargs)
-
-    def _check_finite_state(self) -> None:
-        """Refuse to write weights or buffers (BN statistics, memory banks) that are NaN or infinite."""
-        check_state(
-            self._container(),
-            self.state.global_step,
-            self.args,
-        )
-
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """Write a full checkpoint atomically: everything goes to ``tmp-checkpoint-N`` and is renamed at the end,
-        so an interrupted save never leaves a half-written ``checkpoint-N`` for ``resume_from_checkpoint``.
-
-        A private override because upstream writes straight into ``checkpoint-N``. It keeps upstream's behaviour
-        otherwise (pinned by ``tests/test_checkpoints.py``): the same files plus ``distill_state.safetensors``,
-        ``best_model_checkpoint`` tracking for ``load_best_model_at_end``, the callbacks' exported state, Hub push
-        and rotation by ``save_total_limit`` that never deletes the best checkpoint. A checkpoint with non-finite
-        values is never written.
-        """
-        self._check_finite_state()
-        folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        if self.hp_search_backend is None and trial is None:
-            self.store_flos()
-        run_dir = self._get_output_dir(trial=trial)
-        final_dir = os.path.join(run_dir, folder)
-        tmp_dir = os.path.join(run_dir, f"tmp-{folder}")
-        if self.args.should_save and os.path.exists(tmp_dir):
-            shutil.rmtree(tmp_dir)  # left over by an interrupted save
-        self.accelerator.wait_for_everyone()
-        self.save_model(tmp_dir, _internal_call=True)
-        if self.args.should_save:
-            save_distill_state(self._container(), tmp_dir)
-        if not self.args.save_only_model:
-            os.makedirs(tmp_dir, exist_ok=True)
-            self._save_optimizer_and_scheduler(tmp_dir)
-            self._save_scaler(tmp_dir)
-            self._save_rng_state(tmp_dir)
-        if (
-            self.args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST)
-            and self.state.best_global_step
-        ):
-            best_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
-            if self.state.best_global_step == self.state.global_step or os.path.exists(best_dir):
-                self.state.best_model_checkpoint = best_dir
-        if self.args.should_save:
-            for cb in [
-                c for c in self.callback_handler.callbacks + [self.control] if isinstance(c, ExportableState)
-            ]:
-                name = cb.__class__.__name__
-                if isinstance(self.state.stateful_callbacks.get(name), list):
-                    self.state.stateful_callbacks[name].append(cb.state())
-                else:
-                    self.state.stateful_callbacks[name] = cb.state()
-            self.state.save_to_json(os.path.join(tmp_dir, TRAINER_STATE_NAME))
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            if os.path.exists(final_dir):
-                shutil.rmtree(final_dir)
-            os.replace(tmp_dir, final_dir)
-        self.accelerator.wait_for_everyone()
-        if self.args.push_to_hub:
-            self._push_from_checkpoint(final_dir)
-        if self.args.should_save:
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
-            )
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        """Restore the student and the methods' state from a checkpoint written by this trainer.
-
-        A private override because upstream loads ``model.safetensors`` into the trained module, here the container
-        (``student.*`` keys), while a checkpoint holds the student in Hub format plus ``distill_state.safetensors``.
-        Pinned by the resume-equivalence tests (``tests/test_trainer.py``)."""
-        container = self.accelerator.unwrap_model(
-            model if model is not None else self.model, keep_torch_compile=False
-        )
-        load_checkpoint_into(container, resume_from_checkpoint)
-
-    def _load_best_model(self) -> None:
-        """``load_best_model_at_end``: the same checkpoint loading as :meth:`_load_from_checkpoint`, for the reason
-        given there (upstream would load the student's file into the container). Pinned by
-        ``tests/test_checkpoints.py``."""
-        logger.info(
-            "Loading best model from %s (score: %s).",
-            self.state.best_model_checkpoint,
-            self.state.best_metric,
-        )
-        load_checkpoint_into(
-            self._container(),
-            self.state.best_model_checkpoint,
-        )
+def _last_train_loss(log_history: list[dict[str, Any]]) -> float:
+    final = next((r for r in reversed(log_history) if "train_loss" in r), None)
+    return float(final["train_loss"]) if final is not None else float("nan")
 
 
 __all__ = [
-    "DISTILL_STATE_NAME",
     "BuiltDistillation",
     "DistillationModel",
     "DistillationTrainer",
     "NonFiniteLossError",
     "build_distillation_model",
-    "load_checkpoint_into",
     "num_labels_of",
 ]

@@ -26,7 +26,7 @@ def test_baseline_run_card_and_summary(recipe, tmp_path, capsys):
     summary = json.loads((out / "distillation_summary.json").read_text())
     assert summary["baseline_accuracy"] == res["baseline_accuracy"]
     assert summary["baseline_top5_accuracy"] == res["baseline_top5_accuracy"]
-    saved = json.loads((out / "distill_results.json").read_text())
+    saved = json.loads((out / "all_results.json").read_text())
     assert saved["baseline_accuracy"] == res["baseline_accuracy"]
     card = (out / "README.md").read_text()
     gain = 100 * (res["eval_accuracy"] - res["baseline_accuracy"])

@@ -1,5 +1,5 @@
-"""The upstream behaviours that DistillationTrainer's private checkpoint overrides preserve (``_save_checkpoint``,
-``_load_best_model``; atomicity is pinned in test_trainer.py), and the init stage's arguments."""
+"""Checkpoints are upstream's (DistillationTrainer overrides no private Trainer method): rotation, the best
+checkpoint kept and loaded back into the whole container, and the init stage's arguments."""
 
 import os
 
@@ -43,7 +43,7 @@ def _checkpoints(folder) -> list[str]:
 
 def test_save_total_limit_rotates_old_checkpoints(tmp_path, tiny):
     _trainer(tmp_path, tiny, max_steps=4, save_strategy="steps", save_steps=1, save_total_limit=2).train()
-    assert _checkpoints(tmp_path) == ["checkpoint-3", "checkpoint-4"]  # no tmp-checkpoint-N left either
+    assert _checkpoints(tmp_path) == ["checkpoint-3", "checkpoint-4"]
 
 
 def test_best_checkpoint_is_tracked_kept_and_loaded_at_the_end(tmp_path, tiny):
@@ -70,14 +70,11 @@ def test_best_checkpoint_is_tracked_kept_and_loaded_at_the_end(tmp_path, tiny):
     assert t.state.best_model_checkpoint == str(best) and t.state.best_global_step == 1
     assert _checkpoints(tmp_path) == ["checkpoint-1", "checkpoint-4"]  # rotation never deletes the best
     saved = safetensors.torch.load_file(str(best / "model.safetensors"))
-    student = t.model.student.state_dict()
-    assert all(torch.equal(saved[k], v) for k, v in student.items())  # the best student was loaded back
+    container = t.model.state_dict()
+    assert saved.keys() == container.keys()
+    assert all(torch.equal(saved[k], v) for k, v in container.items())  # the best, methods' state included
     last = safetensors.torch.load_file(str(tmp_path / "checkpoint-4" / "model.safetensors"))
-    assert not all(torch.equal(last[k], v) for k, v in student.items())
-    state = safetensors.torch.load_file(str(best / "distill_state.safetensors"))
-    assert torch.equal(
-        state["objective.methods.test_probe.seen"], t.model.objective.methods["test_probe"].seen
-    )
+    assert not all(torch.equal(last[k], v) for k, v in container.items() if k.startswith("student."))
 
 
 def test_init_stage_arguments_are_the_main_runs_with_the_stage_overrides(tmp_path):

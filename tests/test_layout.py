@@ -10,11 +10,23 @@ from tests.conftest import REPO, repository_changes
 PACKAGE = REPO / "hf_distill"
 
 
-def _imported_modules(path) -> list[str]:
-    """Absolute names of every module a file imports (relative imports resolved against its package)."""
+def _runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` except those under ``if TYPE_CHECKING:`` (annotations only, never executed)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            yield from (n for child in node.orelse for n in ast.walk(child))
+            continue
+        yield node
+        yield from _runtime_nodes(node)
+
+
+def _imported_modules(path, runtime_only: bool = False) -> list[str]:
+    """Absolute names of every module a file imports (relative imports resolved against its package); with
+    ``runtime_only``, not those imported under ``if TYPE_CHECKING:``."""
     package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
     out = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in _runtime_nodes(tree) if runtime_only else ast.walk(tree):
         if isinstance(node, ast.Import):
             out += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -116,3 +128,80 @@ def test_the_repository_guard_sees_new_files_but_not_the_runs_own(tmp_path):
     (tmp_path / "outputs" / "model.safetensors").write_text("x")
     (tmp_path / "card.md").write_text("x")
     assert repository_changes(tmp_path) - before == {"!! outputs/model.safetensors", "?? card.md"}
+
+
+#: the application layer above the core: the package's front door, the run entry point, the Hub layer and transfer
+ABOVE_THE_CORE = ("hf_distill/__init__.py", "hf_distill/run.py", "hf_distill/hub/", "hf_distill/transfer/")
+
+
+def _module_name(path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Every module of the package and the package modules it imports (function-local imports included)."""
+    files = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+    graph = {}
+    for name, path in files.items():
+        targets = set()
+        for m in _imported_modules(path, runtime_only=True):
+            while m and m not in files:  # `from .x import name`: the module x (name is an attribute)
+                m = m.rpartition(".")[0]
+            if m and m != name and m != "hf_distill":  # the package root only re-exports
+                targets.add(m)
+        graph[name] = targets
+    return graph
+
+
+def test_the_core_never_imports_the_hub_layer():
+    offenders = {
+        str(p.relative_to(REPO)): m
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if not str(p.relative_to(REPO)).startswith(ABOVE_THE_CORE)
+        for m in _imported_modules(p)
+        if m == "hf_distill.hub" or m.startswith("hf_distill.hub.")
+    }
+    assert not offenders, offenders
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle_in_the_package():
+    cycles = _cycles(_import_graph())
+    assert not cycles, cycles

@@ -98,7 +98,7 @@ def test_the_recipe_runs_under_a_two_process_launch(tmp_path, method, extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(REPO), env=env)
     assert p.returncode == 0, p.stderr[-4000:]
-    results = json.loads((tmp_path / "out" / "distill_results.json").read_text())
+    results = json.loads((tmp_path / "out" / "all_results.json").read_text())
     assert method in results["objective"]["methods"]
     assert 0.0 <= results["eval_accuracy"] <= 1.0 and results["eval_teacher_accuracy"] > 0.6
     if method == "ab":

@@ -11,9 +11,10 @@ import torch
 from huggingface_hub.utils import filter_repo_objects
 
 from hf_distill import DistillationTrainer
+from hf_distill.hub.peers import export_peer
 from hf_distill.hub.publish import IGNORE_PATTERNS, load_student
 from hf_distill.losses import DistillationObjective
-from hf_distill.mutual import PeerEvaluation, attach_peers, evaluate_peers, export_peer, mutual_method
+from hf_distill.mutual import PeerEvaluation, attach_peers, evaluate_peers, mutual_method
 from tests.helpers import CIFAR_SPEC, tiny_splits, trainer_args
 from tests.losses._common import zoo_model
 from tests.test_trainer import _StopAt
@@ -130,7 +131,7 @@ def test_the_recipe_runs_mutual_learning_and_exports_the_peers(tmp_path):
             "--max_steps", "2", "--output_dir", str(out), "--disable_tqdm", "true",
         ]
     )  # fmt: skip
-    results = json.loads((out / "distill_results.json").read_text())
+    results = json.loads((out / "all_results.json").read_text())
     assert {"eval_accuracy", "eval_peer1_accuracy", "eval_peer2_accuracy"} <= set(results)
     assert results["objective"]["methods"]["dml"]["ie"] is True
     for k in (1, 2):

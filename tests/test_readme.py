@@ -43,18 +43,3 @@ def test_ci_runs_the_readme_test_command():
     ).stdout.strip()
     assert extracted == lines[2]
     assert "README.md" in (REPO / ".ci" / "run").read_text()
-
-
-def test_python_api_example_runs(monkeypatch, tmp_path):
-    start = README.index("## Python API")
-    block = README[
-        README.index("```python\n", start) + len("```python\n") : README.index("```\n", start + 20)
-    ]
-    # Run it as written from a folder that looks like the repository (its assets/), so outputs/ lands in tmp_path.
-    (tmp_path / "assets").symlink_to(REPO / "assets")
-    monkeypatch.chdir(tmp_path)
-    scope: dict = {}
-    exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - the documented example, run as written
-    trainer = scope["trainer"]
-    assert trainer.state.global_step == 64  # 512 samples / the default batch of 8, one epoch
-    assert (tmp_path / "outputs" / "api_example" / "model.safetensors").exists()

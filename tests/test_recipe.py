@@ -23,6 +23,11 @@ TINY = [
 ]
 
 
+def _out(tmp_path) -> list[str]:
+    """An output folder of the test's own: a test never reads or writes the checkout's outputs/."""
+    return ["--output_dir", str(tmp_path / "out")]
+
+
 @pytest.fixture(scope="module")
 def recipe():
     spec = importlib.util.spec_from_file_location("distill_recipe", REPO / "recipes" / "distill.py")
@@ -35,7 +40,7 @@ def test_default_run_on_a_tiny_slice(recipe, tmp_path):
     res = recipe.main(TINY + ["--output_dir", str(tmp_path)])
     assert 0.6 < res["eval_teacher_accuracy"] <= 1.0  # the pretrained resnet56 on 64 real test images
     assert 0.0 <= res["eval_accuracy"] <= 1.0
-    saved = json.loads((tmp_path / "distill_results.json").read_text())
+    saved = json.loads((tmp_path / "all_results.json").read_text())
     assert saved["objective"]["methods"]["kd"]["temperature"] == 4.0
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
 
@@ -45,7 +50,7 @@ def test_method_flags_and_config_file(recipe, tmp_path):
     cfg.write_text("method: kd\nmethod_args: {kd: {temperature: 2.0}}\nce_weight: 0.5\nmax_steps: 1\n")
     res_dir = tmp_path / "out"
     recipe.main(["--config", str(cfg), "--kd-temperature", "3", "--output_dir", str(res_dir)] + TINY)
-    obj = json.loads((res_dir / "distill_results.json").read_text())["objective"]
+    obj = json.loads((res_dir / "all_results.json").read_text())["objective"]
     assert (
         obj["ce_weight"] == 0.5 and obj["methods"]["kd"]["temperature"] == 3.0
     )  # command line beats the file
@@ -70,34 +75,42 @@ def test_teacher_and_dataset_class_counts_differ(recipe, capsys, tmp_path):
     three = datasets.load_dataset(str(SUBSET), split="train").filter(lambda r: r["label"] < 3)
     three = three.cast_column("label", datasets.ClassLabel(names=["airplane", "automobile", "bird"]))
     three.to_parquet(str(tmp_path / "three.parquet"))
-    line = _fails(recipe, capsys, ["--dataset", str(tmp_path / "three.parquet"), "--eval_split", ""])
+    line = _fails(
+        recipe, capsys, ["--dataset", str(tmp_path / "three.parquet"), "--eval_split", "", *_out(tmp_path)]
+    )
     assert "teacher predicts 10 classes but the student 3" in line
 
 
 def test_dataset_without_label_column(recipe, capsys, tmp_path):
     ds = datasets.load_dataset(str(SUBSET), split="test").select(range(8)).remove_columns("label")
     ds.to_parquet(str(tmp_path / "nolabel.parquet"))
-    line = _fails(recipe, capsys, ["--dataset", str(tmp_path / "nolabel.parquet"), "--eval_split", ""])
+    line = _fails(
+        recipe, capsys, ["--dataset", str(tmp_path / "nolabel.parquet"), "--eval_split", "", *_out(tmp_path)]
+    )
     assert "no label column" in line and "--label_column" in line
 
 
-def test_image_column_that_is_not_images(recipe, capsys):
-    line = _fails(recipe, capsys, ["--image_column", "label"])
+def test_image_column_that_is_not_images(recipe, capsys, tmp_path):
+    line = _fails(recipe, capsys, ["--image_column", "label", *_out(tmp_path)])
     assert "Column 'label' is not an image column" in line
 
 
-def test_teacher_checkpoint_of_another_architecture(recipe, capsys):
+def test_teacher_checkpoint_of_another_architecture(recipe, capsys, tmp_path):
     weights = str(TEACHER_DIR / "model.safetensors")  # a resnet56 (option A) state dict
-    line = _fails(recipe, capsys, ["--teacher", "cifar_resnet20_a", "--teacher_weights", weights])
+    line = _fails(
+        recipe, capsys, ["--teacher", "cifar_resnet20_a", "--teacher_weights", weights, *_out(tmp_path)]
+    )
     assert "does not match the teacher architecture" in line
 
 
 @pytest.mark.skipif(
     not (SHARED / "teachers").exists(), reason="../shared with the original akamaster files is absent"
 )
-def test_akamaster_checkpoint_of_another_depth(recipe, capsys):
+def test_akamaster_checkpoint_of_another_depth(recipe, capsys, tmp_path):
     weights = str(SHARED / "teachers" / "cifar10-resnet-akamaster" / "resnet56-4bfd9763.th")
-    line = _fails(recipe, capsys, ["--teacher", "cifar_resnet20_a", "--teacher_weights", weights])
+    line = _fails(
+        recipe, capsys, ["--teacher", "cifar_resnet20_a", "--teacher_weights", weights, *_out(tmp_path)]
+    )
     assert "resnet56" in line
 
 
@@ -112,8 +125,24 @@ def test_bad_input_exit_code_from_the_command_line():
     assert "Traceback" not in p.stderr
 
 
-def test_feature_layer_that_does_not_exist(recipe, capsys):
-    line = _fails(recipe, capsys, ["--method", "at", "--at-student-layers", "stage9"])
+def test_a_bad_argument_is_reported_before_the_output_folder(recipe, capsys, tmp_path):
+    """A folder that already holds a run is not the mistake to report when an argument is wrong: the user fixes the
+    argument first (the README's first command leaves outputs/default behind)."""
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "model.safetensors").write_bytes(b"x")
+    line = _fails(
+        recipe, capsys, ["--method", "at", "--at-student-layers", "stage9", "--output_dir", str(held)]
+    )
+    assert "'stage9' does not exist in the student" in line
+    line = _fails(
+        recipe, capsys, TINY + ["--output_dir", str(held)]
+    )  # a good run: now the folder is the problem
+    assert "already holds files" in line
+
+
+def test_feature_layer_that_does_not_exist(recipe, capsys, tmp_path):
+    line = _fails(recipe, capsys, ["--method", "at", "--at-student-layers", "stage9", *_out(tmp_path)])
     assert "'stage9' does not exist in the student" in line and "stem, stage1, stage2, stage3" in line
 
 

@@ -268,7 +268,7 @@ def test_error_inside_training_is_one_line(recipe, capsys, finished_run):  # noq
 
 
 def test_resumed_run_reports_the_whole_run(recipe, finished_run, tmp_path):  # noqa: F811
-    whole = json.loads((finished_run / "distill_results.json").read_text())
+    whole = json.loads((finished_run / "all_results.json").read_text())
     out = tmp_path / "o"
     shutil.copytree(finished_run, out)
     shutil.rmtree(out / "checkpoint-2")
@@ -317,7 +317,7 @@ def test_folder_of_class_folders_trains_and_evaluates(recipe, tmp_path):  # noqa
     res = recipe.main(TINY + ["--dataset", str(data), "--output_dir", str(tmp_path / "o")])
     assert res["validation_split"] == {"carved_from": "train", "size": 0.1, "seed": 0, "num_rows": 10}
     assert 0.0 <= res["eval_accuracy"] <= 1.0 and res["eval_teacher_accuracy"] > 0.5
-    saved = json.loads((tmp_path / "o" / "distill_results.json").read_text())
+    saved = json.loads((tmp_path / "o" / "all_results.json").read_text())
     assert saved["validation_split"]["num_rows"] == 10
 
 

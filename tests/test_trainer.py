@@ -6,9 +6,9 @@ import torch
 from transformers import AutoModelForImageClassification, TrainerCallback
 
 from hf_distill import DistillationTrainer
+from hf_distill.checkpoints import method_state
 from hf_distill.losses import DistillationObjective
 from hf_distill.models.loading import load_model
-from hf_distill.trainer import DISTILL_STATE_NAME
 from tests.helpers import CIFAR_SPEC, timm_model, tiny_splits, trainer_args
 
 pytestmark = pytest.mark.usefixtures("probe_methods")  # the test-only methods test_probe / test_init_probe
@@ -63,18 +63,22 @@ def test_loss_parts_are_optimized_and_checkpointed(tmp_path, tiny):
     assert {id(p) for p in probe.head.parameters()} <= opt_ids
     assert not torch.equal(head_before, probe.head.weight)
     ckpt = tmp_path / "out" / "checkpoint-4"
-    state = safetensors.torch.load_file(str(ckpt / DISTILL_STATE_NAME))
+    state = method_state(str(ckpt))
     assert torch.equal(state["objective.methods.test_probe.center"], probe.center)
     assert torch.equal(state["objective.methods.test_probe.head.weight"], probe.head.weight.detach())
     assert state["objective.methods.test_probe.seen"].sum() == 4 * 16  # every sample of 4 batches counted
-    # the checkpoint's model files are the student alone, loadable with from_pretrained
+    # the checkpoint is upstream's: the whole container (student.* and the methods' keys) in one file
     files = set(os.listdir(ckpt))
-    assert {"model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "rng_state.pth"} <= files
-    assert not any(n.startswith("tmp-") for n in os.listdir(tmp_path / "out"))
-    reloaded = AutoModelForImageClassification.from_pretrained(str(ckpt))
-    x = torch.randn(2, 3, 32, 32)
-    t.model.student.eval()
-    assert torch.allclose(reloaded(x).logits, t.model.student(x).logits, atol=1e-6)
+    assert {
+        "model.safetensors",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state.pth",
+        "trainer_state.json",
+    } <= files
+    saved = safetensors.torch.load_file(str(ckpt / "model.safetensors"))
+    assert saved.keys() == t.model.state_dict().keys()
+    assert all(torch.equal(saved[k], v) for k, v in t.model.state_dict().items())
 
 
 class _StopAt(TrainerCallback):
@@ -114,20 +118,27 @@ def test_resume_equals_uninterrupted_run(tmp_path, tiny, stop):
         assert torch.allclose(ref[k].float(), got[k].float(), atol=1e-6, rtol=0), k
 
 
-def test_interrupted_save_leaves_no_checkpoint(tmp_path, tiny, monkeypatch):
-    t = _trainer(tmp_path, tiny, method="test_probe", save_strategy="steps", save_steps=2, max_steps=2)
+def test_an_interrupted_save_is_recognised_and_never_resumed(tmp_path, tiny, monkeypatch):
+    """Upstream writes a checkpoint in place; its trainer_state.json comes last, so a save interrupted before it
+    leaves a folder that every resume path recognises as incomplete and skips."""
+    from hf_distill.checkpoints import is_complete_checkpoint, latest_complete_checkpoint
+    from hf_distill.run_record import resolve_resume
+
+    t = _trainer(tmp_path, tiny, method="test_probe", save_strategy="steps", save_steps=2, max_steps=4)
 
     def boom(output_dir):
-        raise OSError("disk full")
+        if output_dir.endswith("checkpoint-4"):
+            raise OSError("disk full")
 
-    monkeypatch.setattr(t, "_save_rng_state", boom)
+    monkeypatch.setattr(t, "_save_rng_state", boom)  # the test's fault injection, not the library's
     with pytest.raises(OSError, match="disk full"):
         t.train()
-    names = os.listdir(tmp_path / "out")
-    assert "checkpoint-2" not in names  # only the staging folder, which resume ignores
-    from transformers.trainer_utils import get_last_checkpoint
-
-    assert get_last_checkpoint(str(tmp_path / "out")) is None
+    out = tmp_path / "out"
+    assert is_complete_checkpoint(str(out / "checkpoint-2")) and not is_complete_checkpoint(
+        str(out / "checkpoint-4")
+    )
+    assert latest_complete_checkpoint(str(out)) == (str(out / "checkpoint-2"), [str(out / "checkpoint-4")])
+    assert resolve_resume("true", str(out)) == str(out / "checkpoint-2")
 
 
 def test_teacher_shapes_are_probed_through_the_training_input(tmp_path, tiny):
@@ -171,7 +182,7 @@ def test_save_model_writes_the_student_alone(tmp_path, tiny):
     t.train()
     out = tmp_path / "export"
     t.save_model(str(out))
-    assert not (out / DISTILL_STATE_NAME).exists()
+    assert not any(n.startswith("_") for n in os.listdir(out))  # no scratch folder left
     sd = safetensors.torch.load_file(str(out / "model.safetensors"))
     # a timm student is exported in timm's own format: exactly the timm model's weights, nothing of the methods
     student = t.model.student.timm_model.state_dict()
@@ -205,7 +216,7 @@ def test_init_stage_runs_before_training_and_is_recorded(tmp_path, tiny):
     assert len(rec) == 1 and rec[0]["init_stage_steps"] == 4  # 64 samples / 16 per batch, 1 epoch
     t.train()  # the main run does not repeat it
     assert sum("init_stage_loss" in h for h in t.state.log_history) == 1
-    state = safetensors.torch.load_file(str(tmp_path / "out" / "checkpoint-2" / DISTILL_STATE_NAME))
+    state = method_state(str(tmp_path / "out" / "checkpoint-2"))
     assert bool(state["init_stage_done"])
 
 
