@@ -12,7 +12,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 @contextlib.contextmanager
 def exit_on_bad_input(*errors: type[Exception], traceback: bool = False) -> Iterator[None]:
-    """Turn bad input into one readable line, ``error: <message>`` on stderr, and exit status 2 (no traceback).
+    """Turn bad input into one readable line, ``error: <message>`` on stderr, and exit status 2 (no traceback); a
+    Ctrl-C into ``interrupted: <where and how to resume>`` and exit status 130.
 
     Any other exception is a bug and keeps its full traceback.
 
@@ -23,6 +24,9 @@ def exit_on_bad_input(*errors: type[Exception], traceback: bool = False) -> Iter
     caught = errors or (ValueError,)
     try:
         yield
+    except KeyboardInterrupt as e:  # Ctrl-C: where the run stopped and how to continue it, not a stack
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     except caught as e:
         if traceback:
             import traceback as tb

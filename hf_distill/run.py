@@ -63,13 +63,26 @@ def distill(
     """
     out = training_args.output_dir
     existed = existing_dirs(out)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise OutputFolderError(f"--output_dir {out} is a file, not a folder: pass a folder path.")
+    check_output_path(out)
     resume = resolve_resume(training_args.resume_from_checkpoint, out)
     run = build_run(model_args, data_args, distill_args, training_args, method_kwargs)
     check_resume_target(resume, out, distill_args.overwrite_output_dir)
     with guarded_output_dir(out, distill_args.overwrite_output_dir, resume is not None, existed):
         return _train_and_save(run, model_args, data_args, distill_args, training_args, method_kwargs, resume)
+
+
+def check_output_path(output_dir: str) -> None:
+    """Refuse an output path that is a file or lies under one (``file.txt/run``), before anything is built.
+
+    Raises:
+        OutputFolderError: naming the file in the way.
+    """
+    path = os.path.abspath(output_dir)
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path) if os.path.dirname(path) != path else ""
+    if path and not os.path.isdir(path):
+        where = "is a file" if path == os.path.abspath(output_dir) else f"lies under the file {path}"
+        raise OutputFolderError(f"--output_dir {output_dir} {where}, not a folder: pass a folder path.")
 
 
 def check_resume_target(resume: str | None, output_dir: str, overwrite: bool) -> None:
@@ -240,4 +253,4 @@ def _whole_run_into_log(log_history: list[dict[str, Any]], totals: dict[str, Any
         final["train_segments"] = totals["train_segments"]
 
 
-__all__ = ["ALL_RESULTS", "RunInterrupted", "check_resume_target", "distill"]
+__all__ = ["ALL_RESULTS", "RunInterrupted", "check_output_path", "check_resume_target", "distill"]
