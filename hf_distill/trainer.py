@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import Trainer, TrainingArguments
+from transformers import ProgressCallback, Trainer, TrainingArguments
 from transformers.trainer_utils import TrainOutput
 
 from .checkpoints import (
@@ -392,10 +392,14 @@ class DistillationTrainer(Trainer):
         With an ensemble: the ensemble's averaged distribution, or teacher ``member`` alone."""
         loader = self.get_eval_dataloader(eval_dataset)
         self._evaluating_teacher, self._teacher_member = True, member
+        # no progress bar: evaluation_loop opens one that only on_evaluate would close, and it would linger
+        progress = self.pop_callback(ProgressCallback)
         try:
             out = self.evaluation_loop(loader, "Teacher evaluation", metric_key_prefix="teacher")
         finally:
             self._evaluating_teacher, self._teacher_member = False, None
+            if progress is not None:
+                self.add_callback(progress)
         keep = set(out.metrics) - {
             f"teacher_{k}" for k in ("runtime", "samples_per_second", "steps_per_second")
         }

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from hf_distill import distill
-from hf_distill.cli import LOG_FORMAT, exit_on_bad_input
+from hf_distill.cli import exit_on_bad_input, process_log_level, setup_logging
 from hf_distill.config import parse_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,9 +58,10 @@ DEFAULTS = {
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    logging.basicConfig(format=LOG_FORMAT, level=logging.INFO)
+    setup_logging(logging.INFO)
     with exit_on_bad_input(ValueError):  # bad input: one readable line, exit status 2, no traceback
         model_args, data_args, distill_args, training_args, method_kwargs = parse_args(argv, DEFAULTS)
+    setup_logging(process_log_level(training_args))  # --log_level error silences everything but errors
     with exit_on_bad_input(ValueError, traceback=distill_args.traceback):
         return distill(model_args, data_args, distill_args, training_args, method_kwargs)
 
