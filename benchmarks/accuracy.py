@@ -4,7 +4,7 @@
     python benchmarks/accuracy.py                                  # CIFAR-10 CPU protocol, the README's run order
     python benchmarks/accuracy.py --methods none,kd --seeds 0,1,2  # some methods and seeds
     python benchmarks/accuracy.py --epoch_curve 10,20,30,40        # the baseline vs the epoch budget (protocol choice)
-    python benchmarks/accuracy.py --report                         # README table + bar chart from the results file
+    python benchmarks/accuracy.py --report                         # docs/results.md table + bar chart, from the file
     python benchmarks/accuracy.py --mode cifar100 --dataset uoft-cs/cifar100 --teacher outputs/cifar100/teachers/resnet56
 
 CIFAR-10 CPU protocol (``--mode cifar10``): the first 500 training images of each class of the full JPEG CIFAR-10
@@ -528,9 +528,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "<cache_dir>/teacher-outputs; 'none' to run the teacher in every run). Exact: not part of the "
                    "protocol.")  # fmt: skip
     p.add_argument(
-        "--report", action="store_true", help="Write the README table and the chart; train nothing."
+        "--report",
+        action="store_true",
+        help="Write the table of docs/results.md and the chart; train nothing.",
     )
-    p.add_argument("--readme", default=str(REPO / "README.md"))
+    p.add_argument(
+        "--doc", default=str(REPO / "docs" / "results.md"), help="Where --report writes the table."
+    )
     p.add_argument("--chart", default=str(REPO / "benchmarks" / "results" / "cifar10.png"))
     return p
 
@@ -568,7 +572,7 @@ def main(argv: list[str] | None = None) -> None:
             from benchmarks.accuracy_report import write_report
 
             results = Path(a.results) if a.results else RESULTS / f"{a.mode}.jsonl"
-            print(write_report(results, Path(a.readme), Path(a.chart), Cifar10Protocol()))
+            print(write_report(results, Path(a.doc), Path(a.chart), Cifar10Protocol()))
             return
         methods = _split(a.methods) or all_methods()
         for m in methods:

@@ -1,4 +1,4 @@
-"""The Results table and bar chart of ``benchmarks/accuracy.py``, generated from its results file.
+"""The tables and bar chart of ``benchmarks/accuracy.py`` in ``docs/results.md``, generated from its results files.
 
 Only rows of the current protocol (hash) and code version enter the table; the others are counted and named under it
 ("shown apart"), never mixed in. Unreadable lines (a foreign or truncated file) are counted the same way.
@@ -106,7 +106,7 @@ def _pct(v: float | None, digits: int = 2) -> str:
 
 
 def render_table(rows: list[dict[str, Any]], protocol_hash: str, version: str, bad_lines: int = 0) -> str:
-    """The markdown block between the README markers."""
+    """The markdown table of one protocol and code version (the block between the ``results-table`` markers)."""
     mine, other = select(rows, protocol_hash, version)
     stats = method_stats(mine)
     base = stats.get(BASELINE)
@@ -202,8 +202,8 @@ def plot(rows: list[dict[str, Any]], protocol_hash: str, version: str, path: Pat
     return True
 
 
-def readme_block(results: Path, protocol: Any) -> str:
-    """Everything between the README markers, from the results file."""
+def results_block(results: Path, protocol: Any) -> str:
+    """Everything between the ``results-table`` markers of ``docs/results.md``, from the results file."""
     rows, bad = read_rows(results)
     version = code_version()
     return (
@@ -213,11 +213,60 @@ def readme_block(results: Path, protocol: Any) -> str:
     )
 
 
-def write_report(results: Path, readme: Path, chart: Path, protocol: Any) -> str:
-    """Write the README block and the chart; returns a one-line summary.
+def default_run_table(results: Path) -> str:
+    """The default run's configuration measured: the student alone and KD per epoch budget, mean ± std over seeds,
+    and KD's gain paired by seed (rows of ``benchmarks/results/cifar10-short.jsonl``)."""
+    rows, _ = read_rows(results)
+    top1: dict[float, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    per_class = set()
+    for r in rows:
+        if r["method"] in (BASELINE, "kd") and r["top1"] is not None:
+            top1[float(r["definition"]["epochs"])][r["method"]][r["seed"]] = 100 * float(r["top1"])
+            per_class.add(r["definition"]["per_class"])
+    images = " / ".join(f"{10 * n:,}" for n in sorted(per_class))
+    lines = [
+        f"| {images} training images | seeds | student trained alone (`--method none`) | KD student "
+        "| KD's gain, paired by seed |",
+        "|---|---|---|---|---|",
+    ]
+    for epochs in sorted(top1, reverse=True):
+        alone, kd = top1[epochs][BASELINE], top1[epochs]["kd"]
+        seeds = sorted(set(alone) & set(kd))
+        gains = [kd[s] - alone[s] for s in seeds]
+        cells = [_mean_std([alone[s] for s in seeds]), _mean_std([kd[s] for s in seeds])]
+        lines.append(
+            f"| {epochs:g} epochs | {', '.join(map(str, seeds))} | {cells[0]}% | {cells[1]}% "
+            f"| {_mean_std(gains, sign=True)} points |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _mean_std(values: list[float], sign: bool = False) -> str:
+    mean = f"{statistics.fmean(values):{'+' if sign else ''}.2f}"
+    return mean + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
+
+
+def splice(text: str, start: str, end: str, body: str, where: object) -> str:
+    """``text`` with what lies between the markers ``start`` and ``end`` replaced by ``body``.
 
     Raises:
-        ValueError: no results file, or none of its rows belongs to this protocol and code version.
+        ValueError: a marker is missing (``where`` names the file).
+    """
+    if start not in text or end not in text:
+        raise ValueError(
+            f"{where} lacks the markers {start.strip()} ... {end}: add them where the table goes."
+        )
+    head, rest = text.split(start, 1)
+    return head + start + body + end + rest.split(end, 1)[1]
+
+
+def write_report(results: Path, doc: Path, chart: Path, protocol: Any) -> str:
+    """Write the results table into ``doc`` (between its ``results-table`` markers) and the chart; returns a
+    one-line summary.
+
+    Raises:
+        ValueError: no results file, none of its rows belongs to this protocol and code version, or ``doc`` lacks
+            the markers.
     """
     if not results.exists():
         raise ValueError(f"No results file {results}: run benchmarks/accuracy.py first (or pass --results).")
@@ -229,13 +278,7 @@ def write_report(results: Path, readme: Path, chart: Path, protocol: Any) -> str
             f"({len(other)} rows of other protocols/versions): rerun the benchmark, or report with the code that "
             "wrote them."
         )
-    text = readme.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        raise ValueError(
-            f"{readme} lacks the markers {START.strip()} ... {END}: add them where the table goes."
-        )
-    head, rest = text.split(START, 1)
-    tail = rest.split(END, 1)[1]
-    readme.write_text(head + START + readme_block(results, protocol) + END + tail, encoding="utf-8")
+    text = splice(doc.read_text(encoding="utf-8"), START, END, results_block(results, protocol), doc)
+    doc.write_text(text, encoding="utf-8")
     drawn = plot(rows, protocol.hash(), code_version(), chart)
-    return f"{len(mine)} rows -> {readme}" + (f", {chart}" if drawn else "")
+    return f"{len(mine)} rows -> {doc}" + (f", {chart}" if drawn else "")

@@ -4,7 +4,7 @@
     python benchmarks/speed_options.py                                  # resnet56 -> resnet20, every option
     python benchmarks/speed_options.py --pairs resnet32x4-resnet8x4 --options channels_last,teacher_bf16
     python benchmarks/speed_options.py --out benchmarks/results/speed_options.json
-    python benchmarks/speed_options.py --render benchmarks/results/speed_options.json   # the README's table
+    python benchmarks/speed_options.py --render benchmarks/results/speed_options.json   # docs/speed.md's table
 
 For each pair and option: two copies of the same randomly initialized teacher and student, one run plainly and one
 with the option, each doing the limit step of ``benchmarks/throughput.py`` (teacher forward without grad + student
