@@ -28,6 +28,7 @@ from .checkpoints import latest_complete_checkpoint
 from .config import DataArguments, DistillArguments, ModelArguments
 from .guards import OutputFolderError, existing_dirs, guarded_output_dir, warn_if_teacher_at_chance
 from .hub.peers import export_peers
+from .hub.reporting import check_report_to
 from .non_finite import NonFiniteLossError
 from .outputs import ALL_RESULTS
 from .pipeline import Run, build_run
@@ -64,6 +65,7 @@ def distill(
     out = training_args.output_dir
     existed = existing_dirs(out)
     check_output_path(out)
+    check_report_to(training_args.report_to)  # a missing logger package is one line, not Trainer's traceback
     resume = resolve_resume(training_args.resume_from_checkpoint, out)
     run = build_run(model_args, data_args, distill_args, training_args, method_kwargs)
     check_resume_target(resume, out, distill_args.overwrite_output_dir)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import ProgressCallback, Trainer, TrainingArguments
-from transformers.trainer_utils import TrainOutput
+from transformers.trainer_utils import HubStrategy, TrainOutput
 
 from .checkpoints import (
     check_checkpoint_fits,
@@ -121,6 +121,13 @@ class DistillationTrainer(Trainer):
         # The token stays usable for uploads but pickles as a placeholder: upstream writes ``training_args.bin``
         # (a pickle of ``args``) into every checkpoint and uploads it with the model.
         args.hub_token = hide_token(args.hub_token)
+        if args.push_to_hub and args.hub_strategy != HubStrategy.END:
+            # Upstream's checkpoint-time push uploads the output folder unscanned (training_args.bin holds local
+            # paths); the export callbacks push the scanned folder at the end and on every save_model() instead.
+            logger.info(
+                "--hub_strategy %s becomes 'end': hf_distill pushes the scanned export.", args.hub_strategy
+            )
+            args.hub_strategy = HubStrategy.END
         if isinstance(objective, str):
             objective = DistillationObjective.from_names(objective)
         # What a timm or transformers user already has: a raw timm module is wrapped (same parameters) so that the

@@ -27,9 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "assets"
 
 # The embedded default: needs no network and finishes in a few minutes on 2 CPU cores. The data is 100 images of each
-# CIFAR-10 class, few enough that the teacher's soft labels pay within 60 short epochs (960 steps; README, "Two
-# commands": over 3 seeds the student is 4.7 points ahead of the same student trained alone, 30 epochs were too few),
-# and the teacher the pretrained akamaster resnet56 adapted to these JPEG images, both under assets/ (with licences).
+# CIFAR-10 class, few enough that the teacher's soft labels pay within 60 short epochs (960 steps; docs/results.md:
+# over 3 seeds the student is 4.7 points ahead of the same student trained alone, 30 epochs were too few), and the
+# teacher the pretrained akamaster resnet56 adapted to these JPEG images, both under assets/ (with licences).
 DEFAULTS = {
     "dataset": str(ASSETS / "cifar10-1k"),
     "teacher": str(ASSETS / "teachers" / "cifar10-resnet56-jpeg"),

@@ -2,13 +2,15 @@
 """Evaluate a student (Hub id or local folder) on a dataset split and optionally record it in its model card.
 
     python recipes/evaluate.py --model me/resnet8-kd --dataset uoft-cs/cifar10 --split test
-    python recipes/evaluate.py --model outputs/default --dataset assets/cifar10-subset --max_samples 200 --update-card
+    python recipes/evaluate.py --model outputs/default --dataset assets/cifar10-subset --max_samples 200 \
+        --update-card --dataset_id uoft-cs/cifar10   # a local copy of a Hub dataset: say which
 
 The model is loaded with ``AutoModelForImageClassification.from_pretrained`` (CIFAR-zoo models with hf_distill's
 classes; ``--trust_remote_code`` for other custom code), the split is transformed with the model's own
 normalization, and top-1/top-5 accuracy come from the ``evaluate`` metric scripts in ``metrics/``. With
-``--update-card`` the results are merged into the card's ``model-index``: ``README.md`` of a local folder, or the
-Hub card through ``huggingface_hub.metadata_update`` (the Hub endpoint follows ``HF_ENDPOINT``).
+``--update-card`` the results are merged into the card's ``model-index`` and written as the Hub's Eval Results file
+(``.eval_results/<dataset>--<split>.yaml``): in a local folder, or on the Hub in one commit (the Hub endpoint follows
+``HF_ENDPOINT``). Results are filed under Hub dataset ids only: a local ``--dataset`` needs ``--dataset_id``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,17 @@ class EvaluateArguments:
     label_column: str | None = field(default=None, metadata={"help": "Label column (default: detected)."})
     update_card: bool = field(
         default=False,
-        metadata={"help": "Merge the results into the model card's model-index (--update-card)."},
+        metadata={
+            "help": "Merge the results into the model card's model-index and write the Hub's Eval Results file "
+            "(.eval_results/*.yaml) (--update-card)."
+        },
+    )
+    dataset_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "With a local --dataset: the Hub dataset id it holds the same data as (your statement; the card "
+            "says so). Results are filed under Hub dataset ids only."
+        },
     )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom model code other than hf_distill's CIFAR zoo."}
@@ -56,8 +68,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     args = parse_recipe_args(EvaluateArguments, argv)
     from hf_distill.hub.evaluation import evaluate_model, update_model_card
+    from hf_distill.hub.privacy import looks_local
 
     with exit_on_bad_input(ValueError):
+        if args.update_card and looks_local(args.dataset) and not args.dataset_id:
+            raise ValueError(
+                f"--update-card files results under Hub dataset ids, and {args.dataset} is a local dataset: add "
+                "--dataset_id <hub id> if it holds the same data as that Hub dataset (the card will say so), or "
+                "drop --update-card."
+            )
+        if args.dataset_id and looks_local(args.dataset_id):
+            raise ValueError(f"--dataset_id {args.dataset_id} is a local path: it takes a Hub dataset id.")
         result = evaluate_model(
             args.model,
             args.dataset,
@@ -66,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             batch_size=args.batch_size,
             image_column=args.image_column,
             label_column=args.label_column,
+            dataset_id=args.dataset_id,
             trust_remote_code=True if args.trust_remote_code else None,
             revision=args.revision,
             token=args.token,

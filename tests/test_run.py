@@ -156,3 +156,13 @@ def test_a_crafted_file_in_a_checkpoint_is_one_line(recipe, capsys, finished_run
     (run / "checkpoint-16" / name).write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
     line = _fails(recipe, capsys, TR + ["--output_dir", str(run), "--resume_from_checkpoint", "true"])
     assert "checkpoint-16" in line and "cannot be read safely" in line
+
+
+def test_report_to_a_logger_that_is_not_installed_is_one_line(recipe, capsys, tmp_path, monkeypatch):
+    from hf_distill.hub import reporting
+
+    monkeypatch.setattr(
+        reporting, "_available", lambda test_name: lambda: False
+    )  # as where it is not installed
+    line = _fails(recipe, capsys, ["--report_to", "tensorboard", "--output_dir", str(tmp_path / "o")])
+    assert "pip install tensorboard" in line and not (tmp_path / "o").exists()

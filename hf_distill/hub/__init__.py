@@ -8,9 +8,11 @@
 
 One concern per module: ``summary`` (the run summary, stored as ``distillation_summary.json``), ``collect`` (it,
 from a trainer or a model folder), ``metadata`` (``model-index`` and the ``distillation:`` block), ``card``
-(rendering), ``plot`` (training curves), ``card_file`` (reading and merging existing cards), ``publish`` (complete
-folder, push), ``loading`` and ``evaluation`` (a Hub model on a dataset), ``shipped`` (the template and metric
-scripts in both a source checkout and an installed wheel).
+(rendering), ``plot`` (training curves), ``card_file`` (reading and merging existing cards), ``eval_files`` (the
+Hub's ``.eval_results/*.yaml``), ``publish`` (complete folder, push, dry run), ``upload`` (what goes up, one
+commit), ``privacy`` (tokens, host names and local paths kept home), ``code_check`` (only the library's own model
+code), ``reporting`` (``--report_to`` checked early), ``loading`` and ``evaluation`` (a Hub model on a dataset),
+``shipped`` (the template and metric scripts in both a source checkout and an installed wheel).
 
 Heavy dependencies (``evaluate``, ``matplotlib``, ``timm``) are imported only by the functions that need them.
 """
@@ -38,9 +40,12 @@ from .plot import PLOT_NAME, plot_training_curves
 from .processor import model_input_spec, student_image_processor
 from .publish import (
     IGNORE_PATTERNS,
+    HubError,
     PublishError,
+    PushPlan,
     check_folder,
     complete_folder,
+    plan_push,
     push_folder,
     save_hook,
     trainer_model_card,
@@ -57,10 +62,12 @@ __all__ = [
     "CardError",
     "DistillationSummary",
     "EvaluationResult",
+    "HubError",
     "LabelMismatchError",
     "MethodSummary",
     "ModelNotFoundError",
     "PublishError",
+    "PushPlan",
     "build_card",
     "card_data",
     "check_folder",
@@ -79,6 +86,7 @@ __all__ = [
     "model_input_spec",
     "model_reference",
     "parse_recipe_args",
+    "plan_push",
     "plot_training_curves",
     "push_folder",
     "read_card",

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..outputs import ExportCallback
 from .publish import push_folder, save_hook, trainer_model_card
+from .upload import hub_call, hub_endpoint
 
 
 class HubCallback(ExportCallback):
@@ -30,8 +31,8 @@ class HubCallback(ExportCallback):
         **kwargs: Any,
     ) -> Any:
         token = token if token is not None else trainer.args.hub_token
-        if trainer.hub_model_id is None:
-            trainer.init_hf_repo(token=token, private=private)
+        if trainer.hub_model_id is None:  # a Hub that cannot be reached is one line here too
+            hub_call(lambda: trainer.init_hf_repo(token=token, private=private), hub_endpoint())
         return push_folder(
             trainer.args.output_dir,
             trainer.hub_model_id,

@@ -122,6 +122,30 @@ def timm_snippet(summary: DistillationSummary, model_id: str | None = None) -> s
     )
 
 
+def dataset_prose(summary: DistillationSummary) -> str:
+    """How the card's text names the training data: a Hub dataset linked by its id, a local one by its name, rows
+    and fingerprint (a local path is never shown), and a local copy attributed to a Hub id as the publisher's word.
+    """
+    local = f"`{summary.local_dataset}`" if summary.local_dataset else None
+    if local and (summary.num_train_samples or summary.dataset_fingerprint):
+        facts = [f"{summary.num_train_samples} training images"] if summary.num_train_samples else []
+        facts += [f"fingerprint `{summary.dataset_fingerprint}`"] if summary.dataset_fingerprint else []
+        local += f" ({', '.join(facts)})"
+    if summary.dataset:
+        link = f"[{summary.dataset}](https://huggingface.co/datasets/{summary.dataset})"
+        if summary.dataset_asserted and local:
+            return f"a local copy {local} that the publisher states holds the same data as {link}"
+        return link
+    return f"the local dataset {local}" if local else "an unnamed dataset"
+
+
+def teacher_prose(summary: DistillationSummary) -> str:
+    """The teacher as the card's text names it: linked by its Hub id, else (a local teacher) by its name."""
+    if summary.teacher_id:
+        return f"[{summary.teacher_id}](https://huggingface.co/{summary.teacher_id})"
+    return f"`{summary.teacher}` (a local model)" if summary.teacher else "(unknown)"
+
+
 def _results_rows(summary: DistillationSummary) -> list[dict[str, str]]:
     rows = [
         {
@@ -134,7 +158,7 @@ def _results_rows(summary: DistillationSummary) -> list[dict[str, str]]:
     if summary.teacher_accuracy is not None or summary.teacher:
         rows.append(
             {
-                "model": f"{summary.teacher or 'teacher'} (teacher)",
+                "model": f"{teacher_prose(summary) if summary.teacher else 'teacher'} (teacher)",
                 "top1": _pct(summary.teacher_accuracy),
                 "top5": _pct(summary.teacher_top5_accuracy),
                 "note": summary.teacher_architecture or "",
@@ -205,6 +229,8 @@ def template_variables(summary: DistillationSummary, plot_file: str | None = Non
         "teacher_num_parameters": f"{summary.teacher_num_parameters / 1e6:.2f} M"
         if summary.teacher_num_parameters
         else None,
+        "dataset": dataset_prose(summary),
+        "teacher": teacher_prose(summary),
         "usage": usage_snippet(summary),
         "timm_usage": timm_snippet(summary) if summary.library_name == "timm" else None,
         "plot_file": plot_file,

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard
 
+from .privacy import looks_local
 from .summary import TASK
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,15 @@ logger = logging.getLogger(__name__)
 CARD_NAME = "README.md"
 #: Metadata keys that hold the ``model-index``: merged result by result, never copied as a whole.
 _INDEX_KEYS = ("model-index", "model_name", "eval_results")
+#: ``model-index`` metric types that earlier versions wrote for other models than the student
+LEGACY_METRIC_TYPES = {
+    "teacher_accuracy",
+    "teacher_top5_accuracy",
+    "baseline_accuracy",
+    "baseline_top5_accuracy",
+}
+#: the metric types hf_distill writes (or wrote): an evaluation again replaces them
+OWN_METRIC_TYPES = {"accuracy", "top5_accuracy"} | LEGACY_METRIC_TYPES
 
 
 class CardError(ValueError):
@@ -82,25 +92,51 @@ def save_card(card: ModelCard, path: str | os.PathLike) -> str:
     return str(path)
 
 
+def result_key(result: EvalResult) -> tuple[Any, ...]:
+    """What makes one ``model-index`` entry: (task, dataset, config, split)."""
+    return (result.task_type, result.dataset_type, result.dataset_config, result.dataset_split)
+
+
 def merge_results(base: Iterable[EvalResult], updates: Iterable[EvalResult]) -> list[EvalResult]:
-    """``base`` with each result of ``updates`` in place of the one it matches (same task, dataset, config, split
-    and metric), in ``base``'s order; the updates that match none are appended."""
-    out = list(base)
-    for new in updates:
-        for i, old in enumerate(out):
-            if new.is_equal_except_value(old):
-                out[i] = new
-                break
-        else:
-            out.append(new)
+    """``base`` with the entries of ``updates`` in place of the ones they evaluate again.
+
+    An entry is a (task, dataset, config, split): the new results of an entry replace every result hf_distill wrote
+    for it (:data:`OWN_METRIC_TYPES`), at the place of the first one; a metric someone else added to the entry is
+    kept under the entry's new display name. Entries that ``base`` lacks are appended.
+    """
+    updates = list(updates)
+    names = {result_key(u): u.dataset_name for u in updates}
+    out: list[EvalResult] = []
+    placed: set[tuple[Any, ...]] = set()
+    for old in base:
+        key = result_key(old)
+        if key in names and old.metric_type in OWN_METRIC_TYPES:
+            if key not in placed:
+                out += [u for u in updates if result_key(u) == key]
+                placed.add(key)
+            continue
+        out.append(old)
+    out += [u for u in updates if result_key(u) not in placed]
+    for r in out:
+        r.dataset_name = names.get(result_key(r), r.dataset_name)
     return out
+
+
+def public_results(results: Iterable[EvalResult]) -> list[EvalResult]:
+    """An hf_distill card's results without what earlier versions put there wrongly: the teacher's and the
+    baseline's metrics, and entries under a local dataset path."""
+    return [
+        r
+        for r in results
+        if r.metric_type not in LEGACY_METRIC_TYPES and not looks_local(r.dataset_type or "")
+    ]
 
 
 def merge_eval_results(
     card: ModelCard, results: Iterable[EvalResult], model_name: str | None = None
 ) -> ModelCard:
-    """Add ``results`` to the card's ``model-index``: a result for the same task, dataset, split and metric replaces
-    the old value; every other entry, metadata key and the body are kept.
+    """Add ``results`` to the card's ``model-index``: an entry for the same task, dataset, config and split is replaced
+    (see :func:`merge_results`); every other entry, metadata key and the body are kept.
 
     Args:
         card: the card (modified in place).
@@ -147,7 +183,7 @@ def merge_cards(
     if marker in old_text:
         keep, add = new, old
         keep.data.eval_results = (
-            merge_results(old.data.eval_results or [], new.data.eval_results or []) or None
+            merge_results(public_results(old.data.eval_results or []), new.data.eval_results or []) or None
         )
         if keep.data.eval_results and not keep.data.model_name:
             keep.data.model_name = old.data.model_name or model_name

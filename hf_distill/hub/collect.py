@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,9 @@ from ..ensemble import method_class
 from ..labels import label_names
 from ..models.configuration_cifar import CifarConfig
 from ..mutual import mutual_partners
+from ..outputs import ALL_RESULTS, LEGACY_RESULTS
+from .environment import framework_versions, hardware
+from .privacy import dataset_reference, public_summary
 from .summary import (
     SUMMARY_NAME,
     DistillationSummary,
@@ -33,6 +35,9 @@ from .summary import (
 #: The run's TrainingArguments as JSON, written by the trainer beside ``training_args.bin`` (which is a pickle and
 #: is never read: unpickling a file from a folder a user points us at would run whatever code it holds).
 TRAINING_ARGS_JSON = "training_args.json"
+#: the run's final metrics: the HF example scripts' ``all_results.json``, or ``distill_results.json`` in the folders
+#: of earlier versions
+RESULTS_FILES = (ALL_RESULTS, LEGACY_RESULTS)
 #: ``model_type`` of the CIFAR zoo: published as remote code (``auto_map`` + the model files).
 CIFAR_MODEL_TYPE = CifarConfig.model_type
 TIMM_WRAPPER_CLASS = "TimmWrapperForImageClassification"
@@ -115,6 +120,11 @@ def _architecture(config: dict[str, Any]) -> str | None:
     return str(arch) if arch else None
 
 
+def _fingerprint(dataset: Any) -> str | None:
+    """The ``datasets`` fingerprint of the rows a split was prepared from (a local dataset's identity)."""
+    return getattr(getattr(dataset, "ds", dataset), "_fingerprint", None)
+
+
 # -- facts about the run ---------------------------------------------------------------------------------------------
 def _split_label(ds: Any) -> str | None:
     """``test``, or ``test[:64]`` when the dataset holds only the first rows of its split."""
@@ -129,48 +139,9 @@ def _split_label(ds: Any) -> str | None:
     return str(split)
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def _hardware(args: Any) -> tuple[str, int]:
-    import torch
-
-    device = getattr(args, "device", None)
-    dtype = getattr(device, "type", str(device) if device is not None else "cpu")
-    if dtype == "cuda" and torch.cuda.is_available():
-        name, kind = torch.cuda.get_device_name(device), "GPU"
-    elif dtype == "mps":
-        name, kind = "Apple MPS", "GPU"
-    elif dtype == "xpu":
-        name, kind = "Intel XPU", "GPU"
-    else:
-        name, kind = _cpu_name(), f"CPU ({os.cpu_count()} cores)"
-    return f"{kind}: {name}", int(getattr(args, "world_size", 1) or 1)
-
-
 def _precision(args: dict[str, Any]) -> str:
     precision = "bf16" if args.get("bf16") else "fp16" if args.get("fp16") else "fp32"
     return precision + (" (tf32 matmuls)" if args.get("tf32") else "")
-
-
-def _framework_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("hf_distill", "transformers", "torch", "timm", "datasets", "accelerate", "huggingface_hub"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            continue
-    return out
 
 
 def training_hyperparameters(
@@ -297,7 +268,7 @@ def summary_from_run(
         training=training if training is not None else (training_hyperparameters(args) if args else {}),
         train_runtime=last_logged(log_history, "train_runtime"),
         precision=_precision(args),
-        framework_versions=_framework_versions(),
+        framework_versions=framework_versions(),
         log_history=json_safe(log_history),
         created=datetime.date.today().isoformat(),
     )
@@ -345,11 +316,11 @@ def collect_summary(trainer: Any, **overrides: Any) -> DistillationSummary:
     teacher_metrics = getattr(trainer, "_teacher_metrics", None) or {}
     spec = getattr(trainer, "student_input", None)
     train_ds, eval_ds = trainer.train_dataset, trainer.eval_dataset
-    dataset = model_reference(getattr(trainer, "dataset_id", None))
-    if dataset is None:
-        info = getattr(train_ds, "info", None)
-        dataset = getattr(info, "dataset_name", None) if info is not None else None
-    hardware, nproc = _hardware(trainer.args)
+    dataset, local_dataset = dataset_reference(getattr(trainer, "dataset_id", None))
+    if dataset is None and local_dataset is None:
+        # a dataset's own name is never taken for a Hub id: load_dataset("uoft-cs/cifar10") calls itself "cifar10"
+        local_dataset = getattr(getattr(train_ds, "info", None), "dataset_name", None)
+    machine, nproc = hardware(trainer.args)
     args = trainer.args.to_dict()
     name_or_path = getattr(getattr(student, "config", None), "_name_or_path", None)
     teacher_config = _config_dict(teacher) if teacher is not None else {}
@@ -380,10 +351,15 @@ def collect_summary(trainer: Any, **overrides: Any) -> DistillationSummary:
         init_checkpoint=model_reference(name_or_path),
         repo_id=trainer.args.hub_model_id,
         teacher=_teacher_name(trainer, teacher),
+        teacher_id=hub_reference(getattr(getattr(teacher, "config", None), "_name_or_path", None))
+        if getattr(trainer, "ensemble", None) is None
+        else None,
         teachers=_ensemble_members(trainer),
         teacher_class=type(teacher).__name__ if teacher is not None else None,
         teacher_architecture=_architecture(teacher_config) if teacher is not None else None,
         dataset=dataset,
+        local_dataset=local_dataset,
+        dataset_fingerprint=_fingerprint(train_ds) if local_dataset else None,
         dataset_config=getattr(getattr(train_ds, "info", None), "config_name", None),
         train_split=str(train_ds.split) if getattr(train_ds, "split", None) else None,
         eval_split=_split_label(eval_ds),
@@ -396,7 +372,7 @@ def collect_summary(trainer: Any, **overrides: Any) -> DistillationSummary:
         teacher_num_parameters=_num_params(teacher) if teacher is not None else None,
         global_step=int(trainer.state.global_step or 0),
         epochs=float(trainer.state.epoch) if trainer.state.epoch is not None else None,
-        hardware=hardware,
+        hardware=machine,
         num_processes=nproc,
         mutual=mutual_partners(trainer),
     )
@@ -437,7 +413,7 @@ def _preprocessing(folder: str, config: dict[str, Any]) -> tuple[Any, Any, Any]:
 def summary_from_folder(folder: str | os.PathLike, **overrides: Any) -> DistillationSummary:
     """A summary for a model folder: its ``distillation_summary.json`` when there is one, else rebuilt from the
     files a run leaves (``config.json``, ``preprocessor_config.json``, ``trainer_state.json`` of the folder or its
-    last checkpoint, ``distill_results.json`` of ``recipes/distill.py``, ``training_args.json``). Only JSON is read:
+    last checkpoint, ``all_results.json`` (or ``distill_results.json`` of earlier versions), ``training_args.json``). Only JSON is read:
     ``training_args.bin`` is a pickle and is never loaded.
 
     Args:
@@ -463,7 +439,9 @@ def summary_from_folder(folder: str | os.PathLike, **overrides: Any) -> Distilla
         or {}
     )
     history = list(state.get("log_history") or [])
-    results = _read_json_file(os.path.join(folder, "distill_results.json")) or {}
+    results = next(
+        (r for r in (_read_json_file(os.path.join(folder, name)) for name in RESULTS_FILES) if r), {}
+    )
     size, mean, std = _preprocessing(folder, config)
     minutes = results.get("train_minutes")
     return summary_from_run(
@@ -491,10 +469,10 @@ def as_summary(source: Any, **overrides: Any) -> DistillationSummary:
         **overrides: summary fields to set.
 
     Returns:
-        The summary.
+        The summary, with nothing of the local machine in it (see :func:`public_summary`).
     """
     if isinstance(source, DistillationSummary):
-        return apply_overrides(source, dict(overrides)) if overrides else source
+        return public_summary(apply_overrides(source, dict(overrides)) if overrides else source)
     if hasattr(source, "state") and hasattr(source, "model"):
-        return collect_summary(source, **overrides)
+        return public_summary(collect_summary(source, **overrides))
     raise TypeError(f"Expected a DistillationTrainer or a DistillationSummary, got {type(source).__name__}.")

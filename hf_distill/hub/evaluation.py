@@ -18,15 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import EvalResult
+from huggingface_hub import EvalResult, ModelCard
 
 from ..data import class_names, collate, load_image_dataset, prepare_split, resolve_columns
 from ..labels import generic_names, label_names
-from .card_file import CARD_NAME, CardError, parse_card, update_card_file
+from .card_file import CARD_NAME, CardError, merge_eval_results, parse_card, update_card_file
+from .eval_files import eval_result_files, write_eval_result_files
 from .loading import LoadedModel, ModelNotFoundError, classification_pipeline, load_classifier, resolve_model
-from .metadata import accuracy_results, eval_results_index
+from .metadata import accuracy_results, dataset_display_name
+from .privacy import looks_local, public_name
 from .processor import model_input_spec
 from .shipped import metrics_dir
+from .summary import TASK
+from .upload import HubError, hub_call, hub_endpoint
 
 METRIC_NAMES = ("accuracy", "top5_accuracy")
 
@@ -152,6 +156,15 @@ class EvaluationResult:
     top5_accuracy: float | None = None
     max_samples: int | None = None
     dataset_config: str | None = None
+    #: the name of the local dataset evaluated on (None: a Hub dataset, ``dataset`` is its id)
+    local_dataset: str | None = None
+    #: the Hub dataset id the publisher states the local dataset is (its results are filed under it)
+    dataset_id: str | None = None
+
+    @property
+    def hub_dataset(self) -> str | None:
+        """The Hub dataset id the results are filed under: the dataset's, or the one stated for a local copy."""
+        return self.dataset_id or (None if self.local_dataset else self.dataset)
 
     @property
     def split_label(self) -> str:
@@ -166,17 +179,26 @@ class EvaluationResult:
         return out
 
     def as_eval_results(self, dataset_name: str | None = None) -> list[EvalResult]:
-        """The results as ``model-index`` entries (metric types ``accuracy`` and ``top5_accuracy``).
+        """The results as ``model-index`` entries (metric types ``accuracy`` and ``top5_accuracy``), under the Hub
+        dataset id (:attr:`hub_dataset`).
 
         Args:
-            dataset_name: display name of the dataset (default: its id).
+            dataset_name: display name of the dataset (default: its id, saying when a local copy was used).
 
         Returns:
-            A list of :class:`huggingface_hub.EvalResult`.
+            A list of :class:`huggingface_hub.EvalResult` (empty for a local dataset with no stated Hub id).
         """
-        return accuracy_results(
-            self.metrics(), self.dataset, self.split_label, dataset_name, self.dataset_config
-        )
+        if self.hub_dataset is None:
+            return []
+        name = dataset_name or dataset_display_name(self.hub_dataset, self.local_dataset)
+        return accuracy_results(self.metrics(), self.hub_dataset, self.split_label, name, self.dataset_config)
+
+    def eval_note(self) -> str:
+        """What the Eval Results entries say besides the value."""
+        note = f"{self.num_samples} images, evaluated with hf_distill's recipes/evaluate.py"
+        if self.local_dataset and self.dataset_id:
+            note += f"; measured on the local copy {self.local_dataset}, stated by the publisher to be this dataset"
+        return note
 
     def table(self) -> str:
         """A Markdown table of the result."""
@@ -191,9 +213,14 @@ class EvaluationResult:
 
 def _dataset_id(dataset: Any) -> str:
     if isinstance(dataset, str):
-        return os.path.basename(os.path.normpath(dataset)) if os.path.exists(dataset) else dataset
+        return public_name(dataset) or dataset
     info = getattr(dataset, "info", None)
     return getattr(info, "dataset_name", None) or "dataset"
+
+
+def _is_local(dataset: Any) -> bool:
+    # a datasets.Dataset object is never taken for a Hub dataset: its own name is not its Hub id
+    return not isinstance(dataset, str) or looks_local(dataset)
 
 
 @torch.no_grad()
@@ -242,6 +269,7 @@ def evaluate_classifier(
     model_ref: str | None = None,
     dataset_ref: str | None = None,
     device: str | None = None,
+    dataset_id: str | None = None,
 ) -> EvaluationResult:
     """Top-1 and top-5 accuracy of a classifier on one split, with the shipped ``evaluate`` metric scripts.
 
@@ -255,6 +283,7 @@ def evaluate_classifier(
         batch_size: evaluation batch size.
         model_ref, dataset_ref: names for the result and messages.
         device: where to run.
+        dataset_id: for a local dataset, the Hub dataset id its user states it holds the same data as.
 
     Returns:
         The :class:`EvaluationResult`.
@@ -287,10 +316,28 @@ def evaluate_classifier(
         top5_accuracy=None if top5 is None else float(top5),
         max_samples=max_samples if max_samples is not None and max_samples < len(ds) else None,
         dataset_config=getattr(getattr(ds, "info", None), "config_name", None),
+        local_dataset=_dataset_id(dataset) if _is_local(dataset) else None,
+        dataset_id=dataset_id,
     )
 
 
 # -- cards -----------------------------------------------------------------------------------------------------------
+def card_results(result: EvaluationResult, dataset_name: str | None = None) -> list[EvalResult]:
+    """The ``model-index`` results of an evaluation, refused for a local dataset that names no Hub id.
+
+    Raises:
+        CardError: a local dataset without ``dataset_id``.
+    """
+    results = result.as_eval_results(dataset_name)
+    if not results:
+        raise CardError(
+            f"{result.dataset} is a local dataset, and a model card files results under Hub dataset ids only: pass "
+            "--dataset_id <hub id> if it holds the same data as that Hub dataset (the card will say so), or "
+            "evaluate without --update-card."
+        )
+    return results
+
+
 def update_model_card(
     model: str,
     result: EvaluationResult,
@@ -299,56 +346,66 @@ def update_model_card(
     endpoint: str | None = None,
     create_pr: bool = False,
 ) -> str:
-    """Write an evaluation into the model card's ``model-index``, keeping everything else the card holds.
+    """Write an evaluation into the model card's ``model-index`` and the Hub's Eval Results file, keeping
+    everything else the card holds.
 
-    A local folder's ``README.md`` is updated in place (created when missing); for a Hub model,
-    :func:`huggingface_hub.metadata_update` merges the results into the card on the Hub (same metric, dataset and
-    split: the value is replaced; anything else is kept).
+    A local folder's ``README.md`` is updated in place (created when missing) and its ``.eval_results/`` file
+    written; for a Hub model both go up in one commit (the evaluated (dataset, config, split) entry replaced,
+    everything else kept).
 
     Args:
         model: the model folder or Hub id.
         result: the evaluation.
         dataset_name: display name of the dataset.
         token: Hub token.
-        endpoint: Hub endpoint used to check the current card (``metadata_update`` itself uses ``HF_ENDPOINT``).
+        endpoint: Hub endpoint (default: ``HF_ENDPOINT``).
         create_pr: open a pull request on the Hub instead of committing.
 
     Returns:
         The card path, or the commit URL on the Hub.
 
     Raises:
-        CardError: the existing card's YAML metadata is malformed (nothing is written).
+        CardError: the existing card's YAML metadata is malformed, or the dataset is local with no Hub id (nothing
+            is written).
+        hf_distill.hub.upload.HubError: the Hub could not be reached (nothing is written).
     """
-    results = result.as_eval_results(dataset_name)
+    results = card_results(result, dataset_name)
     if os.path.isdir(model):
         path = os.path.join(model, CARD_NAME)
         update_card_file(path, results, model_name=os.path.basename(os.path.normpath(model)))
+        write_eval_result_files(model, results, result.eval_note())
         return path
-    from huggingface_hub import hf_hub_download, metadata_update
+    from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
+    where = hub_endpoint(endpoint)
     name = model.split("/")[-1]
     try:  # read the current card first: a malformed one must be reported, not overwritten
-        current = hf_hub_download(model, "README.md", token=token, endpoint=endpoint, repo_type="model")
-        card = parse_card(Path(current).read_text(encoding="utf-8"), f"README.md of {model}")
-        name = card.data.model_name or name
-    except EntryNotFoundError:
-        pass
-    import yaml
-
-    try:
-        return metadata_update(
-            model,
-            {"model-index": eval_results_index(name, results)},
-            overwrite=True,
-            token=token,
-            create_pr=create_pr,
-            commit_message=f"Add {result.dataset} {result.split_label} evaluation (hf_distill)",
+        current = hub_call(
+            lambda: hf_hub_download(model, CARD_NAME, token=token, endpoint=where, repo_type="model"), where
         )
-    except yaml.YAMLError as e:  # the card changed between the check above and the update
-        raise CardError(
-            f"The YAML metadata of README.md of {model} is malformed: {e}. Nothing was written."
-        ) from e
+        card = parse_card(Path(current).read_text(encoding="utf-8"), f"README.md of {model}")
+    except HubError as e:
+        if not isinstance(e.__cause__, EntryNotFoundError):
+            raise
+        card = None
+    if card is None:
+        card = ModelCard(f"---\npipeline_tag: {TASK}\n---\n\n# {name}\n")
+    merge_eval_results(card, results, card.data.model_name or name)
+    files = {CARD_NAME: str(card), **eval_result_files(results, result.eval_note())}
+    api = HfApi(endpoint=where, token=token)
+    info = hub_call(
+        lambda: api.create_commit(
+            model,
+            [CommitOperationAdd(path, text.encode("utf-8")) for path, text in files.items()],
+            commit_message=f"Add {result.hub_dataset} {result.split_label} evaluation (hf_distill)",
+            create_pr=create_pr,
+            repo_type="model",
+        ),
+        where,
+        changed=f"no commit was made, {model} is as it was",
+    )
+    return info.commit_url
 
 
 def evaluate_model(
@@ -360,6 +417,7 @@ def evaluate_model(
     image_column: str | None = None,
     label_column: str | None = None,
     update_card: bool = False,
+    dataset_id: str | None = None,
     trust_remote_code: bool | None = None,
     revision: str | None = None,
     token: str | None = None,
@@ -375,7 +433,8 @@ def evaluate_model(
         max_samples: only the first N rows.
         batch_size: evaluation batch size.
         image_column, label_column: override the detected columns.
-        update_card: write the results into the card's ``model-index``.
+        update_card: write the results into the card's ``model-index`` and Eval Results file.
+        dataset_id: for a local dataset, the Hub dataset id its user states it holds the same data as.
         trust_remote_code: for custom models other than the CIFAR zoo.
         revision, token, endpoint: Hub access.
         device: where to run.
@@ -395,6 +454,7 @@ def evaluate_model(
         batch_size,
         model_ref=model,
         device=device,
+        dataset_id=dataset_id,
     )
     if update_card:
         update_model_card(model, result, token=token, endpoint=endpoint)

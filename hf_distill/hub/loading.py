@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -10,8 +11,67 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
+#: the weight files ``from_pretrained`` reads, one of which a saved model folder holds
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
 class ModelNotFoundError(ValueError):
     """A model reference that is neither a model folder nor a model repository on the Hub."""
+
+
+class IncompleteFolderError(ModelNotFoundError):
+    """A model folder whose save did not finish (an empty ``config.json``, missing or empty weights)."""
+
+
+def saved_model_problem(folder: str | os.PathLike) -> str | None:
+    """What keeps a folder with a ``config.json`` from loading as a saved model, or None.
+
+    Args:
+        folder: the model folder.
+
+    Returns:
+        ``"its config.json is empty"``, ``"it has no weights (model.safetensors)"``, ... or None.
+    """
+    config = os.path.join(str(folder), "config.json")
+    if os.path.getsize(config) == 0:
+        return "its config.json is empty"
+    try:
+        with open(config, encoding="utf-8") as f:
+            ok = isinstance(json.load(f), dict)
+    except ValueError:
+        ok = False
+    if not ok:
+        return "its config.json is not a JSON object (cut short?)"
+    present = [w for w in WEIGHT_FILES if os.path.isfile(os.path.join(str(folder), w))]
+    if not present:
+        return f"it has no weights ({WEIGHT_FILES[0]})"
+    empty = [w for w in present if os.path.getsize(os.path.join(str(folder), w)) == 0]
+    return f"its {empty[0]} is empty" if empty else None
+
+
+def check_saved_model(folder: str | os.PathLike) -> None:
+    """Refuse a model folder that cannot be loaded, in one line saying how to recover.
+
+    Raises:
+        ModelNotFoundError: no ``config.json``.
+        IncompleteFolderError: see :func:`saved_model_problem`.
+    """
+    if not os.path.isfile(os.path.join(str(folder), "config.json")):
+        raise ModelNotFoundError(
+            f"{str(folder)!r} is a folder but not a model folder: it has no config.json."
+        )
+    problem = saved_model_problem(folder)
+    if problem:
+        raise IncompleteFolderError(
+            f"{folder} is an incomplete model folder: {problem}, as a run stopped during its final save leaves it. "
+            "Resume the run (the same command with --resume_from_checkpoint true) or save the model there again "
+            "(trainer.save_model() or model.save_pretrained()), then retry."
+        )
 
 
 def resolve_model(
@@ -46,8 +106,7 @@ def resolve_model(
     from huggingface_hub.utils import validate_repo_id
 
     if os.path.isdir(model):
-        if not os.path.isfile(os.path.join(model, "config.json")):
-            raise ModelNotFoundError(f"{model!r} is a folder but not a model folder: it has no config.json.")
+        check_saved_model(model)
         return model
     if os.path.exists(model) or model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise ModelNotFoundError(f"Model {model!r} does not exist: there is no such folder.")
@@ -124,7 +183,10 @@ def load_classifier(
 
     folder = resolve_model(model, revision=revision, token=token, endpoint=endpoint)
     kw = {} if trust_remote_code is None else {"trust_remote_code": trust_remote_code}
-    net = AutoModelForImageClassification.from_pretrained(folder, **kw).eval()
+    try:
+        net = AutoModelForImageClassification.from_pretrained(folder, **kw).eval()
+    except OSError as e:  # a file from_pretrained needs is missing or unreadable: one line, not a traceback
+        raise ModelNotFoundError(f"{model} could not be loaded: {str(e).strip().splitlines()[0]}") from e
     try:
         processor = AutoImageProcessor.from_pretrained(folder, **kw)
     except (OSError, ValueError, KeyError) as e:

@@ -1,10 +1,10 @@
 """The YAML metadata of a student's card: ``model-index`` results and the ``distillation:`` block.
 
 The metadata follows the Hub's conventions for a distilled model: ``base_model`` is the student's initialization
-checkpoint (never the teacher, which would file the student as a fine-tune of the teacher); the teacher, the
-methods and their hyperparameters, the teacher's and the baseline's accuracy and the gain go into a ``distillation:``
-block; ``model-index`` holds the student's accuracy (top-1 and top-5) and, as separately typed metrics, the
-teacher's and the no-distillation baseline's.
+checkpoint on the Hub (never the teacher, which would file the student as a fine-tune of the teacher); ``datasets``
+and ``model-index`` name Hub dataset ids only, and ``model-index`` holds the student's own accuracy (top-1 and top-5),
+one entry per (task, dataset, config, split). The teacher, its accuracy, the methods and their hyperparameters, the
+baseline's accuracy and the gain go into the ``distillation:`` block (and the card's results table).
 """
 
 from __future__ import annotations
@@ -17,16 +17,28 @@ from huggingface_hub import EvalResult, ModelCardData
 from .summary import TASK, DistillationSummary, default_tags, json_safe
 
 DEFAULT_LICENSE = "apache-2.0"
-#: ``model-index`` metric types: the student's own results use the standard ``accuracy``; the teacher's and the
-#: baseline's carry their own types so leaderboards never mistake them for the student's.
+#: ``model-index`` metric types of the student's own results (the teacher's and the baseline's are other models'
+#: results: they stay in the ``distillation:`` block and the card's table)
 METRIC_TYPES = {
     "accuracy": ("accuracy", "Top-1 accuracy"),
     "top5_accuracy": ("top5_accuracy", "Top-5 accuracy"),
-    "teacher_accuracy": ("teacher_accuracy", "Teacher top-1 accuracy"),
-    "teacher_top5_accuracy": ("teacher_top5_accuracy", "Teacher top-5 accuracy"),
-    "baseline_accuracy": ("baseline_accuracy", "No-distillation baseline top-1 accuracy"),
-    "baseline_top5_accuracy": ("baseline_top5_accuracy", "No-distillation baseline top-5 accuracy"),
 }
+
+
+def dataset_display_name(dataset: str, local_copy: str | None = None) -> str:
+    """The ``model-index`` display name of a dataset; a result measured on a local copy says so.
+
+    Args:
+        dataset: the Hub dataset id.
+        local_copy: the name of the local copy the publisher states holds the same data, if the result was
+            measured on one.
+
+    Returns:
+        The name.
+    """
+    if not local_copy:
+        return dataset
+    return f"{dataset} (measured on the local copy {local_copy}, stated by the publisher to be the same data)"
 
 
 def accuracy_results(
@@ -35,18 +47,16 @@ def accuracy_results(
     split: str | None,
     dataset_name: str | None = None,
     dataset_config: str | None = None,
-    teacher: str | None = None,
     source: tuple[str, str] | None = None,
 ) -> list[EvalResult]:
-    """``model-index`` entries for accuracies on one dataset split.
+    """``model-index`` entries for the student's accuracies on one dataset split.
 
     Args:
-        values: accuracies by :data:`METRIC_TYPES` key (``accuracy``, ``teacher_top5_accuracy``, ...); None skipped.
-        dataset: the dataset id.
+        values: accuracies by :data:`METRIC_TYPES` key (``accuracy``, ``top5_accuracy``); None skipped.
+        dataset: the Hub dataset id.
         split: the split as evaluated (``test[:64]``).
         dataset_name: display name of the dataset (default: its id).
         dataset_config: the dataset's config name (``default`` is left out).
-        teacher: the teacher's name, added to the teacher metrics' names.
         source: optional (name, url) of where the numbers come from.
 
     Returns:
@@ -57,8 +67,6 @@ def accuracy_results(
         if value is None:
             continue
         mtype, mname = METRIC_TYPES[key]
-        if key.startswith("teacher") and teacher:
-            mname = f"{mname} ({teacher})"
         out.append(
             EvalResult(
                 task_type=TASK,
@@ -82,26 +90,25 @@ def eval_results(
     dataset_name: str | None = None,
     source: tuple[str, str] | None = None,
 ) -> list[EvalResult]:
-    """The ``model-index`` entries of a summary: the student's accuracy and top-5, the teacher's and the baseline's.
+    """The ``model-index`` entries of a summary: the student's accuracy and top-5, under its Hub dataset id.
 
     Args:
         summary: the run.
-        dataset_name: display name of the dataset (default: its id).
+        dataset_name: display name of the dataset (default: its id, or what says a local copy was used).
         source: optional (name, url) of where the numbers come from.
 
     Returns:
-        A list of :class:`huggingface_hub.EvalResult` (empty without a dataset or without any accuracy).
+        A list of :class:`huggingface_hub.EvalResult` (empty without a Hub dataset id or without any accuracy).
     """
     if not summary.dataset:
         return []
-    values = {key: getattr(summary, key) for key in METRIC_TYPES}
+    local = summary.local_dataset if summary.dataset_asserted else None
     return accuracy_results(
-        values,
+        {key: getattr(summary, key) for key in METRIC_TYPES},
         summary.dataset,
         summary.eval_split,
-        dataset_name,
+        dataset_name or dataset_display_name(summary.dataset, local),
         summary.dataset_config,
-        teacher=summary.teacher,
         source=source,
     )
 
@@ -124,7 +131,7 @@ def eval_results_index(model_name: str, results: Iterable[EvalResult]) -> list[d
 def distillation_metadata(summary: DistillationSummary) -> dict[str, Any]:
     """The ``distillation:`` metadata block (teacher, accuracies, methods, weights, hyperparameters, gain)."""
     block: dict[str, Any] = {
-        "teacher": summary.teacher,
+        "teacher": summary.teacher_id or summary.teacher,
         "teacher_accuracy": summary.teacher_accuracy,
         "teacher_top5_accuracy": summary.teacher_top5_accuracy,
         "methods": summary.method_names or ["none"],

@@ -11,52 +11,40 @@ A complete folder holds what a user of the Hub needs and nothing of the training
   ``distillation_summary.json`` from which the card can be rebuilt without the trainer.
 
 The same :func:`complete_folder` runs from the trainer (``save_model``/``push_to_hub``) and from
-``recipes/push.py``.
+``recipes/push.py``, and so does the upload (:func:`~hf_distill.hub.push.push_folder`, re-exported here).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import CommitInfo, HfApi
-from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
 
 from ..models.normalization import InputSpec
 from .card import CARD_MARKER, build_card
 from .card_file import CARD_NAME, merge_cards, save_card
+from .code_check import foreign_code, own_remote_code
 from .collect import CIFAR_MODEL_TYPE, as_summary, is_timm_student, trainer_student
+from .eval_files import write_eval_result_files
+from .metadata import eval_results
 from .plot import PLOT_NAME, plot_training_curves
 from .processor import student_image_processor
+from .push import (
+    IGNORE_PATTERNS,
+    PROCESSOR_NAME,
+    HubError,
+    PublishError,
+    PushPlan,
+    check_folder,
+    has_weights,
+    plan_push,
+    push_folder,
+    read_json,
+)
 from .summary import DistillationSummary
 from .timm_export import save_timm_folder
-
-PROCESSOR_NAME = "preprocessor_config.json"
-#: Never uploaded: checkpoints, the init stage's scratch folder, mutual learning's peers (each its own model), logs,
-#: hidden and private files.
-IGNORE_PATTERNS = [
-    "checkpoint-*",
-    "checkpoint-*/**",
-    "tmp-checkpoint-*",
-    "tmp-checkpoint-*/**",
-    "init_stage/**",
-    "peer[0-9]*/**",
-    "runs/**",
-    "_*",
-    ".*",
-    "**/.*",
-]
-
-
-class PublishError(ValueError):
-    """A model folder that cannot be published as it is; the message says what is missing."""
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def _trainer_parts(trainer: Any) -> tuple[Any, InputSpec | None, Any]:
@@ -89,17 +77,11 @@ def load_student(folder: str | os.PathLike) -> Any:
     return AutoModelForImageClassification.from_pretrained(str(folder))
 
 
-def _has_weights(folder: str) -> bool:
-    return os.path.isfile(os.path.join(folder, SAFE_WEIGHTS_NAME)) or os.path.isfile(
-        os.path.join(folder, SAFE_WEIGHTS_INDEX_NAME)
-    )
-
-
 def _ensure_model_files(folder: str, student: Any, spec: InputSpec | None, library: str) -> None:
     config_path = os.path.join(folder, CONFIG_NAME)
     if library == "timm":
-        config = _read_json(config_path) if os.path.isfile(config_path) else {}
-        if "pretrained_cfg" in config and _has_weights(folder) and student is None:
+        config = read_json(config_path) if os.path.isfile(config_path) else {}
+        if "pretrained_cfg" in config and has_weights(folder) and student is None:
             return  # already in timm's format
         if student is None:
             student = load_student(folder)
@@ -109,14 +91,14 @@ def _ensure_model_files(folder: str, student: Any, spec: InputSpec | None, libra
             spec = model_input_spec(student)
         save_timm_folder(student, folder, spec)
         return
-    if student is not None and (not _has_weights(folder) or not os.path.isfile(config_path)):
+    if student is not None and (not has_weights(folder) or not os.path.isfile(config_path)):
         student.save_pretrained(folder, safe_serialization=True)
-    if not os.path.isfile(config_path) or not _has_weights(folder):
+    if not os.path.isfile(config_path) or not has_weights(folder):
         raise PublishError(
             f"{folder} has no {CONFIG_NAME} and {SAFE_WEIGHTS_NAME}: save the student there first "
             "(trainer.save_model() or model.save_pretrained())."
         )
-    config = _read_json(config_path)
+    config = read_json(config_path)
     if config.get("model_type") == CIFAR_MODEL_TYPE:
         code = [v.split(".")[0] + ".py" for v in (config.get("auto_map") or {}).values()]
         if not code or any(not os.path.isfile(os.path.join(folder, c)) for c in code):
@@ -240,88 +222,23 @@ def complete_folder(
             plot_file = PLOT_NAME
     elif os.path.isfile(os.path.join(folder, PLOT_NAME)):
         plot_file = PLOT_NAME
+    summary.remote_code = own_remote_code(folder)
+    summary.foreign_code = foreign_code(folder)
     summary.save(folder)
     write_card(folder, summary, template_path, plot_file, dataset_name, overwrite=overwrite_card)
+    results = eval_results(summary, dataset_name)
+    if results:
+        write_eval_result_files(folder, results, _training_eval_note(summary))
     return summary
 
 
-def check_folder(folder: str | os.PathLike) -> list[str]:
-    """What a model folder lacks to be a complete Hub repository (empty list: nothing).
-
-    Args:
-        folder: the model folder.
-
-    Returns:
-        Human-readable problems.
-    """
-    folder = str(folder)
-    problems = []
-    config_path = os.path.join(folder, CONFIG_NAME)
-    if not os.path.isfile(config_path):
-        return [f"no {CONFIG_NAME}"]
-    if not _has_weights(folder):
-        problems.append(f"no {SAFE_WEIGHTS_NAME}")
-    config = _read_json(config_path)
-    timm_format = "pretrained_cfg" in config and "architecture" in config
-    if not timm_format and not os.path.isfile(os.path.join(folder, PROCESSOR_NAME)):
-        problems.append(f"no image processor ({PROCESSOR_NAME})")
-    if config.get("model_type") == CIFAR_MODEL_TYPE:
-        code = [v.split(".")[0] + ".py" for v in (config.get("auto_map") or {}).values()]
-        if not code:
-            problems.append("a CIFAR-zoo model without auto_map (it would need hf_distill installed)")
-        problems += [f"missing model code {c}" for c in code if not os.path.isfile(os.path.join(folder, c))]
-    if not os.path.isfile(os.path.join(folder, CARD_NAME)):
-        problems.append(f"no model card ({CARD_NAME})")
-    return problems
-
-
-def push_folder(
-    folder: str | os.PathLike,
-    repo_id: str,
-    token: str | None = None,
-    private: bool | None = None,
-    revision: str | None = None,
-    commit_message: str | None = None,
-    create_pr: bool = False,
-    endpoint: str | None = None,
-    check: bool = True,
-) -> CommitInfo:
-    """Create the Hub repository (if needed) and upload a complete model folder (checkpoints excluded).
-
-    Args:
-        folder: the model folder (see :func:`complete_folder`).
-        repo_id: ``namespace/name`` on the Hub.
-        token: Hub token (default: the saved one / ``HF_TOKEN``).
-        private: create the repository as private.
-        revision: branch to push to.
-        commit_message: commit message.
-        create_pr: open a pull request instead of committing to the branch.
-        endpoint: Hub endpoint (default: ``HF_ENDPOINT`` or huggingface.co).
-        check: refuse to push an incomplete folder (see :func:`check_folder`).
-
-    Returns:
-        The :class:`huggingface_hub.CommitInfo` of the upload.
-
-    Raises:
-        PublishError: the folder is incomplete.
-    """
-    if check:
-        problems = check_folder(folder)
-        if problems:
-            raise PublishError(
-                f"{folder} is not a complete model repository: {'; '.join(problems)}. "
-                "Run hf_distill.hub.complete_folder (or recipes/push.py without --no_complete) first."
-            )
-    api = HfApi(endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None, token=token)
-    url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    return api.upload_folder(
-        repo_id=url.repo_id,
-        folder_path=str(folder),
-        commit_message=commit_message or "Upload distilled student with hf_distill",
-        revision=revision,
-        create_pr=create_pr,
-        ignore_patterns=IGNORE_PATTERNS,
+def _training_eval_note(summary: DistillationSummary) -> str:
+    note = "the training run's final evaluation" + (
+        f" ({summary.num_eval_samples} images)" if summary.num_eval_samples else ""
     )
+    if summary.dataset_asserted:
+        note += f"; measured on the local copy {summary.local_dataset}, stated by the publisher to be this dataset"
+    return note
 
 
 def save_hook(trainer: Any, output_dir: str | None = None, **overrides: Any) -> DistillationSummary | None:
@@ -396,10 +313,13 @@ def trainer_model_card(
 
 __all__ = [
     "IGNORE_PATTERNS",
+    "HubError",
     "PublishError",
+    "PushPlan",
     "check_folder",
     "complete_folder",
     "load_student",
+    "plan_push",
     "push_folder",
     "save_hook",
     "trainer_model_card",

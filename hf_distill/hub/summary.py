@@ -54,7 +54,10 @@ class DistillationSummary:
     base_model: str | None = None
     init_checkpoint: str | None = None
     repo_id: str | None = None
+    #: loads with ``trust_remote_code=True`` through hf_distill's own modeling files (checked by content)
     remote_code: bool = False
+    #: code in the repository that hf_distill did not write (published with ``--allow_foreign_code``)
+    foreign_code: list[str] = field(default_factory=list)
     teacher: str | None = None
     teacher_class: str | None = None
     teacher_architecture: str | None = None
@@ -62,7 +65,16 @@ class DistillationSummary:
     teachers: list[dict[str, Any]] = field(default_factory=list)
     ce_weight: float = 1.0
     methods: list[MethodSummary] = field(default_factory=list)
+    #: the teacher's Hub id (None for a local teacher, named in ``teacher`` only)
+    teacher_id: str | None = None
+    #: a Hub dataset id, never a local path (see ``local_dataset``)
     dataset: str | None = None
+    #: the name of a local dataset (its folder's name), described in the card's prose, never an id
+    local_dataset: str | None = None
+    #: the ``datasets`` fingerprint of the local training data
+    dataset_fingerprint: str | None = None
+    #: the publisher states that ``local_dataset`` holds the same data as the Hub dataset ``dataset``
+    dataset_asserted: bool = False
     dataset_config: str | None = None
     train_split: str | None = None
     eval_split: str | None = None
@@ -233,6 +245,6 @@ def default_tags(summary: DistillationSummary) -> list[str]:
     tags.append(summary.library_name)
     if summary.library_name == "timm":
         tags.append("transformers")
-    if summary.remote_code:
+    if summary.remote_code or summary.foreign_code:
         tags.append("custom_code")
     return list(dict.fromkeys(tags))

@@ -140,6 +140,14 @@ def hub(hub_server, monkeypatch, tmp_path) -> HubTestServer:
     return hub_server
 
 
+def error_line(capsys) -> str:
+    """The one ``error: ...`` line a recipe printed for bad input (and no traceback)."""
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """Environment for a child Python process: offline unless told otherwise, quiet, no stray tokens."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}

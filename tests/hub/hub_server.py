@@ -20,7 +20,8 @@ operation (huggingface_hub)                endpoints
 Errors carry the ``X-Error-Code`` header (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``) that
 ``huggingface_hub`` maps to its typed exceptions. Write operations need an ``Authorization: Bearer`` header (any
 token), as on the Hub. Repositories live in memory, with their commit history, until the server stops. Every
-request is recorded in :attr:`HubTestServer.requests` so tests can check which API calls were made.
+request is recorded in :attr:`HubTestServer.requests` so tests can check which API calls were made, and
+:attr:`HubTestServer.cut_off` makes the next matching request fail as a dropped connection does.
 
 Usage (see ``tests/hub/conftest.py``)::
 
@@ -93,6 +94,9 @@ class HubTestServer:
         self.user = user
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[tuple[str, str]] = []
+        #: (method, path regex): the next matching request is cut off (its connection closed without an answer),
+        #: as a network failure half-way through an upload does
+        self.cut_off: tuple[str, str] | None = None
         self.lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -232,6 +236,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
         self.hub.requests.append((method, url.path))
+        cut = self.hub.cut_off
+        if cut is not None and cut[0] == method and re.search(cut[1], url.path):
+            self.hub.cut_off = None
+            self._body()  # the request arrived whole; the answer never leaves
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
         routes = _ROUTES.get(method, [])
         try:
             for pattern, name in routes:

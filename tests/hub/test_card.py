@@ -35,7 +35,8 @@ def test_card_metadata(trained):
     assert meta["library_name"] == "transformers"
     assert meta["pipeline_tag"] == "image-classification"
     assert "base_model" not in meta  # a zoo student built from scratch has no initialization checkpoint
-    assert meta["datasets"] == ["cifar10-subset"]
+    # trained on a local folder: no Hub dataset id to name, so no `datasets:` and no model-index entry of its own
+    assert "datasets" not in meta and "model-index" not in meta
     assert meta["license"] == "apache-2.0"
     assert {"knowledge-distillation", "hf_distill", "kd", "image-classification"} <= set(meta["tags"])
     d = meta["distillation"]
@@ -48,16 +49,32 @@ def test_card_metadata(trained):
     assert d["student_accuracy"] == pytest.approx(student_acc) and d["teacher_accuracy"] == pytest.approx(
         teacher_acc
     )
+    # the local data is described in prose: its name, rows and fingerprint
+    summary = DistillationSummary.load(trained.folder)
+    text = (trained.folder / "README.md").read_text()
+    assert summary.local_dataset == "cifar10-subset" and summary.dataset is None
+    assert f"`cifar10-subset` ({summary.num_train_samples} training images, fingerprint `" in text
+    assert summary.dataset_fingerprint and summary.dataset_fingerprint in text
+
+
+def test_model_index_holds_the_students_results_once_under_a_hub_id(trained):
+    summary = dataclasses.replace(
+        DistillationSummary.load(trained.folder), dataset="uoft-cs/cifar10", baseline_accuracy=0.01
+    )
+    card = build_card(summary)
+    meta = card.data.to_dict()
+    assert meta["datasets"] == ["uoft-cs/cifar10"]
     (entry,) = meta["model-index"]
-    (res,) = entry["results"]
-    assert res["task"]["type"] == "image-classification"
-    assert res["dataset"] == {"name": "cifar10-subset", "type": "cifar10-subset", "split": "test[:64]"}
+    (res,) = entry["results"]  # one (task, dataset, config, split)
+    assert res["dataset"] == {"name": "uoft-cs/cifar10", "type": "uoft-cs/cifar10", "split": "test[:64]"}
     metrics = {m["type"]: m["value"] for m in res["metrics"]}
-    assert metrics["accuracy"] == pytest.approx(student_acc, abs=1e-6)
-    assert "top5_accuracy" in metrics and metrics["teacher_accuracy"] == pytest.approx(teacher_acc, abs=1e-6)
+    # the teacher's and the baseline's accuracies are other models' results: table and distillation block only
+    assert set(metrics) == {"accuracy", "top5_accuracy"}
+    assert metrics["accuracy"] == pytest.approx(summary.accuracy, abs=1e-6)
+    assert meta["distillation"]["teacher_accuracy"] == pytest.approx(summary.teacher_accuracy)
+    assert "(teacher)" in card.text and "(baseline)" in card.text
     # the card round-trips through huggingface_hub
-    card = ModelCard.load(trained.folder / "README.md")
-    assert card.data.eval_results[0].metric_type == "accuracy"
+    assert ModelCard(str(card)).data.eval_results[0].metric_type == "accuracy"
 
 
 def test_card_body_documents_the_run(trained):
@@ -102,11 +119,10 @@ def test_summary_round_trip_and_overrides(trained, tmp_path):
     card = build_card(back, base_model="org/resnet8-init", plot_file=None)
     assert card.data.base_model == "org/resnet8-init"
     assert card.data.to_dict()["distillation"]["gain"] == pytest.approx(round(s.gain, 6))
-    types = {r.metric_type for r in card.data.eval_results}
-    assert {"accuracy", "teacher_accuracy", "baseline_accuracy"} <= types
+    assert {r.metric_type for r in card.data.eval_results} == {"accuracy", "top5_accuracy"}
     assert "Gain over the no-distillation baseline" in card.text
     with pytest.raises(TypeError, match="Unknown DistillationSummary fields"):
-        build_card(back, teacher_id="x")
+        build_card(back, teacher_repo="x")
 
 
 def test_base_model_is_the_initialization_never_the_teacher(trained):
@@ -204,7 +220,7 @@ def test_malformed_card_is_a_clear_error_and_untouched(tmp_path):
 
 
 def test_regenerated_card_keeps_added_results_and_a_users_card_keeps_its_text(trained, student_copy):
-    summary = DistillationSummary.load(student_copy)
+    summary = dataclasses.replace(DistillationSummary.load(student_copy), dataset="uoft-cs/cifar10")
     readme = student_copy / "README.md"
     update_card_file(readme, [_result(0.77, split="validation")], metadata={"extra": "kept"})
     write_card(student_copy, summary, plot_file="training_curves.png")  # ours: regenerated
@@ -217,7 +233,35 @@ def test_regenerated_card_keeps_added_results_and_a_users_card_keeps_its_text(tr
     card = read_card(readme)
     assert "Hand-written notes that must survive." in card.text and CARD_MARKER not in card.text
     assert card.data.license == "mit" and card.data.to_dict()["distillation"]["teacher"] == "cifar10-resnet56"
-    assert {r.metric_type for r in card.data.eval_results} >= {"f1", "accuracy", "teacher_accuracy"}
+    assert {r.metric_type for r in card.data.eval_results} == {"f1", "accuracy", "top5_accuracy"}
+
+
+def test_a_regenerated_card_drops_what_earlier_versions_filed_wrongly(trained, student_copy, tmp_path):
+    """Cards of earlier versions held the teacher's accuracy among the student's results and entries under the
+    folder name and the absolute path; evaluating the same split again gives one entry, the student's."""
+    summary = dataclasses.replace(DistillationSummary.load(student_copy), dataset="uoft-cs/cifar10")
+    readme = student_copy / "README.md"
+    old = [
+        _result(0.1, split="test[:64]"),
+        dataclasses.replace(_result(0.9, split="test[:64]"), metric_type="teacher_accuracy"),
+        dataclasses.replace(
+            _result(0.1, split="test[:64]"), dataset_type=str(tmp_path), dataset_name=str(tmp_path)
+        ),
+        dataclasses.replace(_result(0.2, split="test[:64]"), dataset_type="uoft-cs/cifar10"),
+    ]
+    update_card_file(readme, old)
+    write_card(student_copy, summary)
+    meta = _meta(student_copy)
+    entries = [r for e in meta["model-index"] for r in e["results"]]
+    keys = [(r["dataset"]["type"], r["dataset"]["split"]) for r in entries]
+    assert ("uoft-cs/cifar10", "test[:64]") in keys and len(keys) == len(set(keys))
+    assert str(tmp_path) not in readme.read_text()
+    ours = next(r for r in entries if r["dataset"]["type"] == "uoft-cs/cifar10")
+    assert {m["type"]: m["value"] for m in ours["metrics"]} == {
+        "accuracy": pytest.approx(summary.accuracy, abs=1e-6),
+        "top5_accuracy": pytest.approx(summary.top5_accuracy, abs=1e-6),
+    }
+    assert all(m["type"] != "teacher_accuracy" for r in entries for m in r["metrics"])
 
 
 def test_card_of_a_plain_run_without_results():

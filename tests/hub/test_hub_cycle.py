@@ -36,7 +36,7 @@ def test_publish_download_load_evaluate_update(trained, student_copy, hub, tmp_p
     (student_copy / "checkpoint-1").mkdir()  # never uploaded
     (student_copy / "checkpoint-1" / "optimizer.pt").write_bytes(b"x")
     push = load_recipe("push")
-    out = push.main([str(student_copy), "--hub_model_id", repo_id, "--dataset", "cifar10-subset"])
+    out = push.main([str(student_copy), "--hub_model_id", repo_id, "--dataset", "uoft-cs/cifar10"])
     assert out["commit_url"].startswith(hub.url)
     assert hub.calls("POST", r"^/api/repos/create$") >= 1
     assert hub.calls("POST", rf"^/api/models/{repo_id}/preupload/main$") >= 1
@@ -57,7 +57,9 @@ def test_publish_download_load_evaluate_update(trained, student_copy, hub, tmp_p
 
     # evaluate the Hub model and merge the result into the Hub card (huggingface_hub.metadata_update)
     card_before = read_card(student_copy / "README.md")
-    result = evaluate_model(repo_id, str(SUBSET), split="test", max_samples=16, update_card=True)
+    result = evaluate_model(
+        repo_id, str(SUBSET), split="test", max_samples=16, update_card=True, dataset_id="uoft-cs/cifar10"
+    )
     assert 0.0 <= result.accuracy <= 1.0 and result.num_samples == 16
     text = _readme(hub, repo_id)
     (tmp_path / "hub.md").write_text(text)
@@ -74,7 +76,7 @@ def test_publish_download_load_evaluate_update(trained, student_copy, hub, tmp_p
     assert n == len(card_before.data.eval_results) + 2
     # a second update of the same metrics replaces them
     update_model_card(
-        repo_id, EvaluationResult(repo_id, result.dataset, "test", 16, 0.5, 0.75, max_samples=16)
+        repo_id, EvaluationResult(repo_id, "uoft-cs/cifar10", "test", 16, 0.5, 0.75, max_samples=16)
     )
     (tmp_path / "hub2.md").write_text(_readme(hub, repo_id))
     again = read_card(tmp_path / "hub2.md").data.eval_results
@@ -133,7 +135,9 @@ def test_hub_errors_are_clear(hub, trained):
     hub._commit(repo, "upload", files)
     commits = len(repo.commits)
     with pytest.raises(CardError, match="malformed"):
-        evaluate_model("tester/bad-card", str(SUBSET), max_samples=8, update_card=True)
+        evaluate_model(
+            "tester/bad-card", str(SUBSET), max_samples=8, update_card=True, dataset_id="uoft-cs/cifar10"
+        )
     assert len(repo.commits) == commits and hub.file("tester/bad-card", "README.md") == files["README.md"]
     # pushing an incomplete folder is refused before anything is uploaded
     with pytest.raises(ValueError, match="not a complete model repository"):
@@ -156,7 +160,8 @@ def test_evaluate_recipe_follows_HF_ENDPOINT_in_a_fresh_process(trained, hub, tm
         "--dataset",
         str(SUBSET),
     ]
-    cmd += ["--max_samples", "8", "--update-card", "--output_json", str(tmp_path / "r.json")]
+    cmd += ["--max_samples", "8", "--update-card", "--dataset_id", "uoft-cs/cifar10"]
+    cmd += ["--output_json", str(tmp_path / "r.json")]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| top-1 accuracy |" in proc.stdout and "model card updated" in proc.stdout

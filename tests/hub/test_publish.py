@@ -133,7 +133,8 @@ def test_timm_student_is_saved_in_timms_format(timm_folder, subset_test):
     assert "library_name: timm" in text and 'timm.create_model(f"hf-hub:{model_id}"' in text
 
 
-def test_push_recipe_completes_a_plain_run_folder(trained, tmp_path):
+@pytest.mark.parametrize("results_file", ["all_results.json", "distill_results.json"])  # now, and older runs
+def test_push_recipe_completes_a_plain_run_folder(trained, tmp_path, results_file):
     """recipes/push.py on a folder written without the trainer hook: the card is rebuilt from the run files."""
     folder = tmp_path / "run"
     folder.mkdir()
@@ -146,7 +147,7 @@ def test_push_recipe_completes_a_plain_run_folder(trained, tmp_path):
         "eval_teacher_accuracy": 0.8,
         "objective": {"ce_weight": 0.1, "methods": {"kd": {"weight": 0.9, "temperature": 4.0}}},
     }
-    (folder / "distill_results.json").write_text(json.dumps(results))
+    (folder / results_file).write_text(json.dumps(results))
     push = load_recipe("push")
     out = push.main(
         [
