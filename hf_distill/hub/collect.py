@@ -283,7 +283,9 @@ def _teacher_name(trainer: Any, teacher: Any) -> str | None:
     ensemble = getattr(trainer, "ensemble", None)
     if ensemble is not None:
         return "ensemble of " + " + ".join(m["name"] for m in _ensemble_members(trainer))
-    return model_reference(getattr(getattr(teacher, "config", None), "_name_or_path", None))
+    # the trainer's record of where the teacher came from (a timm module's architecture when it has no config path)
+    named = getattr(trainer, "teacher_name", None)
+    return model_reference(getattr(getattr(teacher, "config", None), "_name_or_path", None) or named)
 
 
 def _ensemble_members(trainer: Any) -> list[dict[str, Any]]:
