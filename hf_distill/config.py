@@ -144,6 +144,21 @@ class DataArguments:
         default=False,
         metadata={"help": "Fail on an image that cannot be decoded instead of skipping it with a warning."},
     )
+    # The student's own preprocessing (hf_distill/transforms.py, docs/preprocessing.md).
+    train_transform: str = field(
+        default="auto",
+        metadata={
+            "help": "Image pipeline: 'cifar' (padded random crop + flip; auto for the CIFAR zoo), 'timm' (the "
+            "model's timm data config: RandomResizedCrop, flip, crop_pct at eval; auto for timm models), "
+            "'processor' (a transformers model's image processor), or 'auto'."
+        },
+    )
+    crop_pct: float | None = field(
+        default=None,
+        metadata={
+            "help": "Eval crop fraction (timm/processor pipelines): resize to size/crop_pct, center crop."
+        },
+    )
 
 
 @dataclass

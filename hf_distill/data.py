@@ -1,5 +1,5 @@
-"""Image-classification data for distillation: loading, column detection, transforms, row index, collator. The
-file is longer than 500 lines because loading, split carving, the undecodable-image checks and the seeded dataset all
+"""Image-classification data for distillation: loading, column detection, the seeded dataset (its transforms live
+in :mod:`hf_distill.transforms`), row index, collator. The file is longer than 500 lines because loading, split carving, the undecodable-image checks and the seeded dataset all
 apply the column conventions defined at its top, kept together so that one reading shows what happens to a row.
 
 A batch leaving the collator is ``{"pixel_values": (B,3,H,W) float, "labels": (B,) long, "index": (B,) long}``;
@@ -20,7 +20,8 @@ from typing import Any
 import datasets
 import PIL.Image
 import torch
-import torchvision.transforms.functional as TF
+
+from .transforms import CifarTransform, DataError
 
 IMAGE_COLUMNS = ("img", "image", "images", "picture")
 #: the label column names detected when none is given, in order of preference
@@ -30,10 +31,6 @@ LABEL_COLUMNS = ("label", "fine_label", "labels", "target")
 def find_label_column(column_names: Sequence[str]) -> str | None:
     """The first of :data:`LABEL_COLUMNS` among ``column_names``, or None."""
     return next((c for c in LABEL_COLUMNS if c in column_names), None)
-
-
-class DataError(ValueError):
-    """A dataset that cannot be used as it is; the message says how to fix it."""
 
 
 logger = logging.getLogger(__name__)
@@ -311,11 +308,11 @@ def _mix(seed: int, epoch: int, index: int) -> int:
 class ImageClassificationDataset(torch.utils.data.Dataset):
     """Rows of an image-classification ``datasets.Dataset`` as ``{pixel_values, labels, index}``.
 
-    Training augmentation is the standard CIFAR one (random crop with zero padding of size/8 — 4 px at 32 — and a
-    horizontal flip), drawn from a generator seeded by (seed, epoch, row index) instead of the global RNG. So a
-    sample's augmentation is the same whatever the number of processes or dataloader workers, and a run resumed in
-    the middle of an epoch sees exactly the images the uninterrupted run saw. The trainer advances the epoch with
-    :meth:`set_epoch`.
+    Every image goes through ``transform`` (:mod:`hf_distill.transforms`; by default the CIFAR one: random crop
+    with zero padding of size/8 — 4 px at 32 — and a horizontal flip), called with a seed that depends only on
+    (seed, epoch, row index), never on the global RNG. So a sample's augmentation is the same whatever the number of
+    processes or dataloader workers, and a run resumed in the middle of an epoch sees exactly the images the
+    uninterrupted run saw. The trainer advances the epoch with :meth:`set_epoch`.
 
     Args:
         ds: the raw split (image and label columns).
@@ -327,6 +324,8 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         class_names: the class names (``ClassLabel`` names).
         strict_images: fail on an image that cannot be decoded instead of replacing it by the next decodable row
             (counted in :attr:`num_replaced` and logged).
+        transform: ``transform(rgb_image, seed_or_None) -> (3, image_size, image_size)`` with a ``description``
+            (see :mod:`hf_distill.transforms`); default: the CIFAR pipeline for ``mean``, ``std``, ``image_size``.
     """
 
     def __init__(
@@ -341,18 +340,20 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         seed: int = 0,
         class_names: list[str] | None = None,
         strict_images: bool = False,
+        transform=None,
     ) -> None:
         self.ds = ds.select_columns([image_column, label_column])
         self.strict_images = strict_images
         self.num_replaced = 0
         self.image_column, self.label_column = image_column, label_column
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-        self.image_size = int(image_size)
+        self.transform = transform or CifarTransform(mean, std, image_size, train)
+        # what the teacher cache's key and the card read
+        self.mean, self.std = self.transform.mean, self.transform.std
+        self.image_size = int(self.transform.image_size)
+        self.padding = int(getattr(self.transform, "padding", 0))
         self.train = train
         self.seed = int(seed)
         self.epoch = 0
-        self.padding = max(1, self.image_size // 8)
         self.labels = label_tensor(ds, label_column)
         self.class_names = class_names or [
             str(i) for i in range(int(self.labels.max()) + 1 if len(self.labels) else 0)
@@ -377,21 +378,14 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ds)
 
+    @property
+    def transform_description(self) -> str:
+        """What the images go through (shown on the model card)."""
+        return str(getattr(self.transform, "description", type(self.transform).__name__))
+
     def _pixels(self, image, index: int) -> torch.Tensor:
-        image = image.convert("RGB")
-        if image.size != (self.image_size, self.image_size):
-            image = image.resize((self.image_size, self.image_size), resample=PIL.Image.BILINEAR)
-        x = TF.pil_to_tensor(image).float().div_(255)
-        if self.train:
-            g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, index))
-            dx, dy, flip = torch.randint(0, 2 * self.padding + 1, (3,), generator=g).tolist()
-            p = self.padding
-            x = torch.nn.functional.pad(x, (p, p, p, p))[
-                :, dy : dy + self.image_size, dx : dx + self.image_size
-            ]
-            if flip % 2:
-                x = x.flip(-1)
-        return (x - self.mean) / self.std
+        seed = _mix(self.seed, self.epoch, index) if self.train else None
+        return self.transform(image.convert("RGB"), seed)
 
     def _decoded_row(self, index: int) -> tuple[Any, int, int]:
         """(image, label, row) of ``index``, or of the next decodable row when its image cannot be decoded."""
@@ -451,6 +445,10 @@ class PreparedSplit:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def transform_description(self) -> str:
+        return self.dataset.transform_description
+
 
 def prepare_split(
     ds: datasets.Dataset,
@@ -463,12 +461,13 @@ def prepare_split(
     max_samples: int | None = None,
     seed: int = 0,
     strict_images: bool = False,
+    transform=None,
 ) -> PreparedSplit:
     """Select, check and wrap one split.
 
     Args:
         ds: the raw split.
-        mean, std, image_size: the student's normalization and input size.
+        mean, std, image_size: the student's normalization and input size (those of ``transform`` when given).
         train: apply the training augmentation.
         image_column, label_column: override the detected columns.
         max_samples: keep only the first rows (a deterministic subset).
@@ -476,12 +475,16 @@ def prepare_split(
         strict_images: refuse undecodable images instead of skipping them. A split of at most
             :data:`UPFRONT_IMAGE_CHECK_ROWS` rows is decoded once here and its undecodable rows dropped (or refused);
             a larger one replaces such an image, when a batch meets it, by the next decodable row (or fails).
+        transform: the image transform (:func:`hf_distill.transforms.model_pipeline`'s ``train`` or ``eval``);
+            default: the CIFAR pipeline for ``mean``, ``std`` and ``image_size``. Its output on the first row is
+            checked to be a (3, image_size, image_size) float tensor.
 
     Returns:
         A :class:`PreparedSplit` whose dataset yields ``pixel_values``, ``labels`` and ``index`` (the row).
 
     Raises:
-        DataError: an empty split (``max_samples`` 0), labels out of range, or undecodable images with ``strict_images``.
+        DataError: an empty split (``max_samples`` 0), labels out of range, undecodable images with
+            ``strict_images``, or a transform whose output is not a (3, image_size, image_size) float tensor.
     """
     image_column, label_column = resolve_columns(ds, image_column, label_column)
     if max_samples is not None and max_samples < len(ds):
@@ -495,14 +498,33 @@ def prepare_split(
         ds = drop_undecodable(ds, image_column, strict_images, what)
     names = class_names(ds, label_column)
     wrapped = ImageClassificationDataset(
-        ds, image_column, label_column, mean, std, image_size, train, seed, names, strict_images
+        ds, image_column, label_column, mean, std, image_size, train, seed, names, strict_images, transform
     )
+    if transform is not None:
+        check_transform_output(wrapped)
     labels = wrapped.labels
     if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
         raise DataError(
             f"Labels in {label_column!r} must lie in [0, {len(names)}), found {labels.min()}..{labels.max()}."
         )
     return PreparedSplit(wrapped, image_column, label_column, names, labels)
+
+
+def check_transform_output(dataset: ImageClassificationDataset) -> None:
+    """Run the transform on the first row and check what it returns.
+
+    Raises:
+        DataError: not a float tensor of shape (3, image_size, image_size).
+    """
+    x = dataset[0]["pixel_values"]
+    want = (3, dataset.image_size, dataset.image_size)
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or tuple(x.shape) != want:
+        got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise DataError(
+            f"The {'training' if dataset.train else 'evaluation'} transform ({dataset.transform_description}) "
+            f"returns {got}, not a float tensor of shape {want}: pass --image_size (and --crop_pct) to resize and "
+            "center-crop to a square, or choose another --train_transform."
+        )
 
 
 def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

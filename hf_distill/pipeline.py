@@ -13,9 +13,10 @@ from .config import DataArguments, DistillArguments, ModelArguments
 from .data import CarvedSplit, PreparedSplit, class_names, load_train_and_eval, prepare_split, resolve_columns
 from .losses import DistillationObjective, resolve_objective
 from .models.loading import load_model, zoo_architecture
-from .models.normalization import input_spec
+from .models.normalization import InputSpec
 from .mutual import PeerEvaluation, mutual_method, prepare_peers
 from .trainer import DistillationTrainer
+from .transforms import model_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -115,22 +116,23 @@ def build_run(
     )
     prepare_peers(objective, student, model_args.student, id2label, training_args.seed)  # dml only
 
-    s_in = input_spec(student)
-    size = data_args.image_size or s_in.image_size
-    if size != s_in.image_size:
-        s_in = type(s_in)(s_in.mean, s_in.std, size)
+    # The student's own preprocessing (--train_transform, --image_size, --crop_pct); the trainer adapts each batch
+    # to the teacher's size and normalization.
+    transforms = model_pipeline(student, data_args.train_transform, data_args.image_size, data_args.crop_pct)
+    s_in = InputSpec(transforms.mean, transforms.std, transforms.image_size)
     strict = data_args.strict_images
     train = prepare_split(
         raw_train,
         s_in.mean,
         s_in.std,
-        size,
+        s_in.image_size,
         True,
         img_col,
         lab_col,
         data_args.max_train_samples,
         seed=seed,
         strict_images=strict,
+        transform=transforms.train,
     )
     evals = None
     if raw_eval is not None:
@@ -138,12 +140,13 @@ def build_run(
             raw_eval,
             s_in.mean,
             s_in.std,
-            size,
+            s_in.image_size,
             False,
             img_col,
             lab_col,
             data_args.max_eval_samples,
             strict_images=strict,
+            transform=transforms.eval,
         )
     elif training_args.eval_strategy != IntervalStrategy.NO:
         logger.warning(
@@ -168,6 +171,7 @@ def build_run(
         ensemble_mode=model_args.ensemble_mode,
     )
     trainer.dataset_id = data_args.dataset  # shown in the model card
+    trainer.data_transform = transforms.describe()  # {"pipeline", "train", "eval"}: shown in the model card
     if mutual_method(objective) is not None:
         trainer.add_callback(PeerEvaluation(trainer))
     return Run(trainer, train, evals, carved)

@@ -76,6 +76,8 @@ def run_signature(
         "max_train_samples": data_args.max_train_samples,
         "validation_split_size": data_args.validation_split_size,
         "image_size": data_args.image_size,
+        "train_transform": data_args.train_transform,
+        "crop_pct": data_args.crop_pct,
         "max_steps": t.max_steps,
         "num_train_epochs": t.num_train_epochs,
         "seed": t.seed,

@@ -34,6 +34,9 @@ def _size(v) -> int | None:
         return v
     if isinstance(v, dict):
         return int(v.get("height") or v.get("shortest_edge") or next(iter(v.values())))
+    for key in ("height", "shortest_edge"):  # transformers 5's SizeDict: attributes, not keys
+        if getattr(v, key, None):
+            return int(getattr(v, key))
     return int(v[-1])
 
 
