@@ -50,6 +50,8 @@ def test_a_run_writes_the_transformers_example_files(finished_run):
     assert results["objective"]["methods"]["kd"]["temperature"] == 4.0 and results["train_segments"] == 1
     assert json.loads((finished_run / "trainer_state.json").read_text())["global_step"] == 24
     assert incomplete_model_folder(str(finished_run)) is None
+    card = (finished_run / "README.md").read_text()
+    assert "Preprocessing in training:" in card and "random crop" in card.lower()  # what the data went through
 
 
 @pytest.mark.slow

@@ -368,6 +368,7 @@ def collect_summary(trainer: Any, **overrides: Any) -> DistillationSummary:
         num_train_samples=len(train_ds) if train_ds is not None and hasattr(train_ds, "__len__") else None,
         num_eval_samples=len(eval_ds) if eval_ds is not None and hasattr(eval_ds, "__len__") else None,
         image_size=spec.image_size if spec is not None else None,
+        preprocessing=getattr(trainer, "data_transform", None),
         image_mean=[float(v) for v in spec.mean] if spec is not None else None,
         image_std=[float(v) for v in spec.std] if spec is not None else None,
         num_parameters=_num_params(student),

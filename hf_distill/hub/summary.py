@@ -82,6 +82,8 @@ class DistillationSummary:
     num_eval_samples: int | None = None
     label_names: list[str] = field(default_factory=list)
     image_size: int | None = None
+    #: the image pipeline of training and evaluation (``{"pipeline", "train", "eval"}``, one line each)
+    preprocessing: dict[str, str] | None = None
     image_mean: list[float] | None = None
     image_std: list[float] | None = None
     num_parameters: int | None = None
