@@ -13,15 +13,21 @@ any of them in a YAML/JSON file given with --config. Run with --help for the ful
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-from typing import Any
+import os
 
-import torch
+# Before torch starts OpenMP (it reads this once): waiting threads sleep instead of spinning at every barrier, which
+# beside other busy processes made a step several times slower (docs/speed_threads.md). Set it yourself to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from hf_distill import distill
-from hf_distill.cli import exit_on_bad_input, process_log_level, setup_logging
-from hf_distill.config import parse_args
+import logging  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+
+from hf_distill import distill  # noqa: E402
+from hf_distill.cli import exit_on_bad_input, process_log_level, setup_logging  # noqa: E402
+from hf_distill.config import parse_args  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "assets"

@@ -4,7 +4,13 @@ import torch
 import torch.nn.functional as F
 
 from hf_distill.losses import Features, FeatureSpec, StepInfo, resolve_objective
-from hf_distill.losses.reviewkd import ReviewKD, hcl_loss
+from hf_distill.losses.reviewkd import (
+    ReviewKD,
+    attention_mix,
+    attention_mix_autograd,
+    hcl_loss,
+    pooled_pyramid,
+)
 from tests.losses._common import (
     ZOO_PAIRS,
     built,
@@ -40,6 +46,53 @@ def test_hcl_matches_numpy():
     # a concrete value: a constant difference d on an 8x8 map costs d^2 at every level -> d^2
     ones = torch.ones(1, 1, 8, 8, dtype=torch.double)
     assert hcl_loss([3 * ones], [ones]).item() == pytest.approx(4.0)
+
+
+def test_pooled_pyramid_equals_pooling_the_full_map():
+    x = torch.randn(2, 3, 12, 10, dtype=torch.double)
+    for sizes in (
+        [4, 2, 1],
+        [6, 3, 1],
+        [5, 2],
+        [2],
+    ):  # even blocks reuse the previous level; uneven ones do not
+        for got, size in zip(pooled_pyramid(x, sizes), sizes, strict=True):
+            torch.testing.assert_close(got, F.adaptive_avg_pool2d(x, size), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("size, residual_size", [(8, 4), (8, 1), (8, 2), (6, 6), (6, 3), (7, 2), (5, 1)])
+def test_attention_mix_equals_the_autograd_formula(size, residual_size):
+    """The hand-written gradient (power-of-two upsampling as blocks) and the resized fallbacks against autograd."""
+    g = torch.Generator().manual_seed(size * 10 + residual_size)
+    args = [
+        torch.randn(3, 5, size, size, generator=g, dtype=torch.double),
+        torch.randn(3, 5, residual_size, residual_size, generator=g, dtype=torch.double),
+        torch.randn(2, 10, 1, 1, generator=g, dtype=torch.double),
+        torch.randn(2, generator=g, dtype=torch.double),
+    ]
+    grad_out = torch.randn(3, 5, size, size, generator=g, dtype=torch.double)
+    results = []
+    for fn in (attention_mix, attention_mix_autograd):
+        inputs = [a.clone().requires_grad_(True) for a in args]
+        out = fn(*inputs)
+        results.append([out, *torch.autograd.grad(out, inputs, grad_out)])
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    inputs = [a.clone().requires_grad_(True) for a in args]
+    assert torch.autograd.gradcheck(attention_mix, inputs)
+
+
+def test_attention_mix_of_channels_last_maps_and_under_bfloat16_autocast():
+    x = torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    r, w, b = torch.randn(2, 4, 4, 4), torch.randn(2, 8, 1, 1), torch.randn(2)
+    torch.testing.assert_close(attention_mix(x, r, w, b), attention_mix_autograd(x, r, w, b))  # the fallback
+    w.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = attention_mix(x.to(torch.bfloat16).contiguous(), r.to(torch.bfloat16), w, b)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), attention_mix_autograd(x, r, w, b), rtol=0.05, atol=0.05)
+    low.float().sum().backward()
+    assert w.grad is not None and w.grad.dtype == torch.float32 and torch.isfinite(w.grad).all()
 
 
 def _bn(x, bn):
