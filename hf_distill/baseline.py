@@ -170,7 +170,7 @@ def train_or_reuse_baseline(
 
 
 def baseline_fields(metrics: dict[str, float]) -> dict[str, Any]:
-    """The summary / ``distill_results.json`` fields of a baseline's evaluation metrics."""
+    """The summary / ``all_results.json`` fields of a baseline's evaluation metrics."""
     return {
         "baseline_accuracy": metrics.get("eval_accuracy"),
         "baseline_top5_accuracy": metrics.get("eval_top5_accuracy"),

@@ -128,7 +128,7 @@ def stratified_holdout(labels: Sequence[int], fraction: float, seed: int) -> tup
 
 @dataclass
 class CarvedSplit:
-    """How an evaluation split was carved out of the training split (recorded in ``distill_results.json``)."""
+    """How an evaluation split was carved out of the training split (recorded in ``all_results.json``)."""
 
     source: str
     fraction: float

@@ -4,7 +4,7 @@
 optimizes, Accelerate wraps (DDP, autocast) and checkpoints them together; the teacher stays outside it.
 :func:`build_distillation_model` is the construction step (layer resolution, label-space check, dry run, building
 the methods' parts), public so that benchmarks and tests build exactly what the trainer builds.
-:func:`load_checkpoint_into` restores a checkpoint written by the trainer.
+Checkpoints hold this module's whole state in upstream's format (:mod:`hf_distill.checkpoints`).
 """
 
 from __future__ import annotations
