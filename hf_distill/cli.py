@@ -21,7 +21,8 @@ def setup_logging(level: int | str = logging.INFO) -> None:
     import transformers
 
     level = logging.getLevelName(level.upper()) if isinstance(level, str) else level
-    logging.basicConfig(format=LOG_FORMAT, level=level, force=True)
+    logging.basicConfig(format=LOG_FORMAT, level=level)  # a handler once; a second call only sets levels
+    logging.getLogger().setLevel(level)
     logging.getLogger("hf_distill").setLevel(level)
     transformers.utils.logging.set_verbosity(max(level, logging.WARNING))
     transformers.utils.logging.disable_progress_bar()

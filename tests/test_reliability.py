@@ -226,8 +226,10 @@ def finished_run(recipe, tmp_path_factory):  # noqa: F811
 def test_bare_and_true_resume_flags_mean_the_latest_checkpoint(tmp_path):
     assert parse_args(["--resume_from_checkpoint"])[3].resume_from_checkpoint == "true"
     assert parse_args(["--resume_from_checkpoint", "--seed", "3"])[3].resume_from_checkpoint == "true"
-    for n in (2, 10):
+    for n in (2, 10, 12):
         (tmp_path / f"checkpoint-{n}").mkdir()
+        if n != 12:  # checkpoint-12's save was interrupted: trainer_state.json, written last, is missing
+            (tmp_path / f"checkpoint-{n}" / "trainer_state.json").write_text("{}")
     assert resolve_resume("true", str(tmp_path)) == str(tmp_path / "checkpoint-10")
     assert resolve_resume("True", str(tmp_path)) == str(tmp_path / "checkpoint-10")
     assert resolve_resume(str(tmp_path / "checkpoint-2"), str(tmp_path)) == str(tmp_path / "checkpoint-2")
@@ -264,7 +266,7 @@ def test_error_inside_training_is_one_line(recipe, capsys, finished_run):  # noq
     # --resume_ignore_changes lets the run reach the checkpoint loading inside Trainer.train, which refuses it.
     argv = RESUMABLE + ["--output_dir", str(finished_run), "--resume_from_checkpoint", "true"]
     line = _fails(recipe, capsys, argv + ["--student", "cifar_resnet8", "--resume_ignore_changes"])
-    assert "do not fit this student" in line
+    assert "holds another student architecture" in line
 
 
 def test_resumed_run_reports_the_whole_run(recipe, finished_run, tmp_path):  # noqa: F811
