@@ -7,6 +7,7 @@ accepted as ``--<method>-<name> VALUE`` (e.g. ``--kd-temperature 2``, ``--crd-nc
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from .data import LABEL_COLUMNS
 from .losses import METHODS, PRESETS, canonical, resolve_objective
+from .method_help import method_help, methods_line
 
 
 def number_list(value: str | None, flag: str) -> list[float] | None:
@@ -37,6 +39,8 @@ def number_list(value: str | None, flag: str) -> list[float] | None:
 @dataclass
 class ModelArguments:
     """Which teacher and student."""
+
+    _argument_group_name = "teacher and student (hf_distill)"  # --help groups the arguments per dataclass
 
     teacher: str | None = field(
         default=None,
@@ -112,6 +116,8 @@ class ModelArguments:
 class DataArguments:
     """Which dataset and how to read it."""
 
+    _argument_group_name = "data (hf_distill)"  # --help groups the arguments per dataclass
+
     dataset: str | None = field(
         default=None,
         metadata={"help": "Local dataset folder, parquet file or Hub id (e.g. uoft-cs/cifar100)."},
@@ -164,6 +170,8 @@ class DataArguments:
 @dataclass
 class DistillArguments:
     """Which distillation objective, and how the recipe guards its output folder."""
+
+    _argument_group_name = "distillation (hf_distill)"  # --help groups the arguments per dataclass
 
     method: str = field(
         default="kd",
@@ -330,8 +338,11 @@ def parse_args(
     Precedence: command line > config file > ``defaults`` (the recipe's) > dataclass defaults.
     """
     argv = _repeated_teacher(_bare_resume_flag(list(sys.argv[1:] if argv is None else argv)))
-    parser = HfArgumentParser(ALL_ARGS)
-    parser.allow_abbrev = False  # --kd-temperature must never be read as an abbreviation of another option
+    help_method = _pop_help_method(argv)
+    if help_method is not None:
+        print(method_help(help_method))
+        raise SystemExit(0)
+    parser = _parser(argv)
     merged: dict[str, Any] = dict(defaults or {})
     cfg_path = _pop_config(argv)
     if cfg_path is not None:
@@ -360,6 +371,36 @@ def parse_args(
     for m, kw in parse_method_flags(extra, list(spec.methods)).items():
         kwargs.setdefault(m, {}).update(kw)
     return model_args, data_args, distill_args, training_args, kwargs
+
+
+def _parser(argv: list[str]) -> HfArgumentParser:
+    """The parser, its --help grouped per dataclass: ours first, ``TrainingArguments`` last; ``--method``'s help
+    lists the methods, and ``--method NAME --help`` adds that method's hyperparameters."""
+    parser = HfArgumentParser(ALL_ARGS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.allow_abbrev = False  # --kd-temperature must never be read as an abbreviation of another option
+    for action in parser._actions:
+        if action.dest == "method":
+            action.help = f"{action.help} {methods_line()}. --help_method NAME prints one's hyperparameters."
+    # argparse prints groups in creation order; TrainingArguments went into the default group, created first
+    default = next(g for g in parser._action_groups if g.title in ("options", "optional arguments"))
+    default.title = "training (transformers.TrainingArguments; method hyperparameters: --<method>-<name>)"
+    parser._action_groups.remove(default)
+    parser._action_groups.append(default)
+    if any(a in ("-h", "--help") for a in argv) and "--method" in argv[:-1]:
+        names = argv[argv.index("--method") + 1].split(",")
+        parser.epilog = "\n".join(method_help(n) for n in names if canonical(n) != "none")
+    return parser
+
+
+def _pop_help_method(argv: list[str]) -> str | None:
+    """``--help_method NAME`` (taken out of ``argv``), or None."""
+    for i, tok in enumerate(argv):
+        if tok == "--help_method" or tok.startswith("--help_method="):
+            value = tok.partition("=")[2] or (argv[i + 1] if i + 1 < len(argv) else "")
+            if not value:
+                raise ValueError("--help_method needs a method or preset name, e.g. --help_method kd.")
+            return value
+    return None
 
 
 _LIST_AS_STR = {"method_weights", "lr_milestones", "method", "teacher", "teacher_weights", "ensemble_weights"}
