@@ -315,7 +315,7 @@ def collect_summary(trainer: Any, **overrides: Any) -> DistillationSummary:
     student = unwrap(container.student)
     objective = container.objective
     teacher = unwrap(trainer.teacher) if getattr(trainer, "teacher", None) is not None else None
-    teacher_metrics = getattr(trainer, "_teacher_metrics", None) or {}
+    teacher_metrics = getattr(trainer, "teacher_metrics", None) or {}
     spec = getattr(trainer, "student_input", None)
     train_ds, eval_ds = trainer.train_dataset, trainer.eval_dataset
     dataset, local_dataset = dataset_reference(getattr(trainer, "dataset_id", None))
