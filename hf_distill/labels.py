@@ -75,10 +75,21 @@ def dataset_num_classes(dataset) -> int | None:
 
 
 def dataset_label_names(dataset) -> list[str] | None:
-    """Class names of a prepared split (``class_names``) or a raw dataset's ``ClassLabel``, or None."""
+    """Class names of a prepared split (``class_names``) or a raw dataset's ``ClassLabel``, or None.
+
+    Raises:
+        ValueError: the dataset names a class with an empty string (one line naming the dataset as the cause).
+    """
     names = getattr(dataset, "class_names", None)
     if names is None and (f := _label_feature(dataset)) is not None:
         names = f.names
+    empty = [i for i, n in enumerate(names or []) if not str(n).strip()]
+    if empty:
+        raise ValueError(
+            f"The dataset names class {', '.join(map(str, empty))} with an empty string (its ClassLabel names: "
+            f"{_listed([repr(str(n)) for n in names])}): give every class of the dataset a name, e.g. cast its "
+            "label column to datasets.ClassLabel(names=[...])."
+        )
     return _named(names)
 
 

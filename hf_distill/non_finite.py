@@ -27,6 +27,20 @@ def _advice(args: TrainingArguments) -> str:
     )
 
 
+def short_batch_error(
+    method: str, values: Mapping[str, float], rows: int, batch_size: int, step: int
+) -> NonFiniteLossError:
+    """The error for a method whose terms are not finite on an epoch's short last batch: the cause is the batch (the
+    method needs more rows than it got, and its ``min_batch_size`` does not say so), not the learning rate."""
+    shown = ", ".join(f"{k}={v}" for k, v in values.items())
+    return NonFiniteLossError(
+        f"Training stopped at step {step}: {method}'s loss is not finite ({shown}) on the short last batch of an "
+        f"epoch, {rows} row(s) where the others have {batch_size}; {method} needs more rows than that (the learning "
+        "rate is not the cause). Pass --dataloader_drop_last true, or make the training set a multiple of "
+        "--per_device_train_batch_size (--max_train_samples)."
+    )
+
+
 def non_finite_terms(terms: Mapping[str, Tensor | float]) -> list[str]:
     """Names of the loss terms that are NaN or infinite."""
     return [k for k, v in terms.items() if not math.isfinite(float(v))]
@@ -95,4 +109,5 @@ __all__ = [
     "check_terms",
     "non_finite_tensors",
     "non_finite_terms",
+    "short_batch_error",
 ]

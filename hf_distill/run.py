@@ -163,6 +163,9 @@ def _train_and_save(
         results.update({k: v for k, v in eval_metrics.items() if "accuracy" in k})
     if trainer.teacher_cache is not None:
         results.update(trainer.teacher_cache.report())
+    skips = trainer.model.objective.short_batch_skips
+    if skips:  # batches below a method's minimum, where its term was left out (docs/reliability.md)
+        results["short_batch_skips"] = dict(skips)
     results.update(baseline)
     if run.carved_eval is not None:
         results["validation_split"] = run.carved_eval.as_dict()

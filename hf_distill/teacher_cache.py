@@ -1,5 +1,7 @@
 """An exact cache of the teacher's outputs on disk (``--teacher_cache DIR``), in the spirit of FKD's stored soft
-labels (Shen & Xing, ECCV 2022), but exact: a run that reads it trains the same student as a run that does not.
+labels (Shen & Xing, ECCV 2022), but exact: a run that reads it trains the same student as a run that does not. The
+file is longer than 500 lines because it is one on-disk format: the key, the signed shards and the reader and writer
+must change together.
 
 A teacher's outputs are a function of the teacher and of its input, and the training input is a function of the
 image and its augmentation, which :class:`~hf_distill.data.ImageClassificationDataset` seeds by (seed, epoch, row).
@@ -15,11 +17,19 @@ Every stored row also carries a 64-bit digest of the exact input pixels it was c
 even a key that failed to capture some change (new augmentation code, another image decoder) is a miss, never a wrong
 output. Anything that does not match is a miss: the teacher runs and its outputs are stored for the next run.
 
-On disk: ``DIR/<key hash>/key.json`` (the key, readable) and ``DIR/<key hash>/epoch-<e>/<sha256>.safetensors``, one
-shard per flush of one process (every ``flush_rows`` computed rows, at each epoch end, checkpoint and at the end of
-training). A shard is written under a temporary name and renamed, and it is named by the SHA-256 of its bytes: a
-truncated or corrupted shard fails that check, is removed and its rows are computed (and stored) again; two runs
-writing the same cache at once only ever add whole shards. Shards store every output in the precision the teacher
+On disk: ``DIR/<key hash>/key.json`` (the key, readable) and ``DIR/<key hash>/epoch-<e>/<signer>-<tag>.safetensors``,
+one shard per flush of one process (every ``flush_rows`` computed rows, at each epoch end, checkpoint and at the end of
+training). A shard is written under a temporary name and renamed; two runs writing the same cache at once only ever
+add whole shards.
+
+Shards are authenticated, not merely checksummed: a cache directory may be shared (a cluster file system), and a
+checksum in the name catches damage but not a deliberate edit whose writer re-hashes the file. Every shard is named by
+its HMAC-SHA256 tag under a per-user secret key kept outside the cache (:func:`signing_key`:
+``~/.cache/hf_distill/cache.key`` or ``$HF_DISTILL_CACHE_KEY``, 32 random bytes created with mode 0600 on first use),
+prefixed by a public id of that key (``<signer>``). On read, a shard of this key whose tag does not verify (truncated,
+corrupted, or edited by anyone without the key) is refused with one warning line, removed, and its rows are computed
+(and stored) again; shards of other keys (another user's) are never read, nor removed. Verifying costs one HMAC over
+each shard when its epoch is loaded, what the SHA-256 of the name cost before. Shards store every output in the precision the teacher
 produced it (float32 unless the run uses bf16/fp16 autocast), intermediate maps included: there is no lossy mode, so
 map-consuming methods are cached too, at their full size (reported in the logs and by :meth:`TeacherCache.report`).
 
@@ -33,10 +43,12 @@ maps take much more). Evaluation never uses the cache, and a run without a teach
 from __future__ import annotations
 
 import hashlib
+import hmac
 import itertools
 import json
 import logging
 import os
+import secrets
 import struct
 import uuid
 from collections.abc import Callable
@@ -52,8 +64,11 @@ from .losses import Features
 
 logger = logging.getLogger(__name__)
 
-#: bumped whenever the shard layout changes: caches written by another layout are misses
-CACHE_FORMAT = "1"
+#: bumped whenever the shard layout changes: caches written by another layout are misses (2: signed shards)
+CACHE_FORMAT = "2"
+#: the environment variable that names the signing key's file (default: ``~/.cache/hf_distill/cache.key``)
+KEY_ENV = "HF_DISTILL_CACHE_KEY"
+KEY_BYTES = 32
 SHARD_SUFFIX = ".safetensors"
 MAP_PREFIX = "map."
 DIGEST = "input_digest"
@@ -126,6 +141,74 @@ def precision_of(args, teacher_precision: str = "same") -> str:
     return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
 
 
+# -- the signing key ----------------------------------------------------------------------------------------------
+class CacheKeyError(ValueError):
+    """The teacher cache's signing key cannot be used; the message says how to fix it."""
+
+
+def signing_key_path() -> str:
+    """Where the signing key lives: ``$HF_DISTILL_CACHE_KEY``, else ``hf_distill/cache.key`` under
+    ``$XDG_CACHE_HOME`` (default ``~/.cache``): in the user's own files, never in a (possibly shared) cache dir."""
+    if os.environ.get(KEY_ENV):
+        return os.environ[KEY_ENV]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "hf_distill", "cache.key")
+
+
+def _create_key(path: str) -> None:
+    """Write a new random key, mode 0600, atomically: processes starting together all end up with the first one."""
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(KEY_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # fails if another process made it first: keep theirs
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+
+
+def signing_key(path: str | None = None) -> bytes:
+    """The secret that signs this user's teacher-cache shards (created on first use; see the module docstring).
+
+    Raises:
+        CacheKeyError: the key file is another user's, can be read or written by other users, or is not a key.
+    """
+    path = path or signing_key_path()
+    if not os.path.exists(path):
+        _create_key(path)
+    st = os.stat(path)
+    if (hasattr(os, "getuid") and st.st_uid != os.getuid()) or st.st_mode & 0o077:
+        raise CacheKeyError(
+            f"The teacher-cache key {path} is not private (owner uid {st.st_uid}, mode {st.st_mode & 0o777:o}): "
+            f"anyone who can read it can forge cache shards. Make it yours with mode 600 (chmod 600 {path}), or "
+            "delete it to get a new one (shards signed with the old key are then computed again)."
+        )
+    with open(path, "rb") as f:
+        key = f.read()
+    if len(key) < KEY_BYTES:
+        raise CacheKeyError(
+            f"The teacher-cache key {path} holds {len(key)} bytes, not a key of {KEY_BYTES}: delete it to get a "
+            "new one (shards signed with the old key are then computed again)."
+        )
+    return key
+
+
+def signer_id(key: bytes) -> str:
+    """A public name of a signing key (the prefix of its shards); says nothing about the key itself."""
+    return hashlib.sha256(b"hf_distill teacher cache signer|" + key).hexdigest()[:16]
+
+
+def shard_tag(key: bytes, data: bytes) -> str:
+    """The HMAC-SHA256 of a shard's bytes under ``key``, in hex."""
+    return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
 # -- shards -----------------------------------------------------------------------------------------------------
 def shard_metadata(data: bytes) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file held in memory."""
@@ -133,11 +216,17 @@ def shard_metadata(data: bytes) -> dict[str, str]:
     return json.loads(data[8 : 8 + n]).get("__metadata__", {})
 
 
-def write_shard(folder: str, tensors: dict[str, Tensor], metadata: dict[str, str]) -> int:
-    """Write one shard atomically, named by the SHA-256 of its bytes; returns its size in bytes."""
+def shard_name(key: bytes, data: bytes) -> str:
+    """``<signer>-<tag>.safetensors``: who signed the shard, and its HMAC under that signer's key."""
+    return f"{signer_id(key)}-{shard_tag(key, data)}{SHARD_SUFFIX}"
+
+
+def write_shard(folder: str, tensors: dict[str, Tensor], metadata: dict[str, str], key: bytes) -> int:
+    """Write one shard atomically, named by its signature under ``key`` (:func:`shard_name`); returns its size in
+    bytes."""
     data = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
     os.makedirs(folder, exist_ok=True)
-    final = os.path.join(folder, hashlib.sha256(data).hexdigest() + SHARD_SUFFIX)
+    final = os.path.join(folder, shard_name(key, data))
     tmp = os.path.join(folder, f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -147,12 +236,13 @@ def write_shard(folder: str, tensors: dict[str, Tensor], metadata: dict[str, str
     return len(data)
 
 
-def read_shard(path: str, key_hash: str, epoch: int) -> dict[str, Tensor] | None:
-    """The tensors of a shard, or ``None`` when it is truncated, corrupted or belongs to another key or epoch."""
+def read_shard(path: str, key_hash: str, epoch: int, key: bytes) -> dict[str, Tensor] | None:
+    """The tensors of a shard, or ``None`` when its name is not its signature under ``key`` (truncated, corrupted
+    or forged) or it belongs to another cache key or epoch."""
     try:
         with open(path, "rb") as f:
             data = f.read()
-        if hashlib.sha256(data).hexdigest() + SHARD_SUFFIX != os.path.basename(path):
+        if not hmac.compare_digest(shard_name(key, data), os.path.basename(path)):
             return None
         meta = shard_metadata(data)
         tensors = safetensors.torch.load(data)
@@ -218,7 +308,11 @@ class TeacherCache:
         self.channels_last = channels_last
         self.flush_rows = flush_rows
         self.is_main = is_main
+        self.signing_key = signing_key()
+        self.signer = signer_id(self.signing_key)
         self.read_rows = self.computed_rows = self.written_bytes = self.rejected_shards = 0
+        #: shards signed by other keys (other users of a shared cache dir): never read, never removed
+        self.foreign_shards = 0
         self._epoch: int | None = None
         self._pos = torch.full((self.num_rows,), -1, dtype=torch.long)
         self._stored: dict[str, Tensor] = {}
@@ -297,15 +391,21 @@ class TeacherCache:
         parts: list[dict[str, Tensor]] = []
         folder = self.epoch_dir(epoch)
         names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-        for name in (n for n in names if n.endswith(SHARD_SUFFIX) and not n.startswith(".")):
+        shards = [n for n in names if n.endswith(SHARD_SUFFIX) and not n.startswith(".")]
+        ours = [n for n in shards if n.startswith(self.signer + "-")]
+        self.foreign_shards += len(shards) - len(ours)
+        for name in ours:
             path = os.path.join(folder, name)
-            tensors = read_shard(path, self.key_hash, epoch)
+            tensors = read_shard(path, self.key_hash, epoch, self.signing_key)
             if tensors is not None and self._fits(tensors, parts[0] if parts else None):
                 parts.append(tensors)
                 continue
             self.rejected_shards += 1
             logger.warning(
-                "Teacher cache: removing the invalid shard %s (its rows will be computed again).", path
+                "Teacher cache: refusing and removing the shard %s: it is not a valid shard signed with your key %s "
+                "(damaged, or edited by someone without the key); its rows will be computed again.",
+                path,
+                signing_key_path(),
             )
             try:
                 os.remove(path)
@@ -387,7 +487,7 @@ class TeacherCache:
                 "epoch": str(epoch),
                 "rows": str(len(tensors[INDEX])),
             }
-            self.written_bytes += write_shard(self.epoch_dir(epoch), tensors, meta)
+            self.written_bytes += write_shard(self.epoch_dir(epoch), tensors, meta, self.signing_key)
 
     # -- reporting ---------------------------------------------------------------------------------------------
     def disk_usage(self) -> dict[int, int]:
@@ -476,11 +576,13 @@ class TeacherCacheCallback(TrainerCallback):
 
 
 __all__ = [
+    "CacheKeyError",
     "EnsembleTeacherCache",
     "TeacherCache",
     "TeacherCacheCallback",
     "dataset_fingerprint",
     "input_digests",
     "module_fingerprint",
+    "signing_key",
     "teacher_key",
 ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,53 @@ def repository_changes(repo: Path = REPO) -> set[str] | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return {line for line in out.splitlines() if not set(line[3:].split("/")) & set(_RUN_FILES)}
+
+
+#: where every test's own randomness starts (torch, ``random``, numpy), whatever ran before it
+TEST_SEED = 0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's, Python's and numpy's global generators."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    """Seed before every fixture is built, from the fixture's name: what a module- or session-scoped fixture
+    draws (random weights, augmentations) is then the same whichever test happens to build it first, in any order."""
+    seed_everything(zlib.crc32(fixturedef.argname.encode()))
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """Seed right before every test body (after its fixtures): a test's random draws do not depend on the tests
+    that ran before it. (pytest-randomly, when installed, then reseeds ``random`` and numpy from its own seed, per
+    test too; torch keeps this seed.)"""
+    seed_everything(TEST_SEED)
+    return (yield)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def teacher_cache_key(tmp_path_factory):
+    """The teacher cache's signing key of the session, in a temporary folder (inherited by the runs the tests launch),
+    never the user's own ``~/.cache/hf_distill/cache.key``."""
+    from hf_distill.teacher_cache import KEY_ENV
+
+    before = os.environ.get(KEY_ENV)
+    path = tmp_path_factory.mktemp("teacher-cache-key") / "cache.key"
+    os.environ[KEY_ENV] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop(KEY_ENV, None)
+    else:
+        os.environ[KEY_ENV] = before
 
 
 @pytest.fixture(scope="session", autouse=True)

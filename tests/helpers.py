@@ -27,6 +27,15 @@ def timm_model(
     return TimmWrapperForImageClassification(cfg)
 
 
+def smooth_model(num_labels: int = 10, seed: int = 0) -> TimmWrapperForImageClassification:
+    """timm's tiny ``test_vit`` at 32 px: no BatchNorm (nothing couples the rows of a batch) and no kink (GELU,
+    LayerNorm and softmax instead of ReLU and max): two runs whose arithmetic differs by rounding stay that close,
+    where in a ReLU network an activation within rounding of 0 can switch sides and change a whole gradient."""
+    torch.manual_seed(seed)
+    cfg = TimmWrapperConfig(architecture="test_vit", num_labels=num_labels, model_args={"img_size": 32})
+    return TimmWrapperForImageClassification(cfg)
+
+
 class StatefulProbe(DistillationLoss):
     """Has a trainable head and a buffer that the loss depends on: what a resume must restore exactly."""
 

@@ -68,6 +68,17 @@ def test_a_renamed_class_folder_is_refused_against_the_dataset():
         align_label_spaces(_zoo(NAMES), None, raw)
 
 
+def test_an_empty_class_name_is_the_dataset_s_fault_in_one_line():
+    raw = datasets.load_dataset(str(SUBSET), split="test").select(range(20))
+    raw = raw.cast_column("label", datasets.ClassLabel(names=NAMES[:3] + [""] + NAMES[4:]))
+    for student, teacher in ((_zoo(), _zoo(NAMES)), (_zoo(NAMES[:3] + [""] + NAMES[4:]), None)):
+        with pytest.raises(ValueError) as e:
+            align_label_spaces(student, teacher, raw)
+        msg = str(e.value)
+        assert "\n" not in msg and msg.startswith("The dataset names class 3 with an empty string")
+        assert "student" not in msg and "teacher" not in msg
+
+
 def test_a_reordered_teacher_can_be_refused():
     with pytest.raises(ValueError, match="another order"):
         align_label_spaces(_zoo(NAMES), _permuted(_zoo(NAMES)), remap_teacher=False)

@@ -1,12 +1,16 @@
 """The exact teacher-output cache: a warm cache trains the same student, never returns a wrong output, survives
 corrupted shards and concurrent writers, and reports its disk use."""
 
+import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
+import stat
 
 import pytest
+import safetensors.torch
 import torch
 from transformers import TrainerCallback
 
@@ -14,11 +18,19 @@ from hf_distill import DistillationTrainer
 from hf_distill.data import prepare_split
 from hf_distill.losses import Features
 from hf_distill.teacher_cache import (
+    KEY_ENV,
     SHARD_SUFFIX,
+    CacheKeyError,
     TeacherCache,
     dataset_fingerprint,
     input_digests,
     module_fingerprint,
+    shard_metadata,
+    shard_name,
+    shard_tag,
+    signer_id,
+    signing_key,
+    signing_key_path,
 )
 from tests.conftest import REPO
 from tests.helpers import CIFAR_SPEC, timm_model, trainer_args
@@ -275,6 +287,67 @@ def test_a_damaged_shard_is_detected_and_rebuilt(tmp_path, tiny, reference, dama
         assert calls == 0 and t.teacher_cache.rejected_shards == 0
 
 
+def _poisoned(data: bytes) -> bytes:
+    """A shard's bytes with its logits replaced by confident wrong ones, metadata kept: what an attacker with write
+    access to a shared cache dir would store."""
+    tensors = safetensors.torch.load(data)
+    tensors["logits"] = -10 * tensors["logits"]
+    return safetensors.torch.save(tensors, metadata=shard_metadata(data))
+
+
+@pytest.mark.parametrize("forgery", ["rehashed", "claims_your_key", "signed_by_another_user"])
+def test_a_forged_shard_is_never_read(tmp_path, tiny, reference, forgery, caplog):
+    """A poisoned shard, named as each forger can: by its SHA-256 (what the cache trusted before it signed shards),
+    with this user's signer id and a tag under another key, or validly signed by another user of a shared cache
+    dir. None is read: the run trains the uncached run's student, the teacher runs again for that epoch."""
+    ref, cache, key = reference
+    shutil.copytree(cache, tmp_path / "cache")
+    cache = tmp_path / "cache"
+    victim = cache / key / _shards(cache / key)[0]  # the epoch-0 shard of the reference run's key
+    forged = _poisoned(victim.read_bytes())
+    victim.unlink()
+    other = b"\x01" * 32  # the forger's own key
+    name = {
+        "rehashed": hashlib.sha256(forged).hexdigest() + SHARD_SUFFIX,
+        "claims_your_key": f"{signer_id(signing_key())}-{shard_tag(other, forged)}{SHARD_SUFFIX}",
+        "signed_by_another_user": shard_name(other, forged),
+    }[forgery]
+    (victim.parent / name).write_bytes(forged)
+    with caplog.at_level(logging.WARNING, logger="hf_distill.teacher_cache"):
+        t, got, calls = _train(tmp_path / "run", tiny, cache=cache)
+    assert _max_gap(ref, got) <= 1e-6
+    assert calls == 4  # the forged epoch's batches ran the teacher
+    refused = [r.getMessage() for r in caplog.records if "refusing" in r.getMessage()]
+    if forgery == "claims_your_key":  # refused in one warning line, and removed
+        assert t.teacher_cache.rejected_shards == 1 and not (victim.parent / name).exists()
+        assert len(refused) == 1 and name in refused[0] and "\n" not in refused[0]
+    else:  # not this user's shard: never read, left to its owner
+        assert t.teacher_cache.rejected_shards == 0 and t.teacher_cache.foreign_shards >= 1
+        assert (victim.parent / name).exists() and not refused
+
+
+def test_the_signing_key_is_private_outside_the_cache_and_made_on_first_use(tmp_path, monkeypatch):
+    monkeypatch.delenv(KEY_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    path = tmp_path / "xdg" / "hf_distill" / "cache.key"
+    assert signing_key_path() == str(path)
+    key = signing_key()
+    assert len(key) == 32 and path.read_bytes() == key and signing_key() == key
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    monkeypatch.setenv(KEY_ENV, str(tmp_path / "elsewhere.key"))
+    assert signing_key() != key  # another key file, another key
+    path.chmod(0o644)  # readable by others: anyone could sign shards with it
+    monkeypatch.delenv(KEY_ENV)
+    with pytest.raises(CacheKeyError) as err:
+        signing_key()
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg and "not private" in msg and "chmod 600" in msg
+    path.chmod(0o600)
+    path.write_bytes(b"short")
+    with pytest.raises(CacheKeyError, match="holds 5 bytes, not a key of 32: delete it"):
+        signing_key()
+
+
 def _forked_child() -> None:
     """Make a forked child safe for torch: GNU OpenMP's thread pool does not survive fork, so a child that enters a
     parallel region the parent had used waits forever on the parent's (absent) workers; one thread never enters one.
@@ -383,7 +456,7 @@ def test_the_recipe_reports_the_cache(tmp_path):
     second = recipe.main(argv + ["--overwrite_output_dir"])  # the same folder again: the HF examples' flag
     assert first["teacher_cache_computed_rows"] == 32 and first["teacher_cache_read_rows"] == 0
     assert second["teacher_cache_read_rows"] == 32 and second["teacher_cache_computed_rows"] == 0
-    saved = json.loads((tmp_path / "out" / "distill_results.json").read_text())
+    saved = json.loads((tmp_path / "out" / "all_results.json").read_text())
     assert saved["teacher_cache_bytes"] == second["teacher_cache_bytes"] > 32 * 10 * 4  # logits of 32 rows
     assert first["eval_accuracy"] == second["eval_accuracy"]
 

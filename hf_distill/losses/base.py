@@ -169,8 +169,14 @@ class DistillationLoss(nn.Module):
         combo_weight: the method's weight inside a combination (None: ``default_weight``); KD uses 1.0, as in
             RepDistiller's "CRD+KD" runs.
         min_batch_size: the smallest batch the loss means something on; methods that compare the samples of a
-            batch with each other (RKD, SP, PKT, CC, ...) set it, and the trainer refuses a smaller batch at setup
-            (with ``gather=True`` the global batch counts).
+            batch with each other (RKD, SP, PKT, CC, ...) set it (with ``gather=True`` the global batch counts). The
+            trainer refuses a configured batch below it at setup; a batch below it during training (the last, short
+            batch of an epoch whose size is not a multiple of the batch size) is skipped by the objective: the
+            method is not called, its terms are left out of that batch's loss (weight 0, so they neither teach nor
+            poison it with a NaN), and the skip is counted and logged once
+            (:attr:`~hf_distill.losses.objective.DistillationObjective.short_batch_skips`). A wrapper is skipped
+            when a method it wraps is. Every registered method with a minimum is tested on a batch of one row
+            (``tests/losses/test_short_batch.py``).
         renamed_hyperparameters: deprecated hyperparameter name -> current name; the old names are still accepted
             (flags, configs, ``method_args``) with a ``FutureWarning``.
         legacy_defaults: defaults the old options had (under their current names), filled in when an old name is

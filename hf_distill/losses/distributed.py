@@ -50,6 +50,16 @@ def gather_with_offset(x: Tensor) -> tuple[Tensor, int]:
     return gather_no_grad(x), start
 
 
+def global_batch_size(rows: int, device: torch.device | None = None) -> int:
+    """The number of rows of the global batch: ``rows`` summed over every process (one all-reduce of a scalar;
+    every process must call it, as every process calls a ``gather=True`` method)."""
+    if world_size() == 1:
+        return rows
+    total = torch.tensor([rows], dtype=torch.long, device=device)
+    dist.all_reduce(total)
+    return int(total.item())
+
+
 class _ScaleGrad(torch.autograd.Function):
     """Identity whose gradient is multiplied by the number of processes (see :func:`gather_with_grad`)."""
 

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import DataInfo, DistillationLoss, FeatureNeeds, Features, FeatureSpec, MethodNeeds, StepInfo
-from .registry import ObjectiveSpec, instantiate, resolve_objective
+from .distributed import global_batch_size
+from .registry import ObjectiveSpec, check_weights, instantiate, resolve_objective
+
+logger = logging.getLogger(__name__)
+
+
+def batch_minimums(method: DistillationLoss) -> list[DistillationLoss]:
+    """The method itself and the methods it wraps that need more than one row (``min_batch_size > 1``)."""
+    return [m for m in method.modules() if isinstance(m, DistillationLoss) and m.min_batch_size > 1]
+
+
+def _gathers(m: DistillationLoss) -> bool:
+    return bool(getattr(m, "gather", False))
+
+
+def _who(key: str, method: DistillationLoss, m: DistillationLoss) -> str:
+    return key if m is method else f"{key} (its base {m.name})"
 
 
 def check_batch_size(methods: dict[str, DistillationLoss], per_device: int, num_processes: int = 1) -> None:
@@ -21,13 +39,11 @@ def check_batch_size(methods: dict[str, DistillationLoss], per_device: int, num_
         ValueError: one line naming the method, the batch it would get and the minimum.
     """
     for key, method in methods.items():
-        for m in method.modules():
-            if not isinstance(m, DistillationLoss) or m.min_batch_size <= 1:
-                continue
-            gather = bool(getattr(m, "gather", False))
+        for m in batch_minimums(method):
+            gather = _gathers(m)
             got = per_device * num_processes if gather else per_device
             if got < m.min_batch_size:
-                who = key if m is method else f"{key} (its base {m.name})"
+                who = _who(key, method, m)
                 seen = (
                     f"a global batch of {got} ({per_device} per device x {num_processes} processes, gather=True)"
                     if gather
@@ -54,9 +70,14 @@ class DistillationObjective(nn.Module):
         super().__init__()
         if set(methods) != set(weights):
             raise ValueError(f"weights {sorted(weights)} do not match methods {sorted(methods)}")
+        check_weights(weights, ce_weight)
         self.methods = nn.ModuleDict(methods)
         self.weights = dict(weights)
         self.ce_weight = float(ce_weight)
+        #: method name -> batches on which it was skipped for having fewer rows than its ``min_batch_size``
+        self.short_batch_skips: dict[str, int] = {}
+        #: the configured per-device batch (set by :meth:`check_batch_size`); a smaller one is an epoch's short end
+        self.batch_size: int | None = None
 
     @classmethod
     def from_spec(cls, spec: ObjectiveSpec) -> DistillationObjective:
@@ -120,6 +141,7 @@ class DistillationObjective(nn.Module):
     def check_batch_size(self, per_device: int, num_processes: int = 1) -> None:
         """See :func:`check_batch_size` (called by the trainer once the batch size is known)."""
         check_batch_size(dict(self.methods.items()), per_device, num_processes)
+        self.batch_size = int(per_device)
 
     def init_stage_methods(self) -> list[str]:
         return [k for k, m in self.methods.items() if m.init_stage is not None]
@@ -135,18 +157,66 @@ class DistillationObjective(nn.Module):
     def forward(
         self, student: Features, teacher: Features | None, step: StepInfo
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Return (total loss, named unweighted terms)."""
+        """Return (total loss, named unweighted terms).
+
+        A method (or a method it wraps) whose ``min_batch_size`` exceeds this batch is skipped: see
+        :class:`~hf_distill.losses.base.DistillationLoss` and :meth:`short_of_minimum`.
+        """
         terms: dict[str, Tensor] = {}
         ce = F.cross_entropy(student.logits.float(), step.labels)
         terms["ce"] = ce
         total = self.ce_weight * ce
         if teacher is None:
             return total, terms
+        rows = int(step.labels.shape[0])
+        # the global batch (an all-reduce: every process takes this branch alike), when a method gathers it
+        gathered = any(_gathers(m) for method in self.methods.values() for m in batch_minimums(method))
+        global_rows = global_batch_size(rows, step.labels.device) if gathered else rows
         for name, method in self.methods.items():
+            if self.short_of_minimum(name, method, rows, global_rows):
+                continue
             parts = method(student, teacher, step)
+            if self.batch_size is not None and rows < self.batch_size:
+                self._check_short_batch_terms(name, parts, rows, step)
             total = total + self.weights[name] * _sum(parts)
             terms.update(_prefixed(name, parts))
         return total, terms
+
+    def short_of_minimum(self, name: str, method: DistillationLoss, rows: int, global_rows: int) -> bool:
+        """Whether ``method`` is skipped on a batch of ``rows`` rows here and ``global_rows`` over all processes:
+        it, or a method it wraps, needs more rows than it sees (the global batch for ``gather=True``). A skip is
+        counted in :attr:`short_batch_skips` and logged the first time for each method."""
+        for m in batch_minimums(method):
+            seen, what = (global_rows, "global batch") if _gathers(m) else (rows, "batch")
+            if seen >= m.min_batch_size:
+                continue
+            count = self.short_batch_skips.get(name, 0) + 1
+            self.short_batch_skips[name] = count
+            if count == 1:
+                logger.warning(
+                    "%s compares the samples of a batch and needs at least %d of them, but this %s has %d (the "
+                    "last batch of an epoch is short when the training set is not a multiple of the batch size): "
+                    "its terms are left out of this batch's loss (weight 0), here and on every such batch; "
+                    "--dataloader_drop_last true drops these batches instead.",
+                    _who(name, method, m),
+                    m.min_batch_size,
+                    what,
+                    seen,
+                )
+            return True
+        return False
+
+    def _check_short_batch_terms(
+        self, name: str, parts: dict[str, Tensor], rows: int, step: StepInfo
+    ) -> None:
+        """On an epoch's short last batch, stop on a non-finite term with a message naming the short batch as the
+        cause (a method with too low a ``min_batch_size``), rather than the learning rate. One sync, on that batch
+        only."""
+        bad = {k: float(v.detach()) for k, v in parts.items() if not math.isfinite(float(v.detach()))}
+        if bad:
+            from ..non_finite import short_batch_error
+
+            raise short_batch_error(name, bad, rows, self.batch_size or rows, step.global_step + 1)
 
     def init_stage_forward(
         self, student: Features, teacher: Features, step: StepInfo

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +104,29 @@ def parse_method_list(method: str | Sequence[str]) -> list[str]:
     return [canonical(n) for n in names]
 
 
+def check_weights(weights: Mapping[str, float], ce_weight: float, flags: bool = False) -> None:
+    """Refuse a negative or non-finite loss weight: a negative one makes the optimizer climb its term (gradient
+    ascent, the loss heading below zero without bound); 0 is the way to switch a term off.
+
+    Args:
+        weights: method name -> weight.
+        ce_weight: the cross-entropy weight.
+        flags: name the command-line flags (``--method_weights``, ``--ce_weight``) in the message.
+
+    Raises:
+        ValueError: one line naming the weight.
+    """
+    named = {("--ce_weight" if flags else "ce_weight"): ce_weight}
+    for m, w in weights.items():
+        named[f"{m}'s weight in --method_weights" if flags else f"the weight of {m}"] = w
+    for what, w in named.items():
+        if not (math.isfinite(w) and w >= 0):
+            raise ValueError(
+                f"{what} is {w:g}: loss weights must be finite and >= 0 (a negative weight trains by gradient "
+                "ascent on its term). Use 0 to switch a term off."
+            )
+
+
 def resolve_objective(
     method: str | Sequence[str],
     weights: Sequence[float] | None = None,
@@ -168,6 +192,8 @@ def resolve_objective(
                 f"(defaults: {','.join(f'{w:g}' for w in default_w)})."
             )
     final_w = tuple(weights) if weights is not None else tuple(default_w)
+    final_ce = float(ce_weight if ce_weight is not None else default_ce)
+    check_weights(dict(zip(expanded, final_w)), final_ce, flags=True)
     for m, kw in (method_kwargs or {}).items():
         key = canonical(m)
         if key not in expanded:
@@ -175,9 +201,7 @@ def resolve_objective(
                 f"Arguments were given for method {m!r}, which is not in --method ({', '.join(expanded) or 'none'})."
             )
         kwargs.setdefault(key, {}).update(kw)
-    return ObjectiveSpec(
-        tuple(expanded), final_w, float(ce_weight if ce_weight is not None else default_ce), kwargs
-    )
+    return ObjectiveSpec(tuple(expanded), final_w, final_ce, kwargs)
 
 
 def instantiate(name: str, kwargs: dict[str, Any] | None = None) -> DistillationLoss:

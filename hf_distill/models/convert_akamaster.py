@@ -25,8 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..cli import exit_on_bad_input
 from .cifar_common import CIFAR_ARCHITECTURES
 from .modeling_cifar import CifarForImageClassification, create_cifar_model
+from .weights_errors import UNREADABLE_WEIGHTS, unreadable_weights
 
 CIFAR10_LABELS: list[str] = [
     "airplane",
@@ -94,7 +96,10 @@ def read_akamaster_state_dict(path: str | Path) -> dict[str, Tensor]:
     Returns:
         the state dict with the original key names.
     """
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except UNREADABLE_WEIGHTS as e:
+        raise unreadable_weights(str(path), e, "akamaster") from e
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, Mapping):
         raise ValueError(f"{path} does not hold a state dict (expected a dict with a 'state_dict' entry).")
@@ -207,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", help="output folder")
     parser.add_argument("--depth", type=int, default=None, help="20/32/44/56/110 (default: inferred)")
     args = parser.parse_args(argv)
-    out = convert(args.src, args.out_dir, depth=args.depth)
+    with exit_on_bad_input():
+        out = convert(args.src, args.out_dir, depth=args.depth)
     print(f"wrote {out}")
 
 

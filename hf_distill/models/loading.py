@@ -28,12 +28,18 @@ from transformers import (
 from . import modeling_cifar  # noqa: F401  (registers the zoo with the Auto classes)
 from .cifar_common import CIFAR_ARCHITECTURES
 from .modeling_cifar import create_cifar_model
+from .weights_errors import UNREADABLE_WEIGHTS, ModelLoadError, unreadable_weights  # noqa: E402, F401
 
 ZOO_PREFIX = "cifar_"
 
 
-class ModelLoadError(ValueError):
-    """A model name, folder or checkpoint that cannot be loaded; the message says how to fix it."""
+#: the weights files transformers reads from a model folder
+FOLDER_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def zoo_architecture(name: str) -> str | None:
@@ -110,6 +116,11 @@ def _from_folder(path: str, labels: dict[str, Any], role: str, **kwargs: Any) ->
                 path, ignore_mismatched_sizes=True, **labels, **kwargs
             )
         model = AutoModelForImageClassification.from_pretrained(path, **kwargs)
+    except UNREADABLE_WEIGHTS as e:
+        if os.path.isdir(path):
+            files = [os.path.join(path, f) for f in FOLDER_WEIGHTS if os.path.isfile(os.path.join(path, f))]
+            raise unreadable_weights(files[0] if files else path, e, role) from e
+        raise
     except OSError as e:
         raise ModelLoadError(
             f"Cannot load the {role} {path!r}: it is neither a local model folder, a CIFAR-zoo name "
@@ -120,15 +131,22 @@ def _from_folder(path: str, labels: dict[str, Any], role: str, **kwargs: Any) ->
     return model
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file into a flat state dict (safetensors or torch; nested 'state_dict'/'model' keys)."""
+def read_state_dict(path: str, role: str = "model") -> dict[str, torch.Tensor]:
+    """Read a checkpoint file into a flat state dict (safetensors or torch; nested 'state_dict'/'model' keys).
+
+    Raises:
+        ModelLoadError: the file is missing, unreadable (one line naming it) or holds no state dict.
+    """
     if not os.path.isfile(path):
         raise ModelLoadError(f"Checkpoint file {path!r} does not exist.")
-    if path.endswith(".safetensors"):
-        import safetensors.torch
+    try:
+        if path.endswith(".safetensors"):
+            import safetensors.torch
 
-        return safetensors.torch.load_file(path, device="cpu")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+            return safetensors.torch.load_file(path, device="cpu")
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except UNREADABLE_WEIGHTS as e:
+        raise unreadable_weights(path, e, role) from e
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -145,7 +163,7 @@ def load_weights(model: PreTrainedModel, path: str, role: str = "model") -> PreT
     """Load a checkpoint file into ``model`` strictly, with one readable error when it does not fit."""
     from .convert_akamaster import blocks_per_stage, load_akamaster_checkpoint
 
-    sd = read_state_dict(path)
+    sd = read_state_dict(path, role)
     if _is_akamaster(sd):
         have = f"resnet{6 * blocks_per_stage(sd) + 2}_a"
         want = str(getattr(getattr(model, "config", None), "architecture", ""))

@@ -2,15 +2,14 @@
 
 import numpy as np
 import pytest
-import safetensors.torch
 import torch
 
 import hf_distill.losses.ft  # noqa: F401  (registers "ft")
+from hf_distill.checkpoints import method_state
 from hf_distill.config import parse_method_flags
 from hf_distill.losses import DataInfo, Features, FeatureSpec, StepInfo, resolve_objective
 from hf_distill.losses.factor import AutoEncoder
 from hf_distill.losses.ft import FT, ft_factor, ft_loss
-from hf_distill.trainer import DISTILL_STATE_NAME
 from tests.losses._common import (
     built,
     checkpointing_trainer,
@@ -219,7 +218,7 @@ def test_trainer_init_stage_freezes_paraphraser_and_resume_restores_it(tmp_path,
     for k, v in state_copy(ft.paraphraser).items():  # unchanged by the main stage
         assert torch.equal(v, p1[k]), k
     assert any(not torch.equal(tr0[k], v) for k, v in state_copy(ft.translator).items())
-    state = safetensors.torch.load_file(str(tmp_path / "out" / "checkpoint-1" / DISTILL_STATE_NAME))
+    state = method_state(str(tmp_path / "out" / "checkpoint-1"))
     pre = "objective.methods.ft.paraphraser."
     assert bool(state[pre + "frozen"]) and bool(state["init_stage_done"])
     for k, v in p1.items():

@@ -4,11 +4,11 @@ import importlib.util
 
 import numpy as np
 import pytest
-import safetensors.torch
 import torch
 
 import hf_distill.losses.ft  # noqa: F401  (registers "ft", a base)
 import hf_distill.losses.iekd  # noqa: F401  (registers "iekd" and the "ie_kd" preset)
+from hf_distill.checkpoints import method_state
 from hf_distill.config import parse_method_flags
 from hf_distill.losses import (
     DataInfo,
@@ -21,7 +21,6 @@ from hf_distill.losses import (
 from hf_distill.losses.factor import mean_pnorm
 from hf_distill.losses.iekd import IEKD, cosine_factor_loss, iekd_loss, normalized_distance
 from hf_distill.losses.kd import kd_loss
-from hf_distill.trainer import DISTILL_STATE_NAME
 from tests.losses._common import (
     built,
     checkpointing_trainer,
@@ -385,7 +384,7 @@ def test_trainer_init_stage_freezes_autoencoder_and_resume_restores_it_and_the_s
     for k, v in state_copy(m.teacher_ae).items():  # weights and BN statistics unchanged by the main stage
         assert torch.equal(v, ae1[k]), k
     assert _changed(enc0, state_copy(m.inh_encoder)) and torch.equal(m.channel_order, order)
-    state = safetensors.torch.load_file(str(tmp_path / "out" / "checkpoint-1" / DISTILL_STATE_NAME))
+    state = method_state(str(tmp_path / "out" / "checkpoint-1"))
     pre = "objective.methods.iekd."
     assert bool(state[pre + "teacher_ae.frozen"]) and torch.equal(state[pre + "channel_order"], order)
     for k, v in ae1.items():

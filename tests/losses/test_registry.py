@@ -69,3 +69,31 @@ def test_selectors_resolve_and_bad_name_lists_valid_names():
         resolve_selectors(["layer9"], names, "student")
     with pytest.raises(ValueError, match="out of range"):
         resolve_selectors([7], names)
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--ce_weight", "-1"], "--ce_weight is -1"),
+        (["--method_weights", "-0.9"], "kd's weight in --method_weights is -0.9"),
+        (["--method", "kd,crd", "--method_weights", "1,-1"], "crd's weight in --method_weights is -1"),
+        (["--method_weights", "nan"], "kd's weight in --method_weights is nan"),
+    ],
+)
+def test_a_negative_or_non_finite_weight_is_refused_in_one_line(argv, named):
+    """A negative weight trains by gradient ascent on its term (its loss heads below zero): refused where the
+    arguments are parsed, before anything runs."""
+    from hf_distill.config import parse_args
+
+    with pytest.raises(ValueError) as err:
+        parse_args(argv)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(named) and "must be finite and >= 0" in msg and "Use 0" in msg
+    parse_args(["--method", "kd,crd", "--method_weights", "1,0", "--ce_weight", "0"])  # 0 switches a term off
+
+
+def test_the_objective_itself_refuses_a_negative_weight():
+    with pytest.raises(ValueError, match="^the weight of kd is -1: loss weights must be finite and >= 0"):
+        DistillationObjective({"kd": instantiate("kd")}, {"kd": -1.0})
+    with pytest.raises(ValueError, match="^--ce_weight is -0.5"):
+        DistillationObjective.from_names("kd", ce_weight=-0.5)

@@ -1,7 +1,6 @@
 import math
 
 import pytest
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 
@@ -217,7 +216,7 @@ def test_skd_training_steps_decrease_the_loss(batch):
 
 
 def test_skd_parts_are_optimized_and_checkpointed_by_the_trainer(tmp_path, subset_train):
-    from hf_distill.trainer import DISTILL_STATE_NAME
+    from hf_distill.checkpoints import method_state
     from tests.helpers import timm_model
 
     tr = train_split(subset_train, 32)
@@ -237,7 +236,7 @@ def test_skd_parts_are_optimized_and_checkpointed_by_the_trainer(tmp_path, subse
     opt_ids = {id(p) for g in t.optimizer.param_groups for p in g["params"]}
     assert {id(p) for p in skd.simplifier.parameters()} <= opt_ids
     assert skd.simplifier.gate.item() != pytest.approx(0.1)
-    state = safetensors.torch.load_file(str(tmp_path / "out" / "checkpoint-2" / DISTILL_STATE_NAME))
+    state = method_state(str(tmp_path / "out" / "checkpoint-2"))
     for n, p in skd.simplifier.named_parameters():
         assert torch.equal(state[f"objective.methods.skd.simplifier.{n}"], p.detach()), n
     logs = [h for h in t.state.log_history if "loss" in h]
