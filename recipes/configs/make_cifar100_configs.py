@@ -236,22 +236,27 @@ def all_files() -> dict[Path, str]:
     return files
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def write_or_check(files: dict[Path, str], out: Path, description: str) -> None:
+    """The generators' command line: write ``files`` under ``out``, or with ``--check`` only compare them with the
+    files on disk (exit status 1 listing what is out of date or left over)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--check", action="store_true", help="only compare with the committed files")
     args = ap.parse_args()
-    files = all_files()
     if args.check:
-        on_disk = {p for p in OUT.rglob("*.yaml")}
+        on_disk = set(out.rglob("*.yaml"))
         bad = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
         extra = sorted(on_disk - set(files))
         for p in bad + extra:
-            print(f"out of date: {p.relative_to(OUT.parent)}")
+            print(f"out of date: {p.relative_to(out.parent)}")
         raise SystemExit(1 if bad or extra else 0)
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    print(f"wrote {len(files)} configs under {OUT}")
+    print(f"wrote {len(files)} configs under {out}")
+
+
+def main() -> None:
+    write_or_check(all_files(), OUT, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ is ``mobilenetv1_100`` (width 1.0), timm's own re-implementation, which is what 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -132,21 +131,7 @@ def all_files() -> dict[Path, str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="only compare with the committed files")
-    args = ap.parse_args()
-    files = all_files()
-    if args.check:
-        on_disk = set(OUT.rglob("*.yaml"))
-        bad = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
-        extra = sorted(on_disk - set(files))
-        for p in bad + extra:
-            print(f"out of date: {p.relative_to(OUT.parent)}")
-        raise SystemExit(1 if bad or extra else 0)
-    for path, text in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    print(f"wrote {len(files)} configs under {OUT}")
+    cifar100.write_or_check(all_files(), OUT, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":
