@@ -160,9 +160,11 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB" if n >= 1e3 else f"{n} B"
 
 
-def dry_run_report(plan: PushPlan, repo_id: str | None, card: str) -> str:
+def dry_run_report(plan: PushPlan, repo_id: str | None, card: str, unreachable: str | None = None) -> str:
     """The dry run's text: every file with its status and size, the deletions, the scan, the card."""
-    if plan.repo is None:
+    if unreachable is not None:
+        against = f"not compared with {repo_id}: {unreachable}"
+    elif plan.repo is None:
         against = "not compared with the Hub (no --hub_model_id)"
     elif plan.repo.exists:
         against = f"compared with {repo_id} ({len(plan.repo.files)} files there)"
@@ -194,22 +196,25 @@ def _dry_run(args: PushArguments, overrides: dict[str, object]) -> dict[str, obj
     """Complete a copy of the folder (the folder itself is left as it is), report what a push would do."""
     from hf_distill.hub import complete_folder, summary_from_folder
     from hf_distill.hub.publish import plan_push
+    from hf_distill.hub.upload import HubError
 
     with tempfile.TemporaryDirectory(prefix="hf_distill-dry-run-") as tmp:
         copy = os.path.join(tmp, os.path.basename(os.path.normpath(args.output_dir)))
         shutil.copytree(args.output_dir, copy, ignore=_copy_ignore)
         summary = _summary(args, copy, overrides, summary_from_folder)
         complete_folder(summary, copy, dataset_name=args.dataset_name, overwrite_card=args.overwrite_card)
-        plan = plan_push(
-            copy,
-            args.hub_model_id,
-            token=args.token,
-            revision=args.revision,
-            allow_foreign_code=args.allow_foreign_code,
-        )
+        unreachable = None
+        try:
+            plan = plan_push(
+                copy, args.hub_model_id, token=args.token, revision=args.revision,
+                allow_foreign_code=args.allow_foreign_code,
+            )  # fmt: skip
+        except HubError as e:  # offline: what would leave the machine is still known, only not compared
+            unreachable = str(e).split(";")[0]
+            plan = plan_push(copy, None, allow_foreign_code=args.allow_foreign_code)
         plan.folder = args.output_dir
         with open(os.path.join(copy, "README.md"), encoding="utf-8") as f:
-            print(dry_run_report(plan, args.hub_model_id, f.read()))
+            print(dry_run_report(plan, args.hub_model_id, f.read(), unreachable))
     return {"folder": args.output_dir, "repo_id": None, "commit_url": None, "summary": summary, "plan": plan}
 
 

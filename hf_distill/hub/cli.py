@@ -37,6 +37,8 @@ def parse_recipe_args(
         The parsed dataclass.
     """
     logging.basicConfig(format=LOG_FORMAT, level=log_level)
+    # the Hub client logs every retry twice; a failure is reported once, in our own line
+    logging.getLogger("huggingface_hub").setLevel(max(log_level, logging.ERROR))
     if positional is not None:
         argv = list(sys.argv[1:] if argv is None else argv)
         if argv and not argv[0].startswith("-"):

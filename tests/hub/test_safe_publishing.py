@@ -316,6 +316,19 @@ def test_a_push_with_no_network_is_one_line(student_copy, monkeypatch, capsys):
     )
 
 
+def test_the_dry_run_works_offline_and_says_it_could_not_compare(student_copy, monkeypatch, capsys):
+    """What would leave the machine is known without the Hub: listed, with the reason nothing was compared."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    capsys.readouterr()
+    load_recipe("push").main([str(student_copy), "--hub_model_id", "tester/offline", "--dry_run"])
+    out = capsys.readouterr().out
+    assert "not compared with tester/offline: The Hub at http://127.0.0.1:9 could not be reached" in out
+    assert "model.safetensors" in out and "config.json" in out and "--- README.md ---" in out
+
+
 def test_an_interrupted_upload_leaves_the_repository_as_it_was(student_copy, hub, capsys):
     push = load_recipe("push")
     argv = [str(student_copy), "--hub_model_id", "tester/interrupted"]
