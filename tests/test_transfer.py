@@ -238,10 +238,10 @@ def test_a_model_without_a_penultimate_feature_is_one_clear_error(cifar):
         extract_features(torch.nn.Conv2d(3, 3, 1), split.dataset)
 
 
-def test_transfer_commands_in_the_readme_parse(recipe):
+def test_transfer_commands_in_the_docs_parse(recipe):
     from transformers import HfArgumentParser
 
-    readme = (REPO / "README.md").read_text().splitlines()
+    readme = (REPO / "docs" / "transfer.md").read_text().splitlines()
     cmds = [ln.strip() for ln in readme if ln.strip().startswith("python recipes/transfer.py")]
     assert len(cmds) >= 5
     for cmd in cmds:
