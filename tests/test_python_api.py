@@ -96,7 +96,9 @@ def test_the_timm_example_on_a_users_transform_saves_a_timm_folder(tmp_path, mon
     assert got["timm_input_size"] == [3, 32, 32]  # the size it was trained at, not timm's default 224
     summary = json.loads((folder / "distillation_summary.json").read_text())
     assert summary["image_size"] == 32 and summary["label_names"] == CIFAR10  # what the card is written from
-    assert summary["teacher"] == "resnet18"  # a raw timm teacher is named by its architecture, not "(unknown)"
+    assert (
+        summary["teacher"] == "resnet18"
+    )  # a raw timm teacher is named by its architecture, not "(unknown)"
 
 
 @pytest.mark.slow

@@ -51,7 +51,9 @@ def test_a_run_writes_the_transformers_example_files(finished_run):
     assert json.loads((finished_run / "trainer_state.json").read_text())["global_step"] == 24
     assert incomplete_model_folder(str(finished_run)) is None
     card = (finished_run / "README.md").read_text()
-    assert "Preprocessing in training:" in card and "random crop" in card.lower()  # what the data went through
+    assert (
+        "Preprocessing in training:" in card and "random crop" in card.lower()
+    )  # what the data went through
 
 
 @pytest.mark.slow
