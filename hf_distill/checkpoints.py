@@ -6,7 +6,7 @@
   (:func:`is_complete_checkpoint`); upstream's ``_load_from_checkpoint`` reads it back.
 * The export (``save_model()``, the output folder) holds the student alone in Hub format, written by
   :func:`write_student_folder` into a scratch folder and moved in with ``config.json`` last: a folder whose config
-  is missing or does not parse was interrupted (:func:`incomplete_model_folder`).
+  is missing or does not parse was interrupted (:func:`saved_model_problem`).
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def write_student_folder(
 
     Everything is written to ``output_dir/_export.tmp`` first; then the old ``config.json`` is removed, the other
     files are moved in, and ``config.json`` comes last. A kill at any point leaves either the complete new folder or
-    one without a config, which every tool reports as incomplete (:func:`incomplete_model_folder`).
+    one without a config, which evaluate.py and push.py report as incomplete (:func:`saved_model_problem`).
     """
     scratch = os.path.join(output_dir, EXPORT_SCRATCH)
     shutil.rmtree(scratch, ignore_errors=True)  # left by an interrupted export
@@ -179,42 +179,59 @@ def write_student_folder(
     os.rmdir(scratch)
 
 
-def incomplete_model_folder(folder: str) -> str | None:
-    """Why ``folder`` is not a complete saved model (one line), or None when it is.
+#: the weight files ``from_pretrained`` reads, one of which a saved model folder holds
+WEIGHT_FILES = (
+    SAFE_WEIGHTS_NAME,
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
-    A folder with weights but a missing, empty or unreadable ``config.json`` is a save that was interrupted.
+
+def partial_export(folder: str) -> bool:
+    """Whether ``folder`` holds part of a saved model without its ``config.json``: weights, or the scratch folder
+    of an export that was interrupted (:func:`write_student_folder` writes the config last)."""
+    return os.path.isdir(os.path.join(folder, EXPORT_SCRATCH)) or any(
+        os.path.isfile(os.path.join(folder, w)) for w in WEIGHT_FILES
+    )
+
+
+def saved_model_problem(folder: str | os.PathLike) -> str | None:
+    """What keeps a saved model folder from loading, or None when it is complete.
+
+    Returns:
+        ``"its config.json is missing"`` (an export cut short before its last file), ``"its config.json is
+        empty"``, ``"its config.json is not a JSON object (cut short?)"``, ``"it has no weights
+        (model.safetensors)"`` or ``"its <weights file> is empty"``.
     """
-    if not os.path.isdir(folder):
-        return f"{folder} is not a folder"
+    folder = str(folder)
     config = os.path.join(folder, CONFIG_NAME)
-    weights = [
-        n for n in os.listdir(folder) if n.endswith((".safetensors", ".bin")) and n != TRAINING_ARGS_NAME
-    ]
+    if not os.path.isfile(config):
+        return f"its {CONFIG_NAME} is missing"
+    if os.path.getsize(config) == 0:
+        return f"its {CONFIG_NAME} is empty"
     if _read_json(config) is None:
-        if weights or os.path.exists(config) or os.path.isdir(os.path.join(folder, EXPORT_SCRATCH)):
-            return (
-                f"{folder} holds an incomplete save ({CONFIG_NAME} is missing or unreadable: the save was "
-                "interrupted). Resume the run with --resume_from_checkpoint true to save it again."
-            )
-        return f"{folder} holds no saved model ({CONFIG_NAME} and weights are missing)"
-    if not weights:
-        return (
-            f"{folder} holds a {CONFIG_NAME} but no weights (*.safetensors): it is not a complete saved model"
-        )
-    return None
+        return f"its {CONFIG_NAME} is not a JSON object (cut short?)"
+    present = [w for w in WEIGHT_FILES if os.path.isfile(os.path.join(folder, w))]
+    if not present:
+        return f"it has no weights ({WEIGHT_FILES[0]})"
+    empty = [w for w in present if os.path.getsize(os.path.join(folder, w)) == 0]
+    return f"its {empty[0]} is empty" if empty else None
 
 
 __all__ = [
+    "WEIGHT_FILES",
     "CheckpointError",
     "EXPORT_SCRATCH",
     "TRAINER_STATE_NAME",
     "check_checkpoint_fits",
     "checkpoints_in",
     "finished_checkpoint",
-    "incomplete_model_folder",
     "is_complete_checkpoint",
     "latest_complete_checkpoint",
     "load_finished_checkpoint",
     "method_state",
+    "partial_export",
+    "saved_model_problem",
     "write_student_folder",
 ]

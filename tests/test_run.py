@@ -11,7 +11,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from hf_distill.checkpoints import incomplete_model_folder
+from hf_distill.checkpoints import saved_model_problem
 from tests.conftest import REPO
 from tests.helpers import recipe_error_line as _fails
 
@@ -49,7 +49,7 @@ def test_a_run_writes_the_transformers_example_files(finished_run):
     results = json.loads((finished_run / "all_results.json").read_text())
     assert results["objective"]["methods"]["kd"]["temperature"] == 4.0 and results["train_segments"] == 1
     assert json.loads((finished_run / "trainer_state.json").read_text())["global_step"] == 24
-    assert incomplete_model_folder(str(finished_run)) is None
+    assert saved_model_problem(str(finished_run)) is None
     card = (finished_run / "README.md").read_text()
     assert (
         "Preprocessing in training:" in card and "random crop" in card.lower()
@@ -88,17 +88,21 @@ def test_resuming_another_folders_checkpoint_into_a_finished_run_is_refused(
 
 
 def test_an_interrupted_export_is_recognised(tmp_path):
+    from hf_distill.hub.loading import IncompleteFolderError, check_saved_model
+
     folder = tmp_path / "m"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"\0" * 16)
     (folder / "config.json").write_text(
         ""
     )  # what kill -9 during the final save could leave before this version
-    assert "incomplete save" in incomplete_model_folder(str(folder))
+    assert "config.json is empty" in saved_model_problem(str(folder))
     os.remove(folder / "config.json")  # what this version's export leaves (the config is written last)
-    assert "incomplete save" in incomplete_model_folder(str(folder))
+    assert "config.json is missing" in saved_model_problem(str(folder))
+    with pytest.raises(IncompleteFolderError, match="incomplete model folder: its config.json is missing"):
+        check_saved_model(folder)  # what evaluate.py and push.py run first
     (folder / "config.json").write_text("{}")
-    assert incomplete_model_folder(str(folder)) is None
+    assert saved_model_problem(str(folder)) is None
 
 
 @pytest.mark.slow

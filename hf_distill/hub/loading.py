@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
+from ..checkpoints import partial_export, saved_model_problem
+
 logger = logging.getLogger(__name__)
-
-
-#: the weight files ``from_pretrained`` reads, one of which a saved model folder holds
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
 
 
 class ModelNotFoundError(ValueError):
@@ -25,33 +17,7 @@ class ModelNotFoundError(ValueError):
 
 
 class IncompleteFolderError(ModelNotFoundError):
-    """A model folder whose save did not finish (an empty ``config.json``, missing or empty weights)."""
-
-
-def saved_model_problem(folder: str | os.PathLike) -> str | None:
-    """What keeps a folder with a ``config.json`` from loading as a saved model, or None.
-
-    Args:
-        folder: the model folder.
-
-    Returns:
-        ``"its config.json is empty"``, ``"it has no weights (model.safetensors)"``, ... or None.
-    """
-    config = os.path.join(str(folder), "config.json")
-    if os.path.getsize(config) == 0:
-        return "its config.json is empty"
-    try:
-        with open(config, encoding="utf-8") as f:
-            ok = isinstance(json.load(f), dict)
-    except ValueError:
-        ok = False
-    if not ok:
-        return "its config.json is not a JSON object (cut short?)"
-    present = [w for w in WEIGHT_FILES if os.path.isfile(os.path.join(str(folder), w))]
-    if not present:
-        return f"it has no weights ({WEIGHT_FILES[0]})"
-    empty = [w for w in present if os.path.getsize(os.path.join(str(folder), w)) == 0]
-    return f"its {empty[0]} is empty" if empty else None
+    """A model folder whose save did not finish (a missing or empty ``config.json``, missing or empty weights)."""
 
 
 def check_saved_model(folder: str | os.PathLike) -> None:
@@ -59,9 +25,9 @@ def check_saved_model(folder: str | os.PathLike) -> None:
 
     Raises:
         ModelNotFoundError: no ``config.json``.
-        IncompleteFolderError: see :func:`saved_model_problem`.
+        IncompleteFolderError: see :func:`hf_distill.checkpoints.saved_model_problem`.
     """
-    if not os.path.isfile(os.path.join(str(folder), "config.json")):
+    if not os.path.isfile(os.path.join(str(folder), "config.json")) and not partial_export(str(folder)):
         raise ModelNotFoundError(
             f"{str(folder)!r} is a folder but not a model folder: it has no config.json."
         )
