@@ -14,25 +14,21 @@ import logging
 import math
 import os
 import pickle
-import random
 import shutil
 import time
 from typing import Any
 
-import numpy as np
-import torch
 from transformers import TrainingArguments
 
 from .baseline import comparison_line, train_or_reuse_baseline
 from .checkpoints import latest_complete_checkpoint
 from .config import DataArguments, DistillArguments, ModelArguments
 from .guards import OutputFolderError, existing_dirs, guarded_output_dir, warn_if_teacher_at_chance
-from .hub.peers import export_peers
-from .hub.reporting import check_report_to
 from .non_finite import NonFiniteLossError
 from .outputs import ALL_RESULTS
 from .pipeline import Run, build_run
 from .run_record import RunRecordCallback, check_resume, resolve_resume, run_signature, whole_run
+from .transforms import preserved_rng
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +61,8 @@ def distill(
     out = training_args.output_dir
     existed = existing_dirs(out)
     check_output_path(out)
+    from .hub.reporting import check_report_to  # the entry point reaches the Hub layer only where it needs it
+
     check_report_to(training_args.report_to)  # a missing logger package is one line, not Trainer's traceback
     resume = resolve_resume(training_args.resume_from_checkpoint, out)
     run = build_run(model_args, data_args, distill_args, training_args, method_kwargs)
@@ -109,21 +107,6 @@ def check_resume_target(resume: str | None, output_dir: str, overwrite: bool) ->
         )
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["random"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _train_and_save(
     run: Run, model_args, data_args, distill_args, training_args, method_kwargs, resume
 ) -> dict:
@@ -135,11 +118,10 @@ def _train_and_save(
     if distill_args.baseline:
         # The baseline trains first and never runs the teacher; the random state is put back afterwards, so the
         # distillation run is exactly the one a run without --baseline makes.
-        state = _rng_state()
-        baseline = train_or_reuse_baseline(
-            model_args, data_args, distill_args, training_args, resuming=resume is not None
-        )
-        _set_rng_state(state)
+        with preserved_rng(cuda=True):
+            baseline = train_or_reuse_baseline(
+                model_args, data_args, distill_args, training_args, resuming=resume is not None
+            )
     objective = trainer.model.objective.describe()
     signature = run_signature(model_args, data_args, distill_args, training_args, objective)
     previous = check_resume(resume, signature, distill_args.resume_ignore_changes) if resume else []
@@ -173,6 +155,8 @@ def _train_and_save(
     _save_results(trainer, results, eval_metrics, objective)
     trainer.summary_fields.update(baseline)
     trainer.save_model()  # the student, its card (with the baseline), and the push with --push_to_hub
+    from .hub.peers import export_peers
+
     peers = export_peers(trainer, out, push=training_args.push_to_hub)  # dml: peer<k>/
     if trainer.is_world_process_zero():
         _print_summary(results, distill_args, minutes, out, peers)

@@ -48,23 +48,34 @@ ZOO_MODEL_TYPE = "hf_distill_cifar"
 
 
 @contextlib.contextmanager
-def seeded_rng(seed: int) -> Iterator[None]:
-    """Seed torch's CPU generator, ``random`` and numpy with ``seed`` for the block, then restore their states.
-
-    CUDA generators are left alone (``torch.manual_seed`` would reseed them too): the training step's own random
-    draws are unchanged by the data pipeline, in the main process as in workers.
-    """
+def preserved_rng(cuda: bool = False) -> Iterator[None]:
+    """Put torch's CPU generator, ``random`` and numpy (with ``cuda``, every CUDA generator too) back as they were
+    before the block, whatever it drew."""
     torch_state = torch.random.default_generator.get_state()
     py_state, np_state = random.getstate(), np.random.get_state()
-    torch.random.default_generator.manual_seed(int(seed))
-    random.seed(int(seed))
-    np.random.seed(int(seed) % 2**32)
+    cuda_states = torch.cuda.get_rng_state_all() if cuda and torch.cuda.is_available() else None
     try:
         yield
     finally:
         torch.random.default_generator.set_state(torch_state)
         random.setstate(py_state)
         np.random.set_state(np_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Seed torch's CPU generator, ``random`` and numpy with ``seed`` for the block, then restore their states.
+
+    CUDA generators are left alone (``torch.manual_seed`` would reseed them too): the training step's own random
+    draws are unchanged by the data pipeline, in the main process as in workers.
+    """
+    with preserved_rng():
+        torch.random.default_generator.manual_seed(int(seed))
+        random.seed(int(seed))
+        np.random.seed(int(seed) % 2**32)
+        yield
 
 
 class CifarTransform:
