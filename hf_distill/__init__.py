@@ -8,17 +8,35 @@ Importing the package makes the CIFAR zoo available the way ``import timm`` make
 __version__ = "0.1.0.dev0"
 
 from .distillation_model import DistillationModel, build_distillation_model  # noqa: E402
-from .hub.callback import HubCallback  # noqa: E402
 from .losses import DistillationLoss, DistillationObjective, register_method  # noqa: E402
 from .models import timm_cifar as _timm_cifar  # noqa: E402, F401  (registers the zoo with timm and the Auto classes)
 from .outputs import DEFAULT_EXPORT_CALLBACKS as _DEFAULT_EXPORT_CALLBACKS  # noqa: E402
+from .outputs import ExportCallback  # noqa: E402
 from .run import distill  # noqa: E402
 from .trainer import DistillationTrainer, NonFiniteLossError  # noqa: E402
 
+
+def _hub_callback() -> ExportCallback:
+    """The Hub layer's callback (card, processor, plots, scanned push), imported when the first trainer is built,
+    so that neither the core nor ``import hf_distill`` loads the Hub layer."""
+    from .hub.callback import HubCallback
+
+    return HubCallback()
+
+
 # The package is the layer above the core and the Hub layer: it attaches the Hub layer to every trainer, so that a
 # final save writes the card and push_to_hub uploads with the Hub layer's checks, without the core importing it.
-if HubCallback not in _DEFAULT_EXPORT_CALLBACKS:
-    _DEFAULT_EXPORT_CALLBACKS.append(HubCallback)
+if not any(getattr(f, "__qualname__", "") == _hub_callback.__qualname__ for f in _DEFAULT_EXPORT_CALLBACKS):
+    _DEFAULT_EXPORT_CALLBACKS.append(_hub_callback)
+
+
+def __getattr__(name: str):
+    if name == "HubCallback":  # public, without loading the Hub layer at import
+        from .hub.callback import HubCallback
+
+        return HubCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DistillationLoss",

@@ -3,11 +3,12 @@
 The library core (trainer, models, losses, data) writes the student and these files; the Hub layer
 (:mod:`hf_distill.hub`) adds the model card, the processor, plots and Eval Results, and pushes. The core never
 imports the Hub layer: the Hub layer subclasses :class:`ExportCallback`, and the package's ``__init__`` registers
-it as a default callback of every ``DistillationTrainer`` (see :data:`DEFAULT_EXPORT_CALLBACKS`).
+a factory of it as a default callback of every ``DistillationTrainer`` (see :data:`DEFAULT_EXPORT_CALLBACKS`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from transformers import TrainerCallback
@@ -42,7 +43,7 @@ class ExportCallback(TrainerCallback):
 
 
 #: factories of the callbacks every DistillationTrainer attaches (filled by ``hf_distill/__init__.py``)
-DEFAULT_EXPORT_CALLBACKS: list[type[ExportCallback]] = []
+DEFAULT_EXPORT_CALLBACKS: list[Callable[[], ExportCallback]] = []
 
 
 __all__ = [
