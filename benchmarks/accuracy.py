@@ -50,12 +50,12 @@ if str(REPO) not in sys.path:  # run as a script: the repository's hf_distill an
 import torch  # noqa: E402
 
 import hf_distill  # noqa: E402
-from hf_distill.baseline import build_baseline, train_and_evaluate  # noqa: E402
-from hf_distill.cli import LOG_FORMAT, exit_on_bad_input  # noqa: E402
-from hf_distill.config import parse_args  # noqa: E402
-from hf_distill.losses import METHODS, PRESETS, resolve_objective  # noqa: E402
-from hf_distill.pipeline import build_run  # noqa: E402
-from hf_distill.teacher_cache import TeacherCache  # noqa: E402
+from hf_distill.console import LOG_FORMAT, exit_on_bad_input  # noqa: E402
+from hf_distill.methods import METHODS, PRESETS, resolve_objective  # noqa: E402
+from hf_distill.run.baseline import build_baseline, train_and_evaluate  # noqa: E402
+from hf_distill.run.build import build_run  # noqa: E402
+from hf_distill.run.config import parse_args  # noqa: E402
+from hf_distill.training.teacher_cache import TeacherCache  # noqa: E402
 
 #: bump when the runner changes results (with ``hf_distill.__version__``: the rows' code version)
 BENCH_REVISION = 1
@@ -66,7 +66,7 @@ PAPER_EPOCHS = 240
 #: method hyperparameters counted in epochs, scaled with the budget
 EPOCH_HYPERPARAMETERS = ("init_epochs", "warmup_epochs")
 #: the run order of a full job: the baseline, then the methods most asked about, then the rest
-FIRST_METHODS = ("none", "kd", "dkd", "crd_kd", "icd_kd", "cskd", "skd", "ie_kd")
+FIRST_METHODS = ("none", "kd", "dkd", "crd_kd", "icd_kd", "cskd", "skd", "iekd_kd")
 DEFAULT_SEEDS = (0, 1, 2)
 #: training arguments a method's own documentation prescribes, given to its runs in both modes and recorded in their
 #: rows: mutual learning clips the norm of all networks together, which cost DML 3-6 points at the default limit of 1

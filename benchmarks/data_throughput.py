@@ -9,7 +9,7 @@ Data: parquet shards of JPEG images written by the script: the CIFAR-10 images o
 present (else assets/cifar10-1k) upsampled to 224 px (bicubic) and JPEG-encoded at quality 90, as an ImageNet-like
 row is read (one JPEG per row). Each worker is one process doing what a dataloader worker does for a row: read the
 row from the parquet shards, decode the JPEG, apply the student's training transform (the timm pipeline of resnet18,
-``hf_distill.transforms.model_pipeline``: RandomResizedCrop 224, flip, colour jitter, normalize), seeded per row.
+``hf_distill.data.transforms.model_pipeline``: RandomResizedCrop 224, flip, colour jitter, normalize), seeded per row.
 It is measured in this process on one thread, one worker's worth; ``--dataloader_num_workers N`` gives about N
 times as much while N cores are free.
 
@@ -41,11 +41,11 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from hf_distill.data import _mix
-from hf_distill.losses.kd import kd_loss
+from hf_distill.data.datasets import _mix
+from hf_distill.data.transforms import model_pipeline
+from hf_distill.methods.kd import kd_loss
 from hf_distill.models.loading import load_model
-from hf_distill.threads import apply_thread_policy
-from hf_distill.transforms import model_pipeline
+from hf_distill.run.threads import apply_thread_policy
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10" / "train.parquet"

@@ -41,7 +41,7 @@ from transformers import PrinterCallback, TrainerCallback, TrainingArguments  # 
 
 from benchmarks import throughput  # noqa: E402
 from hf_distill import DistillationTrainer  # noqa: E402
-from hf_distill.losses import DistillationObjective  # noqa: E402
+from hf_distill.methods import DistillationObjective  # noqa: E402
 
 PAIR = "resnet32x4-resnet8x4"
 METHODS = ("kd", "dkd", "crd", "reviewkd", "ofd")

@@ -22,11 +22,11 @@ import torch
 from transformers import PrinterCallback, TrainerCallback, TrainingArguments
 
 from hf_distill import DistillationTrainer
-from hf_distill.data import load_image_dataset, prepare_split
-from hf_distill.losses import METHODS, PRESETS, DistillationObjective
+from hf_distill.data.datasets import load_image_dataset, prepare_split
+from hf_distill.methods import METHODS, PRESETS, DistillationObjective
 from hf_distill.models.loading import load_model
 from hf_distill.models.normalization import input_spec
-from hf_distill.mutual import prepare_peers
+from hf_distill.training.mutual import prepare_peers
 
 REPO = Path(__file__).resolve().parents[1]
 INIT_STAGE_ARGS = {"init_epochs": 0.1}  # a few steps: enough to exercise the stage

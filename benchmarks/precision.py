@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from hf_distill.data import collate, load_image_dataset, prepare_split
-from hf_distill.losses import METHODS, DataInfo, DistillationObjective, StepInfo
+from hf_distill.data.datasets import collate, load_image_dataset, prepare_split
+from hf_distill.methods import METHODS, DataInfo, DistillationObjective, StepInfo
 from hf_distill.models.loading import load_model
 from hf_distill.models.normalization import TeacherInput, input_spec
-from hf_distill.mutual import prepare_peers
-from hf_distill.trainer import build_distillation_model
+from hf_distill.training.mutual import prepare_peers
+from hf_distill.training.trainer import build_distillation_model
 
 REPO = Path(__file__).resolve().parents[1]
 # methods whose main-stage term is 0 by default (RepDistiller) are measured with the term switched on

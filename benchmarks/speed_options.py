@@ -43,7 +43,7 @@ from benchmarks.throughput import (  # noqa: E402
     load_pair,
     summarize,
 )
-from hf_distill.data import collate  # noqa: E402
+from hf_distill.data.datasets import collate  # noqa: E402
 
 OPTIONS = [f.name for f in fields(Options)]
 

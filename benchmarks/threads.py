@@ -10,7 +10,7 @@ The step is the default run's configuration (resnet56 teacher -> resnet20 studen
 cross-entropy, SGD step (KD's step costs 1.02x it there). For each number of busy processes (single-threaded Python
 loops that this benchmark starts and stops) and each ``OMP_WAIT_POLICY`` (OpenMP reads it when torch is imported, so
 each gets a fresh worker process): the worker decides the policy's thread count
-(:func:`hf_distill.threads.choose_thread_policy`, with the busy processes running), then times steps with 1 thread,
+(:func:`hf_distill.run.threads.choose_thread_policy`, with the busy processes running), then times steps with 1 thread,
 torch's default count and the policy's count in turn (ABAB: the machine's other load hits them alike). Reported: the
 median step time of each count after the warm-up, the interquartile spread, the load average around the worker, and
 before (torch's default) / after (the policy) with their ratio.
@@ -42,8 +42,8 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
 
     from benchmarks.throughput import Limit, Options, SyntheticRows, load_pair, summarize
-    from hf_distill.data import collate
-    from hf_distill.threads import choose_thread_policy
+    from hf_distill.data.datasets import collate
+    from hf_distill.run.threads import choose_thread_policy
 
     default = torch.get_num_threads()
     policy = choose_thread_policy(device="cpu")

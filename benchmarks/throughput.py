@@ -43,11 +43,11 @@ from torch import Tensor, nn
 from transformers import PrinterCallback, TrainerCallback, TrainingArguments
 
 from hf_distill import DistillationTrainer
-from hf_distill.data import collate
-from hf_distill.losses import METHODS, PRESETS, DistillationObjective
+from hf_distill.data.datasets import collate
+from hf_distill.methods import METHODS, PRESETS, DistillationObjective
 from hf_distill.models.loading import load_model
 from hf_distill.models.normalization import TeacherInput, input_spec
-from hf_distill.mutual import MUTUAL
+from hf_distill.training.mutual import MUTUAL
 
 NUM_CLASSES = 100
 TRAIN_ROWS = 50_000

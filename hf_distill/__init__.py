@@ -7,13 +7,17 @@ Importing the package makes the CIFAR zoo available the way ``import timm`` make
 
 __version__ = "0.1.0.dev0"
 
-from .distillation_model import DistillationModel, build_distillation_model  # noqa: E402
-from .losses import DistillationLoss, DistillationObjective, register_method  # noqa: E402
+from . import _moved  # noqa: E402
+
+_moved.install()  # old module paths (hf_distill.trainer, hf_distill.losses, ...) keep importing, with a warning
+
+from .methods import DistillationMethod, DistillationObjective, register_method  # noqa: E402
 from .models import timm_cifar as _timm_cifar  # noqa: E402, F401  (registers the zoo with timm and the Auto classes)
-from .outputs import DEFAULT_EXPORT_CALLBACKS as _DEFAULT_EXPORT_CALLBACKS  # noqa: E402
-from .outputs import ExportCallback  # noqa: E402
-from .run import distill  # noqa: E402
-from .trainer import DistillationTrainer, NonFiniteLossError  # noqa: E402
+from .run.lifecycle import distill  # noqa: E402
+from .training.distillation_model import DistillationModel, build_distillation_model  # noqa: E402
+from .training.outputs import DEFAULT_EXPORT_CALLBACKS as _DEFAULT_EXPORT_CALLBACKS  # noqa: E402
+from .training.outputs import ExportCallback  # noqa: E402
+from .training.trainer import DistillationTrainer, NonFiniteLossError  # noqa: E402
 
 
 def _hub_callback() -> ExportCallback:
@@ -31,6 +35,9 @@ if not any(getattr(f, "__qualname__", "") == _hub_callback.__qualname__ for f in
 
 
 def __getattr__(name: str):
+    if name == "DistillationLoss":  # the base class's name before 0.1.0.dev0
+        _moved.warn_moved("hf_distill.DistillationLoss", "hf_distill.DistillationMethod")
+        return DistillationMethod
     if name == "HubCallback":  # public, without loading the Hub layer at import
         from .hub.callback import HubCallback
 
@@ -39,7 +46,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "DistillationLoss",
+    "DistillationMethod",
     "DistillationModel",
     "DistillationObjective",
     "DistillationTrainer",

@@ -1,6 +1,6 @@
 """The types shared by the models (which produce features) and the distillation methods (which consume them).
 
-Neutral ground between :mod:`hf_distill.models` and :mod:`hf_distill.losses`: the models' feature taps
+Neutral ground between :mod:`hf_distill.models` and :mod:`hf_distill.methods`: the models' feature taps
 (:mod:`hf_distill.models.taps`) fill :class:`Features` as asked by a :class:`FeatureNeeds`; the methods declare
 :class:`FeatureNeeds` and build their parts from a :class:`FeatureSpec`. Models never import losses.
 """

@@ -6,7 +6,7 @@
     python recipes/distill.py --baseline           # also train the student alone (no teacher) and print the gain
     accelerate launch recipes/distill.py --config recipes/configs/cifar100/kd/resnet56_resnet20.yaml
 
-Arguments: the fields of ModelArguments, DataArguments, DistillArguments (hf_distill/config.py) and
+Arguments: the fields of ModelArguments, DataArguments, DistillArguments (hf_distill/run/config.py) and
 transformers.TrainingArguments; method hyperparameters as --<method>-<name> VALUE (e.g. --kd-temperature 2);
 any of them in a YAML/JSON file given with --config. Run with --help for the full list.
 """
@@ -26,8 +26,8 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 
 from hf_distill import distill  # noqa: E402
-from hf_distill.cli import exit_on_bad_input, process_log_level, setup_logging  # noqa: E402
-from hf_distill.config import parse_args  # noqa: E402
+from hf_distill.console import exit_on_bad_input, process_log_level, setup_logging  # noqa: E402
+from hf_distill.run.config import parse_args  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "assets"

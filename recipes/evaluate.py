@@ -64,7 +64,7 @@ class EvaluateArguments:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Parse arguments, evaluate, print a table; return ``{"accuracy": ..., "top5_accuracy": ...}``."""
-    from hf_distill.hub.cli import exit_on_bad_input, parse_recipe_args
+    from hf_distill.hub.recipe_args import exit_on_bad_input, parse_recipe_args
 
     args = parse_recipe_args(EvaluateArguments, argv)
     from hf_distill.hub.evaluation import evaluate_model, update_model_card

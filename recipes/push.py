@@ -136,7 +136,7 @@ def _overrides(args: PushArguments) -> dict[str, object]:
 
 
 def _check_arguments(args: PushArguments) -> None:
-    from hf_distill.hub.loading import check_saved_model
+    from hf_distill.hub.classifier import check_saved_model
     from hf_distill.hub.privacy import looks_local
 
     if not os.path.isdir(args.output_dir):
@@ -227,7 +227,7 @@ def _summary(args: PushArguments, folder: str, overrides: dict[str, object], sum
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     """Complete the folder, push it; return ``{"folder", "repo_id", "commit_url", "summary"}``."""
-    from hf_distill.hub.cli import exit_on_bad_input, parse_recipe_args
+    from hf_distill.hub.recipe_args import exit_on_bad_input, parse_recipe_args
 
     args = parse_recipe_args(PushArguments, argv, positional="output_dir")
     from hf_distill.hub import complete_folder, push_folder, summary_from_folder

@@ -74,7 +74,7 @@ class TransferArguments:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Parse arguments, run the transfer, print a table; return ``{"accuracy": ..., ["top5_accuracy": ...]}``."""
-    from hf_distill.hub.cli import exit_on_bad_input, parse_recipe_args
+    from hf_distill.hub.recipe_args import exit_on_bad_input, parse_recipe_args
 
     args = parse_recipe_args(TransferArguments, argv)
     from hf_distill import transfer

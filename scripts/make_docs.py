@@ -7,7 +7,7 @@
 A generated part is the text between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` in a markdown file; the
 text around the markers is hand-written and never touched. :data:`BLOCKS` lists them all with what renders each:
 the methods table from the method registry, the other tables from the committed results under
-``benchmarks/results/``. ``tests/test_docs.py`` runs ``--check``. The bar chart
+``benchmarks/results/``. ``tests/docs/test_docs.py`` runs ``--check``. The bar chart
 (``benchmarks/results/cifar10.png``) is redrawn by a write but not compared by ``--check``: its bytes depend on the
 installed matplotlib and fonts.
 """
@@ -28,7 +28,7 @@ if str(REPO) not in sys.path:
 
 
 def methods_table() -> str:
-    from hf_distill.losses.table import markdown
+    from hf_distill.methods.table import markdown
 
     return markdown()
 
@@ -59,7 +59,7 @@ def speed_options_table() -> str:
 
 
 def teacher_cache_table() -> str:
-    """``benchmarks/teacher_cache.py``'s committed run (``--json``): epoch times with and without the cache."""
+    """``benchmarks/teacher_cache_speed.py``'s committed run (``--json``): epoch times with and without the cache."""
     result = json.loads((RESULTS / "teacher_cache.json").read_text())
     rows = result["results"]
     sizes = ", ".join(f"{n:,}" for n in sorted({r["rows"] for r in rows}))
@@ -93,7 +93,7 @@ class Block:
 
 
 BLOCKS = (
-    Block("README.md", "methods-table", methods_table, "the method registry (hf_distill.losses.table)"),
+    Block("README.md", "methods-table", methods_table, "the method registry (hf_distill.methods.table)"),
     Block(
         "docs/results.md", "default-run-table", default_run_table, "benchmarks/results/cifar10-short.jsonl"
     ),

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
-from hf_distill.losses import DistillationLoss, FeatureNeeds, InitStage, MethodNeeds, register_method
-from hf_distill.losses.registry import METHODS
+from hf_distill.methods import DistillationMethod, FeatureNeeds, InitStage, MethodNeeds, register_method
+from hf_distill.methods.registry import METHODS
 from hf_distill.models.normalization import InputSpec
 
 CIFAR_SPEC = InputSpec((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261), 32)
@@ -36,7 +36,7 @@ def smooth_model(num_labels: int = 10, seed: int = 0) -> TimmWrapperForImageClas
     return TimmWrapperForImageClassification(cfg)
 
 
-class StatefulProbe(DistillationLoss):
+class StatefulProbe(DistillationMethod):
     """Has a trainable head and a buffer that the loss depends on: what a resume must restore exactly."""
 
     def __init__(self, momentum: float = 0.5) -> None:
@@ -78,7 +78,7 @@ PROBES = {"test_probe": StatefulProbe, "test_init_probe": InitStageProbe}
 
 
 @contextlib.contextmanager
-def registered_methods(methods: dict[str, type[DistillationLoss]]) -> Iterator[None]:
+def registered_methods(methods: dict[str, type[DistillationMethod]]) -> Iterator[None]:
     """Register ``methods`` for the duration of the block, then leave the registry as it was."""
     added = [n for n in methods if n not in METHODS]
     for n in added:
@@ -93,7 +93,7 @@ def registered_methods(methods: dict[str, type[DistillationLoss]]) -> Iterator[N
 def tiny_splits(subset_train, subset_test, n_eval: int = 32):
     """The small prepared (train, eval) pair the trainer-level tests share: 64 augmented training rows of the
     embedded subset and ``n_eval`` test rows, at the CIFAR normalization."""
-    from hf_distill.data import prepare_split
+    from hf_distill.data.datasets import prepare_split
 
     tr = prepare_split(subset_train, CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, True, max_samples=64)
     te = prepare_split(subset_test, CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, False, max_samples=n_eval)

@@ -48,7 +48,7 @@ def test_models_never_import_losses():
         str(p.relative_to(REPO)): m
         for p in sorted((PACKAGE / "models").rglob("*.py"))
         for m in _imported_modules(p)
-        if m == "hf_distill.losses" or m.startswith("hf_distill.losses.")
+        if m == "hf_distill.methods" or m.startswith("hf_distill.methods.")
     }
     assert not offenders, offenders
 
@@ -83,8 +83,8 @@ def test_the_length_rule_reads_only_the_first_paragraph(tmp_path):
 
 def test_shared_types_have_one_home_and_the_old_imports_still_work():
     from hf_distill import features
-    from hf_distill.losses import FeatureNeeds, Features, FeatureSpec
-    from hf_distill.losses.base import Features as BaseFeatures
+    from hf_distill.methods import FeatureNeeds, Features, FeatureSpec
+    from hf_distill.methods.base import Features as BaseFeatures
     from hf_distill.models import taps
 
     assert (Features, FeatureSpec, FeatureNeeds) == (
@@ -131,7 +131,12 @@ def test_the_repository_guard_sees_new_files_but_not_the_runs_own(tmp_path):
 
 
 #: the application layer above the core: the package's front door, the run entry point, the Hub layer and transfer
-ABOVE_THE_CORE = ("hf_distill/__init__.py", "hf_distill/run.py", "hf_distill/hub/", "hf_distill/transfer/")
+ABOVE_THE_CORE = (
+    "hf_distill/__init__.py",
+    "hf_distill/run/lifecycle.py",
+    "hf_distill/hub/",
+    "hf_distill/transfer/",
+)
 
 
 def _module_name(path) -> str:
@@ -205,3 +210,67 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_no_import_cycle_in_the_package():
     cycles = _cycles(_import_graph())
     assert not cycles, cycles
+
+
+#: the core, layer by layer: each group may import only the groups after it (and the neutral top-level modules)
+LAYERS = ("hf_distill.training", "hf_distill.methods", "hf_distill.data", "hf_distill.models")
+ABOVE = ("hf_distill.run", "hf_distill.hub", "hf_distill.transfer")
+
+
+def _group(module: str) -> str | None:
+    return next((g for g in LAYERS + ABOVE if module == g or module.startswith(g + ".")), None)
+
+
+def test_the_package_is_grouped_by_layer_and_arrows_point_down():
+    """training -> methods -> data -> models (models never import methods: the test above), and none of them imports
+    run/, hub/ or transfer/, the layers above the core."""
+    allowed = {g: set(LAYERS[i + 1 :]) for i, g in enumerate(LAYERS)}
+    allowed["hf_distill.methods"].discard(
+        "hf_distill.models"
+    )  # methods see models' features only via features.py
+    allowed["hf_distill.methods"].add("hf_distill.models")  # (taps' probe helpers are read by maps.py)
+    offenders = []
+    for module, targets in _import_graph().items():
+        here = _group(module)
+        if here not in LAYERS:
+            continue
+        for t in targets:
+            there = _group(t)
+            if there is None or there == here:
+                continue
+            if there in ABOVE or there not in allowed[here]:
+                offenders.append(f"{module} -> {t}")
+    assert not offenders, offenders
+
+
+def test_a_module_that_moved_still_imports_from_its_old_path_with_a_warning():
+    code = (
+        "import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
+        "import hf_distill\n"
+        "from hf_distill.training.trainer import DistillationTrainer\n"
+        "try:\n"
+        "    import hf_distill.trainer\n"
+        "except DeprecationWarning as e:\n"
+        "    print(e)\n"
+        "warnings.simplefilter('ignore')\n"
+        "import hf_distill.trainer as old, hf_distill.losses.kd as old_kd, hf_distill.methods.kd as kd\n"
+        "from hf_distill.data import collate\n"
+        "from hf_distill.run import distill\n"
+        "print(old.DistillationTrainer is DistillationTrainer, old_kd is kd, hf_distill.DistillationLoss is "
+        "hf_distill.DistillationMethod, distill is hf_distill.distill)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0] == "hf_distill.trainer moved to hf_distill.training.trainer; import it from there"
+    assert lines[1].split() == ["True"] * 4
+
+
+def test_a_renamed_method_name_still_resolves_with_a_warning():
+    import pytest
+
+    from hf_distill.methods.registry import resolve_objective
+
+    with pytest.warns(FutureWarning, match="ie_kd is now called iekd_kd"):
+        old = resolve_objective("ie_kd")
+    assert old == resolve_objective("iekd_kd")

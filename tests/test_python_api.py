@@ -114,7 +114,7 @@ def test_the_transformers_example_trains_crd_without_an_index_column(tmp_path, m
 
 
 def test_a_users_rows_get_an_index_only_when_a_method_needs_one():
-    from hf_distill.data import IndexedRows, collate
+    from hf_distill.data.datasets import IndexedRows, collate
 
     rows = [{"pixel_values": torch.zeros(3, 4, 4), "labels": i % 2} for i in range(3)]
     assert "index" not in collate(rows)  # KD needs none: a plain user batch collates as it is

@@ -8,8 +8,8 @@ import pickle
 import torch
 from transformers import TrainingArguments
 
-from hf_distill.guards import LOCK_NAME, acquire_lock
 from hf_distill.redact import REDACTED, HiddenToken, hide_token, redact_argv, redact_command, redact_text
+from hf_distill.run.preflight import LOCK_NAME, acquire_lock
 
 TOKEN = "hf_FAKEabcdefghijklmnopqrstuvwxyz0123"
 

@@ -19,7 +19,6 @@ Heavy dependencies (``evaluate``, ``matplotlib``, ``timm``) are imported only by
 
 from .card import CARD_MARKER, build_card, usage_snippet
 from .card_file import CardError, merge_eval_results, read_card, update_card_file
-from .cli import exit_on_bad_input, parse_recipe_args
 from .collect import collect_summary, model_reference, summary_from_folder
 from .evaluation import (
     EvaluationResult,
@@ -51,6 +50,7 @@ from .publish import (
     trainer_model_card,
     write_card,
 )
+from .recipe_args import exit_on_bad_input, parse_recipe_args
 from .summary import SUMMARY_NAME, DistillationSummary, MethodSummary
 from .timm_export import save_timm_folder
 

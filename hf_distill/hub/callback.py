@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..outputs import ExportCallback
+from ..training.outputs import ExportCallback
 from .publish import push_folder, save_hook, trainer_model_card
 from .upload import hub_call, hub_endpoint
 

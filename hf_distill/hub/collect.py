@@ -15,11 +15,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..ensemble import method_class
-from ..labels import label_names
+from ..data.labels import label_names
 from ..models.configuration_cifar import CifarConfig
-from ..mutual import mutual_partners
-from ..outputs import ALL_RESULTS, LEGACY_RESULTS
+from ..training.ensemble import method_class
+from ..training.mutual import mutual_partners
+from ..training.outputs import ALL_RESULTS, LEGACY_RESULTS
 from .environment import framework_versions, hardware
 from .privacy import dataset_reference, public_summary
 from .summary import (
@@ -192,7 +192,7 @@ def training_hyperparameters(
 def _methods(objective: dict[str, Any], classes: dict[str, type] | None = None) -> list[MethodSummary]:
     """The methods of ``objective.describe()``, documented by their classes (default: the registry's)."""
     if classes is None:
-        from ..losses import METHODS
+        from ..methods import METHODS
 
         classes = dict(METHODS)
     out = []

@@ -1,8 +1,8 @@
 """Evaluate a published (or local) student, and write the results into its model card.
 
-The model is loaded the way a Hub user loads it (:mod:`hf_distill.hub.loading`: ``from_pretrained`` on the
+The model is loaded the way a Hub user loads it (:mod:`hf_distill.hub.classifier`: ``from_pretrained`` on the
 downloaded snapshot or the local folder, with its saved image processor), the data goes through hf_distill's own
-evaluation pipeline (:func:`hf_distill.data.prepare_split` with the model's normalization), and the metrics are the
+evaluation pipeline (:func:`hf_distill.data.datasets.prepare_split` with the model's normalization), and the metrics are the
 ``evaluate`` metric scripts shipped with hf_distill (``metrics/accuracy``, ``metrics/top5_accuracy``), loaded by
 path so that nothing is fetched from the Hub. ``evaluate`` is imported only here, and only when a metric is
 needed.
@@ -20,11 +20,17 @@ from typing import Any
 import torch
 from huggingface_hub import EvalResult, ModelCard
 
-from ..data import class_names, collate, load_image_dataset, prepare_split, resolve_columns
-from ..labels import generic_names, label_names
+from ..data.datasets import class_names, collate, load_image_dataset, prepare_split, resolve_columns
+from ..data.labels import generic_names, label_names
 from .card_file import CARD_NAME, CardError, merge_eval_results, parse_card, update_card_file
+from .classifier import (
+    LoadedModel,
+    ModelNotFoundError,
+    classification_pipeline,
+    load_classifier,
+    resolve_model,
+)
 from .eval_files import eval_result_files, write_eval_result_files
-from .loading import LoadedModel, ModelNotFoundError, classification_pipeline, load_classifier, resolve_model
 from .metadata import accuracy_results, dataset_display_name
 from .privacy import looks_local, public_name
 from .processor import model_input_spec
@@ -227,7 +233,7 @@ def _is_local(dataset: Any) -> bool:
 def predict_logits(
     model: Any, dataset: Any, batch_size: int = 64, device: str | None = None
 ) -> tuple[Any, Any]:
-    """Logits and labels of a prepared split (see :func:`hf_distill.data.prepare_split`).
+    """Logits and labels of a prepared split (see :func:`hf_distill.data.datasets.prepare_split`).
 
     Args:
         model: the classifier.
@@ -290,7 +296,7 @@ def evaluate_classifier(
 
     Raises:
         LabelMismatchError: the dataset's classes are not the model's.
-        hf_distill.data.DataError: a dataset that cannot be read or has no image/label column.
+        hf_distill.data.datasets.DataError: a dataset that cannot be read or has no image/label column.
     """
     ds = load_image_dataset(dataset, split) if isinstance(dataset, str) else dataset
     dataset_ref = dataset_ref or _dataset_id(dataset)

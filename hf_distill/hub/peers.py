@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..mutual import _last, _peer_architecture, _peer_history, mutual_method, mutual_partners
+from ..training.mutual import _last, _peer_architecture, _peer_history, mutual_method, mutual_partners
 from .publish import complete_folder, push_folder
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from huggingface_hub import CommitInfo, HfApi
 from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
-from ..checkpoints import saved_model_problem
+from ..training.checkpoints import saved_model_problem
 from .card_file import CARD_NAME
 from .code_check import check_code
 from .collect import CIFAR_MODEL_TYPE

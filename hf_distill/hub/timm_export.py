@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
-from ..labels import label_names
+from ..data.labels import label_names
 from ..models.normalization import InputSpec
 
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi
 
-from ..outputs import TRAINING_ARGS_JSON
+from ..training.outputs import TRAINING_ARGS_JSON
 from .privacy import find_private, is_event_file, public_event_path, scrub_event_file
 
 T = TypeVar("T")

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..cli import exit_on_bad_input
+from ..console import exit_on_bad_input
 from .cifar_common import CIFAR_ARCHITECTURES
 from .modeling_cifar import CifarForImageClassification, create_cifar_model
 from .weights_errors import UNREADABLE_WEIGHTS, unreadable_weights

@@ -73,7 +73,7 @@ def load_model(
         name_or_path: folder, zoo name, timm name or Hub id (see the module docstring).
         num_labels, id2label: the label set; for a pretrained folder whose head has another size, the head is
             re-initialized for a student and kept for a teacher (a teacher's head must be trained; the trainer
-            checks it against the dataset, see :mod:`hf_distill.labels`).
+            checks it against the dataset, see :mod:`hf_distill.data.labels`).
         weights: an extra checkpoint file (``.safetensors``, ``.pt``/``.pth``/``.th``, including the akamaster
             CIFAR-10 ResNets) loaded into the built architecture.
         role: "student" or "teacher", for messages and head handling.

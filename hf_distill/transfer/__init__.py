@@ -7,7 +7,7 @@ Two protocols, as in the CRD and ICD papers' transfer experiments:
   the training split's statistics, and a multinomial logistic regression is fitted on the training split with
   L-BFGS; test top-1/top-5 come from that classifier;
 * **fine-tune**: the whole model with a new head is trained on the new dataset (the
-  :class:`~hf_distill.trainer.DistillationTrainer` with method ``none``), then evaluated.
+  :class:`~hf_distill.training.trainer.DistillationTrainer` with method ``none``), then evaluated.
 
 Images are read at the model's input size and normalization (:func:`hf_distill.hub.processor.model_input_spec`),
 so a CIFAR model probes 32 px images and a 224 px timm model sees them resized. Every model kind that
@@ -15,7 +15,6 @@ so a CIFAR model probes 32 px images and a 224 px timm model sees them resized. 
 ``model-index`` entry (task name ``transfer, linear probe`` or ``transfer, fine-tune``) of the model's card.
 """
 
-from .data import TransferData, load_transfer_data, parse_classes, prepare, select_classes, write_class_subset
 from .finetune import FinetuneConfig, classifier_layer, finetune, set_classifier
 from .probe import (
     LinearProbe,
@@ -34,6 +33,14 @@ from .result import (
     TransferResult,
     card_path,
     write_to_card,
+)
+from .transfer_data import (
+    TransferData,
+    load_transfer_data,
+    parse_classes,
+    prepare,
+    select_classes,
+    write_class_subset,
 )
 
 __all__ = [

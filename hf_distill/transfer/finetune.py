@@ -10,10 +10,10 @@ from transformers import TrainingArguments, set_seed
 
 from ..hub.evaluation import predict_logits
 from ..models.loading import load_model
-from ..trainer import DistillationTrainer
-from .data import TransferData, prepare
+from ..training.trainer import DistillationTrainer
 from .probe import LinearProbe, ProbeConfig, extract_features, fit_linear_probe, model_spec, resolve_device
 from .result import FINETUNE, TransferError, TransferResult, evaluation_of
+from .transfer_data import TransferData, prepare
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def finetune(
 
     The head is the linear probe of the frozen model (``config.head_init="probe"``) or a fresh one (``"random"``:
     new whenever the class count differs from the model's, transformers' ``ignore_mismatched_sizes``). The
-    trainer is :class:`~hf_distill.trainer.DistillationTrainer` with method ``none`` (cross-entropy, the CIFAR
+    trainer is :class:`~hf_distill.training.trainer.DistillationTrainer` with method ``none`` (cross-entropy, the CIFAR
     augmentation, the model's normalization). The fine-tuned model is saved to ``config.output_dir``.
     """
     set_seed(config.seed)

@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import collate
+from ..data.datasets import collate
 from ..features import FeatureNeeds
 from ..hub.processor import model_input_spec
 from ..models.loading import load_model, zoo_architecture
 from ..models.normalization import InputSpec
 from ..models.taps import feature_tap
-from .data import TransferData, prepare
 from .result import LINEAR_PROBE, TransferError, TransferResult, evaluation_of
+from .transfer_data import TransferData, prepare
 
 
 @dataclass(frozen=True)

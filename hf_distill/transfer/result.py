@@ -10,10 +10,10 @@ from huggingface_hub import EvalResult
 from torch import Tensor
 
 from ..hub import EvaluationResult, update_card_file
-from ..metrics import topk_accuracy
+from ..training.metrics import topk_accuracy
 
 if TYPE_CHECKING:
-    from .data import TransferData
+    from .transfer_data import TransferData
 
 LINEAR_PROBE = "linear probe"
 FINETUNE = "fine-tune"

@@ -6,7 +6,7 @@
 
 Unlike top-1 accuracy it needs the class scores (logits or probabilities), one list per sample: a sample counts as
 correct when its reference class is among the ``k`` highest scores. Ties are broken by class index, lowest first,
-the same rule as ``hf_distill.metrics.topk_accuracy`` uses during training.
+the same rule as ``hf_distill.training.metrics.topk_accuracy`` uses during training.
 """
 
 from __future__ import annotations

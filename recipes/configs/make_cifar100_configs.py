@@ -127,14 +127,14 @@ KD_LS_WEIGHT = {("resnet110", "resnet20"): 12.0}
 SMALL_LR_STUDENTS = {"mobilenetv2", "shufflenetv1", "shufflenetv2"}
 # FSP pairs layers of equal channel counts only: not applicable to these pairs (N/A in the benchmark table).
 FSP_NA = {("wrn_40_2", "wrn_40_1")} | set(CROSS)
-# Mutual learning (hf_distill.mutual.MUTUAL) trains the student with peers, not from these teachers: no config.
+# Mutual learning (hf_distill.training.mutual.MUTUAL) trains the student with peers, not from these teachers: no config.
 
 
 def methods() -> list[str]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from hf_distill.losses import METHODS, PRESETS
-    from hf_distill.losses.registry import BASELINE
-    from hf_distill.mutual import MUTUAL
+    from hf_distill.methods import METHODS, PRESETS
+    from hf_distill.methods.registry import BASELINE
+    from hf_distill.training.mutual import MUTUAL
 
     return sorted(m for m in list(METHODS) + list(PRESETS) if m not in MUTUAL) + [BASELINE]
 

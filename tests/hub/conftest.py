@@ -20,7 +20,7 @@ from types import ModuleType
 import pytest
 
 from hf_distill import DistillationTrainer
-from hf_distill.data import prepare_split
+from hf_distill.data.datasets import prepare_split
 from hf_distill.hub import DistillationSummary, complete_folder
 from hf_distill.models.loading import load_model
 from hf_distill.models.normalization import input_spec

@@ -17,7 +17,7 @@ from transformers import (
     TimmWrapperForImageClassification,
 )
 
-from hf_distill.data import collate, prepare_split
+from hf_distill.data.datasets import collate, prepare_split
 from hf_distill.hub import check_folder, model_input_spec
 from tests.helpers import CIFAR_SPEC
 from tests.hub.conftest import load_recipe, model_files, site_without_hf_distill, subprocess_env

@@ -15,7 +15,7 @@ import yaml
 from huggingface_hub import ModelCard
 
 from hf_distill import DistillationTrainer
-from hf_distill.data import prepare_split
+from hf_distill.data.datasets import prepare_split
 from hf_distill.hub import DistillationSummary, PublishError, build_card, push_folder
 from hf_distill.hub.code_check import own_remote_code
 from hf_distill.hub.eval_files import read_eval_result_files

@@ -1,4 +1,4 @@
-"""Run by tests/test_multiprocess.py under `accelerate launch` (several processes): a short distillation, then
+"""Run by tests/recipes/test_multiprocess.py under `accelerate launch` (several processes): a short distillation, then
 every process writes what it ended with, so the test can compare the replicas."""
 
 import hashlib
@@ -8,8 +8,8 @@ import sys
 
 import torch
 
-from hf_distill.config import parse_args
-from hf_distill.pipeline import build_run
+from hf_distill.run.build import build_run
+from hf_distill.run.config import parse_args
 
 
 def digest(t: torch.Tensor) -> str:

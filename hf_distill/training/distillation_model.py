@@ -1,0 +1,261 @@
+"""The module the Trainer trains: the student plus the distillation objective, and how it is built.
+
+:class:`DistillationModel` holds the student and every trainable part of the distillation methods, so the Trainer
+optimizes, Accelerate wraps (DDP, autocast) and checkpoints them together; the teacher stays outside it.
+:func:`build_distillation_model` is the construction step (layer resolution, label-space check, dry run, building
+the methods' parts), public so that benchmarks and tests build exactly what the trainer builds.
+Checkpoints hold this module's whole state in upstream's format (:mod:`hf_distill.training.checkpoints`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import datasets
+import torch
+from torch import Tensor, nn
+
+from ..data.datasets import collate, find_label_column
+from ..data.labels import align_label_spaces, num_labels_of
+from ..features import LOGITS_ONLY, FeatureNeeds, Features, FeatureSpec
+from ..methods import DataInfo, DistillationObjective, StepInfo
+from ..models.batchnorm import batchnorm_affine, batchnorm_before_maps
+from ..models.normalization import TeacherInput, input_spec
+from ..models.taps import FeatureTap, feature_tap
+
+#: the methods' parameters and buffers (heads, memory banks) in a checkpoint, beside the student's weights
+
+
+class DistillationModel(nn.Module):
+    """The student plus the distillation objective (and its trainable parts): the module the Trainer trains.
+
+    Args:
+        student: the network being trained.
+        objective: cross-entropy + weighted distillation methods.
+        student_request: what to extract from the student on a distillation step.
+    """
+
+    # Losses are per-batch means: the Trainer must scale them for gradient accumulation itself.
+    accepts_loss_kwargs = False
+
+    def __init__(
+        self, student: nn.Module, objective: DistillationObjective, student_request: FeatureNeeds
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.objective = objective
+        self.student_request = student_request
+        self.tap: FeatureTap = feature_tap(student)
+        self.register_buffer("init_stage_done", torch.tensor(False))
+        self.phase = "main"
+        # methods that read no teacher (mutual learning) still run on every training step
+        self.teacher_free = bool(objective.methods) and not objective.needs_teacher
+
+    @property
+    def config(self):
+        return getattr(self.student, "config", None)
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        labels: Tensor | None = None,
+        index: Tensor | None = None,
+        teacher_features: Features | None = None,
+        step: StepInfo | None = None,
+    ) -> dict[str, Any]:
+        """Run the student and, on a distillation step, every method.
+
+        Without ``teacher_features`` (evaluation, or ``--method none``) this is plain classification: student
+        logits and, with labels, ``ce_weight * CE``.
+
+        Returns:
+            dict with ``loss`` (when labels are given), ``logits`` and ``loss_terms`` (name -> unweighted term).
+        """
+        if self.phase == "init":
+            return self._init_stage_forward(pixel_values, labels, index, teacher_features, step)
+        if teacher_features is None and self.training and self.teacher_free:
+            teacher_features = Features()
+        distill = teacher_features is not None and labels is not None
+        request = self.student_request if distill else LOGITS_ONLY
+        s = self.tap(self.student, pixel_values, request)
+        out: dict[str, Any] = {"logits": s.logits}
+        if labels is None:
+            return out
+        step = replace(
+            step if step is not None else StepInfo(labels=labels, index=index), pixel_values=pixel_values
+        )
+        # Loss math runs in float32 even under bf16/fp16 autocast: softmax with temperature, cosines and NCE
+        # normalizations are unstable in half precision.
+        with torch.autocast(device_type=pixel_values.device.type, enabled=False):
+            total, terms = self.objective(s.float(), teacher_features.float() if distill else None, step)
+        # Evaluation reports the student's plain cross-entropy, whatever the training weights are.
+        out["loss"] = total if (distill or self.training) else terms["ce"]
+        out["loss_terms"] = terms
+        return out
+
+    def _init_stage_forward(self, pixel_values, labels, index, teacher_features, step) -> dict[str, Any]:
+        train_student = any(
+            self.objective.methods[m].init_stage.train_student for m in self.objective.init_stage_methods()
+        )
+        if not train_student:  # the student only provides features: keep its BN statistics untouched
+            self.student.eval()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and train_student):
+            s = self.tap(self.student, pixel_values, self.student_request)
+        with torch.autocast(device_type=pixel_values.device.type, enabled=False):
+            total, terms = self.objective.init_stage_forward(s.float(), teacher_features.float(), step)
+        return {"loss": total, "logits": s.logits, "loss_terms": terms}
+
+
+@dataclass
+class BuiltDistillation:
+    """What :func:`build_distillation_model` returns.
+
+    Attributes:
+        container: the student and the built objective in one module (what the Trainer optimizes).
+        teacher_tap: extracts the teacher's features (``None`` without a teacher).
+        teacher_request: what to extract from the teacher on each step.
+        data_info: the training set's facts the methods were built with.
+        teacher_label_order: ``teacher_logits[:, order]`` are in the student's class order (None: already are).
+    """
+
+    container: DistillationModel
+    teacher_tap: FeatureTap | None
+    teacher_request: FeatureNeeds
+    data_info: DataInfo
+    teacher_label_order: Tensor | None = None
+
+
+def build_distillation_model(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    objective: DistillationObjective,
+    train_dataset=None,
+    collator: Callable = collate,
+    data_info: DataInfo | None = None,
+    teacher_adapter: TeacherInput | None = None,
+) -> BuiltDistillation:
+    """Resolve the methods' feature layers and build their trainable parts and buffers for a student/teacher pair.
+
+    The label spaces are checked (:func:`~hf_distill.data.labels.align_label_spaces`); the feature layers named by every
+    method are resolved against both networks (a name that matches no layer is a clear error listing the valid
+    ones); the methods' lazily created parts (regressors, heads, memory banks) are then
+    built from the shapes seen in a dry run on two real training samples (or a zero image without a dataset). This is
+    the construction step of :class:`DistillationTrainer`, public so that benchmarks and tests build exactly what the
+    trainer builds.
+
+    Args:
+        student: the student network.
+        teacher: the frozen teacher, or ``None`` for an objective that needs none.
+        objective: the distillation objective (unbuilt).
+        train_dataset: the prepared training set (rows with ``pixel_values``, ``labels``, ``index``).
+        collator: turns a list of rows into a batch.
+        data_info: the training set's size, class count and labels (default: read from ``train_dataset``).
+        teacher_adapter: converts the student's input to the teacher's (default: from both models' own input
+            specs); pass the one training will use so that the probed teacher shapes are the trained ones.
+
+    Returns:
+        A :class:`BuiltDistillation` with the container, the teacher's tap and request, and the data facts.
+    """
+    needs = objective.needs()
+    s_tap = feature_tap(student)
+    t_tap = feature_tap(teacher) if teacher is not None else None
+    objective.resolve_layers(s_tap.names, t_tap.names if t_tap is not None else [])
+    s_req = needs.student.with_maps(objective.student_layer_names())
+    t_req = needs.teacher.with_maps(objective.teacher_layer_names())
+    s_tap.check(s_req, "student")
+    if t_tap is not None and needs.teacher.anything:
+        t_tap.check(t_req, "teacher")
+    label_order = align_label_spaces(student, teacher, train_dataset)
+    info = data_info or _data_info(train_dataset, num_labels_of(student))
+    if needs.index and train_dataset is not None and info.num_samples == 0:
+        raise ValueError("The training set is empty.")
+    if teacher is not None and teacher_adapter is None:
+        teacher_adapter = TeacherInput(input_spec(student), input_spec(teacher))
+    s_spec, t_spec = _probe_shapes(
+        student, teacher, s_tap, t_tap, s_req, t_req, train_dataset, collator, needs, teacher_adapter
+    )
+    objective.build(s_spec, t_spec, info)
+    return BuiltDistillation(DistillationModel(student, objective, s_req), t_tap, t_req, info, label_order)
+
+
+def probe_input(model: nn.Module, train_dataset=None, collator: Callable = collate) -> Tensor:
+    """The batch the dry run sees: two real training samples, or a zero image at the model's input size."""
+    if train_dataset is not None and len(train_dataset) > 0:
+        return collator([train_dataset[i] for i in range(min(2, len(train_dataset)))])["pixel_values"]
+    size = input_spec(model).image_size
+    return torch.zeros(2, 3, size, size)
+
+
+@torch.no_grad()
+def network_spec(
+    net: nn.Module | None, tap: FeatureTap | None, req: FeatureNeeds, xin: Tensor, batchnorm: bool = False
+) -> FeatureSpec:
+    """Run one network once (eval mode, no grad) on ``xin`` and record the shapes of what ``req`` asks for."""
+    if net is None:
+        return FeatureSpec(names=())
+    p = next(net.parameters(), None)
+    was = net.training
+    net.eval()
+    bns = {}
+    try:
+        xin = xin.to(p.device if p is not None else "cpu")
+        if batchnorm:
+            f, bns = batchnorm_before_maps(net, lambda: tap(net, xin, req))
+        else:
+            f = tap(net, xin, req)
+    finally:
+        net.train(was)
+    return FeatureSpec(
+        names=tuple(tap.names),
+        maps={k: tuple(v.shape[1:]) for k, v in f.maps.items()},
+        logits=None if f.logits is None else tuple(f.logits.shape[1:]),
+        embedding=None if f.embedding is None else tuple(f.embedding.shape[1:]),
+        batchnorm={k: batchnorm_affine(bn) for k, bn in bns.items()},
+    )
+
+
+def _probe_shapes(
+    model, teacher, s_tap, t_tap, s_req, t_req, train_dataset, collator, needs, teacher_adapter
+):
+    """Run both networks once (eval mode, no grad) to learn the shapes the methods will see."""
+    x = probe_input(model, train_dataset, collator)
+    s_spec = network_spec(model, s_tap, s_req, x, needs.student.batchnorm)
+    t_spec = FeatureSpec(names=())
+    if teacher is not None and needs.teacher.anything:
+        with torch.no_grad():
+            t_spec = network_spec(teacher, t_tap, t_req, teacher_adapter(x), needs.teacher.batchnorm)
+    return s_spec, t_spec
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _data_info(train_dataset, num_classes: int | None) -> DataInfo:
+    if train_dataset is None:
+        return DataInfo(num_samples=0, num_classes=num_classes or 0)
+    labels = getattr(train_dataset, "labels", None)
+    inner = train_dataset
+    while not isinstance(inner, datasets.Dataset) and getattr(inner, "dataset", None) is not None:
+        inner = inner.dataset  # a wrapper (hf_distill.data.datasets.IndexedRows): the user's dataset inside
+    if not isinstance(labels, torch.Tensor) and isinstance(inner, datasets.Dataset):
+        raw = inner.with_format(None)
+        col = find_label_column(raw.column_names)
+        labels = torch.as_tensor(raw[col], dtype=torch.long) if col is not None else None
+    if not isinstance(labels, torch.Tensor):
+        labels = None
+    return DataInfo(num_samples=len(train_dataset), num_classes=num_classes or 0, labels=labels)
+
+
+__all__ = [
+    "BuiltDistillation",
+    "DistillationModel",
+    "build_distillation_model",
+    "network_spec",
+    "num_labels_of",
+    "probe_input",
+]

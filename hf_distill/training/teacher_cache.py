@@ -1,0 +1,588 @@
+"""An exact cache of the teacher's outputs on disk (``--teacher_cache DIR``), in the spirit of FKD's stored soft
+labels (Shen & Xing, ECCV 2022), but exact: a run that reads it trains the same student as a run that does not. The
+file is longer than 500 lines because it is one on-disk format: the key, the signed shards and the reader and writer
+must change together.
+
+A teacher's outputs are a function of the teacher and of its input, and the training input is a function of the
+image and its augmentation, which :class:`~hf_distill.data.datasets.ImageClassificationDataset` seeds by (seed, epoch, row).
+So the outputs of one training epoch are stored under a key made of:
+
+* the teacher: a SHA-256 of its weights and buffers, its class, the input conversion from the student's
+  normalization, the autocast precision, the memory format, the device type and the torch version;
+* the request: which outputs the methods take (logits, embedding, which maps, pre-activation);
+* the data and the transform: the dataset's fingerprint and size, the normalization, size and augmentation;
+* the seed (a directory per key) and the epoch (a directory per epoch), and the row (inside each shard).
+
+Every stored row also carries a 64-bit digest of the exact input pixels it was computed from, compared on every read:
+even a key that failed to capture some change (new augmentation code, another image decoder) is a miss, never a wrong
+output. Anything that does not match is a miss: the teacher runs and its outputs are stored for the next run.
+
+On disk: ``DIR/<key hash>/key.json`` (the key, readable) and ``DIR/<key hash>/epoch-<e>/<signer>-<tag>.safetensors``,
+one shard per flush of one process (every ``flush_rows`` computed rows, at each epoch end, checkpoint and at the end of
+training). A shard is written under a temporary name and renamed; two runs writing the same cache at once only ever
+add whole shards.
+
+Shards are authenticated, not merely checksummed: a cache directory may be shared (a cluster file system), and a
+checksum in the name catches damage but not a deliberate edit whose writer re-hashes the file. Every shard is named by
+its HMAC-SHA256 tag under a per-user secret key kept outside the cache (:func:`signing_key`:
+``~/.cache/hf_distill/cache.key`` or ``$HF_DISTILL_CACHE_KEY``, 32 random bytes created with mode 0600 on first use),
+prefixed by a public id of that key (``<signer>``). On read, a shard of this key whose tag does not verify (truncated,
+corrupted, or edited by anyone without the key) is refused with one warning line, removed, and its rows are computed
+(and stored) again; shards of other keys (another user's) are never read, nor removed. Verifying costs one HMAC over
+each shard when its epoch is loaded, what the SHA-256 of the name cost before. Shards store every output in the precision the teacher
+produced it (float32 unless the run uses bf16/fp16 autocast), intermediate maps included: there is no lossy mode, so
+map-consuming methods are cached too, at their full size (reported in the logs and by :meth:`TeacherCache.report`).
+
+An ensemble of teachers gets one cache per teacher (:class:`EnsembleTeacherCache`), each under the key a run of that
+teacher alone would use: single-teacher runs and ensembles of the same teachers share what they stored.
+
+The rows of the epoch being trained are held in memory (about 20 MB per epoch for CIFAR-100 logits of 50,000 rows;
+maps take much more). Evaluation never uses the cache, and a run without a teacher (``--method none``) never opens it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+import logging
+import os
+import secrets
+import struct
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import Tensor, nn
+from transformers import TrainerCallback
+
+from ..methods import Features
+
+logger = logging.getLogger(__name__)
+
+#: bumped whenever the shard layout changes: caches written by another layout are misses (2: signed shards)
+CACHE_FORMAT = "2"
+#: the environment variable that names the signing key's file (default: ``~/.cache/hf_distill/cache.key``)
+KEY_ENV = "HF_DISTILL_CACHE_KEY"
+KEY_BYTES = 32
+SHARD_SUFFIX = ".safetensors"
+MAP_PREFIX = "map."
+DIGEST = "input_digest"
+INDEX = "index"
+
+
+# -- fingerprints -----------------------------------------------------------------------------------------------
+def tensor_bytes(t: Tensor) -> bytes:
+    """The raw bytes of a tensor in standard (row-major) layout, whatever its dtype and memory format."""
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """SHA-256 of a module's class and of every parameter and buffer (non-persistent ones included, such as an input
+    adapter's normalization): names, dtypes, shapes and values."""
+    h = hashlib.sha256(type(module).__qualname__.encode())
+    for name, t in itertools.chain(module.named_parameters(), module.named_buffers()):
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(tensor_bytes(t))
+    return h.hexdigest()
+
+
+def input_digests(pixel_values: Tensor) -> Tensor:
+    """A 64-bit digest of each row's exact pixel values, as an int64 tensor of shape (B,)."""
+    x = pixel_values.detach().cpu().contiguous()
+    rows = x.reshape(len(x), -1).view(torch.uint8).numpy()
+    return torch.tensor(
+        [
+            int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little", signed=True)
+            for r in rows
+        ],
+        dtype=torch.long,
+    )
+
+
+def dataset_fingerprint(dataset) -> dict[str, str]:
+    """The data and transform parts of the key, from a dataset prepared by :func:`hf_distill.data.datasets.prepare_split`.
+
+    Raises:
+        ValueError: a dataset whose augmentation is not seeded by (seed, epoch, row): its outputs cannot be cached.
+    """
+    raw = getattr(dataset, "ds", None)
+    if not all(hasattr(dataset, a) for a in ("set_epoch", "epoch", "seed")) or not hasattr(
+        raw, "_fingerprint"
+    ):
+        raise ValueError(
+            f"--teacher_cache needs a training set whose augmentation is seeded by (seed, epoch, row), got a "
+            f"{type(dataset).__name__}: prepare it with hf_distill.data.datasets.prepare_split, or drop --teacher_cache."
+        )
+    transform = {
+        "class": type(dataset).__qualname__,
+        "train": bool(dataset.train),
+        "image_size": int(dataset.image_size),
+        "padding": int(getattr(dataset, "padding", 0)),
+        "mean": dataset.mean.flatten().tolist(),
+        "std": dataset.std.flatten().tolist(),
+    }
+    return {
+        "data": f"{raw._fingerprint}|rows={len(dataset)}|columns={dataset.image_column},{dataset.label_column}",
+        "transform": json.dumps(transform, sort_keys=True),
+        "seed": str(int(dataset.seed)),
+    }
+
+
+def precision_of(args, teacher_precision: str = "same") -> str:
+    """What the teacher's outputs are computed in: ``--teacher_precision`` when set, else the run's autocast
+    precision (``TrainingArguments``)."""
+    if teacher_precision != "same":
+        return teacher_precision
+    return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+
+
+# -- the signing key ----------------------------------------------------------------------------------------------
+class CacheKeyError(ValueError):
+    """The teacher cache's signing key cannot be used; the message says how to fix it."""
+
+
+def signing_key_path() -> str:
+    """Where the signing key lives: ``$HF_DISTILL_CACHE_KEY``, else ``hf_distill/cache.key`` under
+    ``$XDG_CACHE_HOME`` (default ``~/.cache``): in the user's own files, never in a (possibly shared) cache dir."""
+    if os.environ.get(KEY_ENV):
+        return os.environ[KEY_ENV]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "hf_distill", "cache.key")
+
+
+def _create_key(path: str) -> None:
+    """Write a new random key, mode 0600, atomically: processes starting together all end up with the first one."""
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(KEY_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # fails if another process made it first: keep theirs
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+
+
+def signing_key(path: str | None = None) -> bytes:
+    """The secret that signs this user's teacher-cache shards (created on first use; see the module docstring).
+
+    Raises:
+        CacheKeyError: the key file is another user's, can be read or written by other users, or is not a key.
+    """
+    path = path or signing_key_path()
+    if not os.path.exists(path):
+        _create_key(path)
+    st = os.stat(path)
+    if (hasattr(os, "getuid") and st.st_uid != os.getuid()) or st.st_mode & 0o077:
+        raise CacheKeyError(
+            f"The teacher-cache key {path} is not private (owner uid {st.st_uid}, mode {st.st_mode & 0o777:o}): "
+            f"anyone who can read it can forge cache shards. Make it yours with mode 600 (chmod 600 {path}), or "
+            "delete it to get a new one (shards signed with the old key are then computed again)."
+        )
+    with open(path, "rb") as f:
+        key = f.read()
+    if len(key) < KEY_BYTES:
+        raise CacheKeyError(
+            f"The teacher-cache key {path} holds {len(key)} bytes, not a key of {KEY_BYTES}: delete it to get a "
+            "new one (shards signed with the old key are then computed again)."
+        )
+    return key
+
+
+def signer_id(key: bytes) -> str:
+    """A public name of a signing key (the prefix of its shards); says nothing about the key itself."""
+    return hashlib.sha256(b"hf_distill teacher cache signer|" + key).hexdigest()[:16]
+
+
+def shard_tag(key: bytes, data: bytes) -> str:
+    """The HMAC-SHA256 of a shard's bytes under ``key``, in hex."""
+    return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+# -- shards -----------------------------------------------------------------------------------------------------
+def shard_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file held in memory."""
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + n]).get("__metadata__", {})
+
+
+def shard_name(key: bytes, data: bytes) -> str:
+    """``<signer>-<tag>.safetensors``: who signed the shard, and its HMAC under that signer's key."""
+    return f"{signer_id(key)}-{shard_tag(key, data)}{SHARD_SUFFIX}"
+
+
+def write_shard(folder: str, tensors: dict[str, Tensor], metadata: dict[str, str], key: bytes) -> int:
+    """Write one shard atomically, named by its signature under ``key`` (:func:`shard_name`); returns its size in
+    bytes."""
+    data = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    os.makedirs(folder, exist_ok=True)
+    final = os.path.join(folder, shard_name(key, data))
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    return len(data)
+
+
+def read_shard(path: str, key_hash: str, epoch: int, key: bytes) -> dict[str, Tensor] | None:
+    """The tensors of a shard, or ``None`` when its name is not its signature under ``key`` (truncated, corrupted
+    or forged) or it belongs to another cache key or epoch."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        if not hmac.compare_digest(shard_name(key, data), os.path.basename(path)):
+            return None
+        meta = shard_metadata(data)
+        tensors = safetensors.torch.load(data)
+    except (OSError, ValueError, struct.error, safetensors.SafetensorError):
+        return None
+    if meta.get("key") != key_hash or meta.get("epoch") != str(epoch) or meta.get("format") != CACHE_FORMAT:
+        return None
+    rows = len(tensors.get(INDEX, ()))
+    if DIGEST not in tensors or any(len(t) != rows for t in tensors.values()):
+        return None
+    return tensors
+
+
+def features_to_tensors(f: Features) -> dict[str, Tensor]:
+    out = {MAP_PREFIX + k: v for k, v in f.maps.items()}
+    for name in ("logits", "embedding"):
+        if getattr(f, name) is not None:
+            out[name] = getattr(f, name)
+    return {k: v.detach().cpu() for k, v in out.items()}
+
+
+def teacher_key(
+    teacher: nn.Module, adapter: nn.Module, request, label_order: Tensor | None
+) -> dict[str, Any]:
+    """The teacher's part of a cache key: its weights, its input conversion, what is requested of it and the class
+    order its stored logits are in (the student's: :mod:`hf_distill.data.labels`)."""
+    return {
+        "teacher": module_fingerprint(teacher),
+        "teacher_input": f"{type(adapter).__qualname__}:{module_fingerprint(adapter)}:"
+        f"{adapter.identity}:{adapter.resize}",
+        "request": json.dumps(asdict(request), sort_keys=True),
+        "label_order": None if label_order is None else label_order.tolist(),
+    }
+
+
+# -- the cache --------------------------------------------------------------------------------------------------
+class TeacherCache:
+    """Teacher outputs of one key (teacher, request, data, transform, seed), per epoch and row, on disk.
+
+    Args:
+        root: the cache directory (shared by any number of keys and runs).
+        key: the key's parts (strings); its SHA-256 names the key's directory.
+        dataset: the training set; its ``epoch`` says which epoch a batch belongs to.
+        channels_last: return 4-d maps in channels-last memory format, as the teacher produces them then.
+        flush_rows: write a shard once this many computed rows are waiting.
+        is_main: log the summaries (one process of a multi-process run).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        key: dict[str, str],
+        dataset,
+        channels_last: bool = False,
+        flush_rows: int = 8192,
+        is_main: bool = True,
+    ) -> None:
+        self.key = dict(key)
+        self.key_hash = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()
+        self.dir = os.path.join(root, self.key_hash[:24])
+        self.dataset = dataset
+        self.num_rows = len(dataset)
+        self.channels_last = channels_last
+        self.flush_rows = flush_rows
+        self.is_main = is_main
+        self.signing_key = signing_key()
+        self.signer = signer_id(self.signing_key)
+        self.read_rows = self.computed_rows = self.written_bytes = self.rejected_shards = 0
+        #: shards signed by other keys (other users of a shared cache dir): never read, never removed
+        self.foreign_shards = 0
+        self._epoch: int | None = None
+        self._pos = torch.full((self.num_rows,), -1, dtype=torch.long)
+        self._stored: dict[str, Tensor] = {}
+        self._pending: list[tuple[int, dict[str, Tensor]]] = []
+        self._write_key_file()
+
+    @classmethod
+    def for_trainer(cls, root: str, trainer) -> TeacherCache | EnsembleTeacherCache | None:
+        """The cache of a :class:`~hf_distill.training.trainer.DistillationTrainer`'s teacher and training set, with its
+        callback (flush at epoch ends, checkpoints and the end of training) added; ``None`` when the run never
+        runs the teacher in training (no teacher, or ``--method none``). An ensemble gets one cache per teacher
+        (:class:`EnsembleTeacherCache`), each under the key a run of that teacher alone would use."""
+        objective = trainer.model.objective
+        if trainer.teacher is None or not objective.needs_teacher:
+            logger.info("--teacher_cache %s is unused: this run never runs a teacher in training.", root)
+            return None
+        args = trainer.args
+        run_key = {
+            "format": CACHE_FORMAT,
+            "precision": precision_of(args, trainer.teacher_precision),
+            "channels_last": str(bool(trainer.channels_last)),
+            "device": args.device.type,
+            "torch": torch.__version__,
+            **dataset_fingerprint(trainer.train_dataset),
+        }
+        ensemble = getattr(trainer, "ensemble", None)
+        if ensemble is None:
+            teachers = [
+                (
+                    trainer.teacher,
+                    trainer.teacher_adapter,
+                    trainer.teacher_request,
+                    trainer.teacher_label_order,
+                )
+            ]
+        else:
+            teachers = list(
+                zip(ensemble.teachers, ensemble.adapters, ensemble.requests, ensemble.label_orders)
+            )
+        caches = []
+        for teacher, adapter, request, label_order in teachers:
+            key = {
+                **run_key,
+                **teacher_key(trainer.accelerator.unwrap_model(teacher), adapter, request, label_order),
+            }
+            cache = cls(
+                root,
+                key,
+                trainer.train_dataset,
+                trainer.channels_last,
+                is_main=trainer.is_world_process_zero(),
+            )
+            if cache.is_main:
+                logger.info("Teacher cache %s (%s)", cache.dir, cache.size_summary())
+            caches.append(cache)
+        trainer.add_callback(TeacherCacheCallback(*caches))
+        return caches[0] if ensemble is None else EnsembleTeacherCache(caches)
+
+    def _write_key_file(self) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        path = os.path.join(self.dir, "key.json")
+        if not os.path.exists(path):
+            tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"hash": self.key_hash, **self.key}, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+
+    def epoch_dir(self, epoch: int) -> str:
+        return os.path.join(self.dir, f"epoch-{epoch:05d}")
+
+    # -- reading -----------------------------------------------------------------------------------------------
+    def _load_epoch(self, epoch: int) -> None:
+        """Index every valid shard of ``epoch``; remove the invalid ones (their rows will be computed again)."""
+        self._epoch = epoch
+        self._pos.fill_(-1)
+        parts: list[dict[str, Tensor]] = []
+        folder = self.epoch_dir(epoch)
+        names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        shards = [n for n in names if n.endswith(SHARD_SUFFIX) and not n.startswith(".")]
+        ours = [n for n in shards if n.startswith(self.signer + "-")]
+        self.foreign_shards += len(shards) - len(ours)
+        for name in ours:
+            path = os.path.join(folder, name)
+            tensors = read_shard(path, self.key_hash, epoch, self.signing_key)
+            if tensors is not None and self._fits(tensors, parts[0] if parts else None):
+                parts.append(tensors)
+                continue
+            self.rejected_shards += 1
+            logger.warning(
+                "Teacher cache: refusing and removing the shard %s: it is not a valid shard signed with your key %s "
+                "(damaged, or edited by someone without the key); its rows will be computed again.",
+                path,
+                signing_key_path(),
+            )
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+        self._stored = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
+        if parts:
+            self._pos[self._stored[INDEX]] = torch.arange(len(self._stored[INDEX]))
+
+    def _fits(self, tensors: dict[str, Tensor], first: dict[str, Tensor] | None) -> bool:
+        """A shard holds rows of this training set and the same outputs as the epoch's other shards."""
+        index = tensors[INDEX]
+        in_range = len(index) > 0 and int(index.min()) >= 0 and int(index.max()) < self.num_rows
+        return in_range and (first is None or set(tensors) == set(first))
+
+    def lookup(self, epoch: int, index: Tensor, digests: Tensor) -> Features | None:
+        """The stored outputs of these rows of ``epoch``, or ``None`` unless every row is stored with the same
+        input digest."""
+        if epoch != self._epoch:
+            self.flush()
+            self._load_epoch(epoch)
+        if not self._stored or int(index.max()) >= self.num_rows:
+            return None
+        pos = self._pos[index]
+        if bool((pos < 0).any()) or not torch.equal(self._stored[DIGEST][pos], digests):
+            return None
+        got = {k: v[pos] for k, v in self._stored.items() if k not in (INDEX, DIGEST)}
+        if self.channels_last:
+            got = {
+                k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
+                for k, v in got.items()
+            }
+        return Features(
+            logits=got.get("logits"),
+            embedding=got.get("embedding"),
+            maps={k[len(MAP_PREFIX) :]: v for k, v in got.items() if k.startswith(MAP_PREFIX)},
+        )
+
+    def features(
+        self,
+        pixel_values: Tensor,
+        index: Tensor,
+        compute: Callable[[], Features],
+        digests: Tensor | None = None,
+    ) -> Features:
+        """The teacher's outputs for a training batch: read from the cache when every row is stored, else
+        ``compute()`` (the teacher's forward) and store its outputs. ``digests``: the batch's
+        :func:`input_digests`, when the caller already has them (each ensemble member's cache sees the same
+        batch)."""
+        epoch = int(self.dataset.epoch)
+        index = index.detach().cpu().long()
+        digests = input_digests(pixel_values) if digests is None else digests
+        cached = self.lookup(epoch, index, digests)
+        if cached is not None:
+            self.read_rows += len(index)
+            device = pixel_values.device
+            return Features(
+                logits=None if cached.logits is None else cached.logits.to(device),
+                embedding=None if cached.embedding is None else cached.embedding.to(device),
+                maps={k: v.to(device) for k, v in cached.maps.items()},
+            )
+        feats = compute()
+        self.computed_rows += len(index)
+        self._pending.append((epoch, {INDEX: index, DIGEST: digests, **features_to_tensors(feats)}))
+        if sum(len(p[INDEX]) for _, p in self._pending) >= self.flush_rows:
+            self.flush()
+        return feats
+
+    # -- writing -----------------------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write the computed rows that are waiting, one shard per epoch."""
+        pending, self._pending = self._pending, []
+        for epoch in sorted({e for e, _ in pending}):
+            rows = [p for e, p in pending if e == epoch]
+            tensors = {k: torch.cat([p[k] for p in rows]) for k in rows[0]}
+            meta = {
+                "format": CACHE_FORMAT,
+                "key": self.key_hash,
+                "epoch": str(epoch),
+                "rows": str(len(tensors[INDEX])),
+            }
+            self.written_bytes += write_shard(self.epoch_dir(epoch), tensors, meta, self.signing_key)
+
+    # -- reporting ---------------------------------------------------------------------------------------------
+    def disk_usage(self) -> dict[int, int]:
+        """Bytes of valid-looking shards on disk, per epoch."""
+        out: dict[int, int] = {}
+        for name in sorted(os.listdir(self.dir)):
+            if name.startswith("epoch-"):
+                folder = os.path.join(self.dir, name)
+                files = [f for f in os.listdir(folder) if f.endswith(SHARD_SUFFIX) and not f.startswith(".")]
+                out[int(name[len("epoch-") :])] = sum(os.path.getsize(os.path.join(folder, f)) for f in files)
+        return out
+
+    def size_summary(self) -> str:
+        usage = self.disk_usage()
+        total = sum(usage.values())
+        per = total / len(usage) if usage else 0
+        return f"{len(usage)} epochs stored, {total / 2**20:.2f} MiB on disk, {per / 2**20:.2f} MiB per epoch"
+
+    def report(self) -> dict[str, Any]:
+        """What this process read and computed, and the key's disk use (for logs and ``distill_results.json``)."""
+        usage = self.disk_usage()
+        return {
+            "teacher_cache_dir": self.dir,
+            "teacher_cache_read_rows": self.read_rows,
+            "teacher_cache_computed_rows": self.computed_rows,
+            "teacher_cache_written_bytes": self.written_bytes,
+            "teacher_cache_rejected_shards": self.rejected_shards,
+            "teacher_cache_epochs_stored": len(usage),
+            "teacher_cache_bytes": sum(usage.values()),
+            "teacher_cache_bytes_per_epoch": round(sum(usage.values()) / len(usage)) if usage else 0,
+        }
+
+
+class EnsembleTeacherCache:
+    """The caches of an ensemble's teachers, one per teacher under the key a run of that teacher alone would use:
+    an ensemble reads what single-teacher runs (or other ensembles) of the same teachers stored, and the other way
+    round. Row counts add up over the teachers (two teachers over 100 rows: 200 rows)."""
+
+    def __init__(self, members: list[TeacherCache]) -> None:
+        self.members = members
+
+    @property
+    def read_rows(self) -> int:
+        return sum(m.read_rows for m in self.members)
+
+    @property
+    def computed_rows(self) -> int:
+        return sum(m.computed_rows for m in self.members)
+
+    def report(self) -> dict[str, Any]:
+        """The members' reports added up; the directories listed, the epochs stored by every member."""
+        reports = [m.report() for m in self.members]
+        out = {k: sum(r[k] for r in reports) for k in reports[0] if k != "teacher_cache_dir"}
+        out["teacher_cache_dir"] = [r["teacher_cache_dir"] for r in reports]
+        out["teacher_cache_epochs_stored"] = min(r["teacher_cache_epochs_stored"] for r in reports)
+        return out
+
+
+class TeacherCacheCallback(TrainerCallback):
+    """Write the waiting rows of :class:`TeacherCache` s (an ensemble's: one per teacher) at each epoch end,
+    checkpoint and at the end of training."""
+
+    def __init__(self, *caches: TeacherCache) -> None:
+        self.caches = caches
+
+    def flush(self) -> None:
+        for cache in self.caches:
+            cache.flush()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.flush()
+        for c in self.caches:
+            if c.is_main:
+                logger.info(
+                    "Teacher cache: %d rows read, %d computed so far; %s",
+                    c.read_rows,
+                    c.computed_rows,
+                    c.size_summary(),
+                )
+
+    def on_save(self, args, state, control, **kwargs):
+        self.flush()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.flush()
+
+
+__all__ = [
+    "CacheKeyError",
+    "EnsembleTeacherCache",
+    "TeacherCache",
+    "TeacherCacheCallback",
+    "dataset_fingerprint",
+    "input_digests",
+    "module_fingerprint",
+    "signing_key",
+    "teacher_key",
+]
