@@ -17,9 +17,13 @@ from torch import Tensor
 #   "stages" -> every map after the stem (RepDistiller's feat[1:-1])
 #   "last"   -> the deepest map (feat[-2])
 #   "all"    -> stem and every stage (feat[:-1])
+#   "auto"   -> the layers paired with the other network's by depth and spatial size (hf_distill.methods.pairing)
 #   an int   -> that position in the list (negative counts from the end)
 #   any other string -> that exact layer name
 MapSelector = str | int
+
+#: the selector of automatic layer pairing (docs/any_pair.md)
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class FeatureNeeds:
         preact: take the maps before their final activation (AB, OFD, ReviewKD's teacher; zoo models support it).
         batchnorm: read the affine parameters of the BatchNorm in front of each map (OFD's margin), into
             ``FeatureSpec.batchnorm``.
+        token_maps: lay transformer tokens (B, N, D) out as (B, D, h, w) maps on their patch grid, the class and
+            register tokens dropped (what the methods that compare maps need; timm ViTs give such maps already).
     """
 
     logits: bool = False
@@ -43,6 +49,7 @@ class FeatureNeeds:
     maps: tuple[MapSelector, ...] = ()
     preact: bool = False
     batchnorm: bool = False
+    token_maps: bool = False
 
     def __or__(self, other: FeatureNeeds) -> FeatureNeeds:
         maps = tuple(dict.fromkeys(self.maps + other.maps))
@@ -52,6 +59,7 @@ class FeatureNeeds:
             maps=maps,
             preact=self.preact or other.preact,
             batchnorm=self.batchnorm or other.batchnorm,
+            token_maps=self.token_maps or other.token_maps,
         )
 
     @property
@@ -109,6 +117,9 @@ class FeatureSpec:
         embedding: shape of the penultimate vector, e.g. ``(64,)``.
         batchnorm: ``(weight, bias)`` (each (C,)) of the BatchNorm in front of every requested map that has one,
             when a method asked for them (``FeatureNeeds.batchnorm``).
+        model: the network's class name, for messages (``"ResNet"``, ``"ViTForImageClassification"``).
+        input_size: (H, W) of the images the network saw on the dry run: a map's stride is this over its size.
+        preact_maps: whether the network can give pre-activation maps (``FeatureNeeds.preact``).
     """
 
     names: tuple[str, ...]
@@ -116,9 +127,20 @@ class FeatureSpec:
     logits: tuple[int, ...] | None = None
     embedding: tuple[int, ...] | None = None
     batchnorm: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    model: str = ""
+    input_size: tuple[int, int] | None = None
+    preact_maps: bool = False
+
+    def describe(self, who: str) -> str:
+        """``"the student (ResNet)"``: how messages name this network."""
+        return f"the {who} ({self.model})" if self.model else f"the {who}"
+
+    def layer(self, who: str, name: str) -> str:
+        """``"the teacher's layer 'layer2' (ResNet)"``: how messages name one of its layers."""
+        return f"the {who}'s layer {name!r}" + (f" ({self.model})" if self.model else "")
 
 
 #: Only the class scores: what evaluation and teacher-accuracy passes ask of a network.
 LOGITS_ONLY = FeatureNeeds(logits=True)
 
-__all__ = ["LOGITS_ONLY", "FeatureNeeds", "FeatureSpec", "Features", "MapSelector"]
+__all__ = ["AUTO", "LOGITS_ONLY", "FeatureNeeds", "FeatureSpec", "Features", "MapSelector"]

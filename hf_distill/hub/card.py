@@ -206,6 +206,11 @@ def template_variables(summary: DistillationSummary, plot_file: str | None = Non
             "summary": m.summary,
             "paper": m.paper,
             "citation": m.citation,
+            "pairing": [
+                f"teacher `{p['teacher']}` {tuple(p['teacher_shape'])} -> student `{p['student']}` "
+                f"{tuple(p['student_shape'])}, connector: {p['connector']}{' (auto)' if p.get('auto') else ''}"
+                for p in m.pairing
+            ],
         }
         for m in summary.methods
     ]

@@ -196,6 +196,7 @@ def _methods(objective: dict[str, Any], classes: dict[str, type] | None = None) 
 
         classes = dict(METHODS)
     out = []
+    pairing = objective.get("pairing") or {}
     for name, info in (objective.get("methods") or {}).items():
         cls = classes.get(name)
         out.append(
@@ -206,6 +207,7 @@ def _methods(objective: dict[str, Any], classes: dict[str, type] | None = None) 
                 summary=getattr(cls, "summary", "") or "",
                 paper=getattr(cls, "paper", "") or "",
                 citation=getattr(cls, "citation", "") or "",
+                pairing=json_safe(pairing.get(name) or []),
             )
         )
     return out

@@ -29,6 +29,9 @@ class MethodSummary:
         summary: one line saying what is matched.
         paper: short reference.
         citation: BibTeX entry.
+        pairing: the (teacher map, student map) pairs it compared, with their connectors, for a method that compares
+            maps (``LayerPair.as_dict()`` each: ``teacher``, ``teacher_shape``, ``student``, ``student_shape``,
+            ``connector``, ``auto``).
     """
 
     name: str
@@ -37,6 +40,7 @@ class MethodSummary:
     summary: str = ""
     paper: str = ""
     citation: str = ""
+    pairing: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

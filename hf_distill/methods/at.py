@@ -95,6 +95,9 @@ class AT(PairedMaps, DistillationMethod):
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
         self.check_maps(student, teacher)
 
+    def pair_connector(self, index: int) -> str:
+        return "none (channel-free attention maps)"
+
     def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
         self.check_maps()
         s = student.map_list(self.student_layer_names)

@@ -23,9 +23,10 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from ..features import FeatureNeeds, Features, FeatureSpec, MapSelector  # noqa: F401  (re-exported: the method API)
+from ..features import AUTO, FeatureNeeds, Features, FeatureSpec, MapSelector  # noqa: F401  (re-exported: the method API)
+from .pairing import LayerPair, describe_module, method_role, resolve_auto
 
-_GROUP_SELECTORS = ("stages", "last", "all")
+_GROUP_SELECTORS = ("stages", "last", "all", AUTO)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,12 @@ def resolve_selectors(
     names = list(names)
     out: list[str] = []
     for sel in selectors:
+        if sel == AUTO:
+            raise ValueError(
+                f"Selector 'auto' pairs the {who}'s layers from the shapes of a dry run of both networks: build the "
+                "method with hf_distill.training.build_distillation_model (the trainer does), which calls "
+                "pair_layers first."
+            )
         if sel == "stages":
             picked = names[1:]
         elif sel == "last":
@@ -181,10 +188,18 @@ class DistillationMethod(nn.Module):
             (flags, configs, ``method_args``) with a ``FutureWarning``.
         legacy_defaults: defaults the old options had (under their current names), filled in when an old name is
             used, so that an old setting keeps its meaning.
+        pair_requirement: what a teacher/student pair needs for this method, as a phrase its build error quotes
+            verbatim (FSP: equal channel counts); empty: the method builds on any pair whose maps it can read. The
+            contract test (``tests/methods/test_contract.py``) accepts a refusal only when it quotes this.
 
     Feature layers are selected by the hyperparameters ``student_layers`` and ``teacher_layers`` (``teacher_layers``
     empty or None: the student's selectors); the resolved layer names are ``student_layer_names`` and
-    ``teacher_layer_names``.
+    ``teacher_layer_names``. The selector ``"auto"`` pairs the layers of any two backbones by depth and spatial size
+    (:meth:`pair_layers`, :mod:`hf_distill.methods.pairing`); a method that compares maps one to one records the
+    pairs it compares, with their connectors, in ``pairing`` (:class:`~hf_distill.methods.pairing.LayerPair`).
+
+    Class attributes for pairing:
+        resize_note: how the method reconciles the spatial sizes of a pair, in words (the pairing log and card).
     """
 
     name: ClassVar[str] = ""
@@ -197,13 +212,15 @@ class DistillationMethod(nn.Module):
     min_batch_size: ClassVar[int] = 1
     renamed_hyperparameters: ClassVar[dict[str, str]] = {}
     legacy_defaults: ClassVar[dict[str, Any]] = {}
+    pair_requirement: ClassVar[str] = ""
+    resize_note: ClassVar[str] = "the larger map average-pooled to the smaller size"
 
     #: set by subclasses that want an initialization stage (an instance attribute so it can be configured).
     init_stage: InitStage | None = None
 
     #: attributes the base class owns; a hyperparameter of the same name would be overwritten by the trainer.
     _RESERVED: ClassVar[frozenset[str]] = frozenset(
-        {"student_layer_names", "teacher_layer_names", "init_stage", "name", "training"}
+        {"student_layer_names", "teacher_layer_names", "init_stage", "name", "training", "pairing"}
     )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -219,6 +236,12 @@ class DistillationMethod(nn.Module):
         super().__init__()
         self.student_layer_names: list[str] = []
         self.teacher_layer_names: list[str] = []
+        #: the (teacher map, student map) pairs the method compares, with their connectors (set by :meth:`build`)
+        self.pairing: list[LayerPair] = []
+        #: the layer names auto pairing chose (student, teacher), set by :meth:`pair_layers`
+        self._auto_layers: tuple[list[str], list[str]] | None = None
+        #: what auto pairing changed beyond the layers (a side read after its activation), for the log
+        self.pairing_notes: list[str] = []
         self._is_set_up = False
 
     # -- declaration -------------------------------------------------------------------------------------------
@@ -226,12 +249,58 @@ class DistillationMethod(nn.Module):
         """What this method reads. Map selectors are resolved by :meth:`resolve_layers`."""
         raise NotImplementedError
 
+    def layer_needs(self) -> MethodNeeds:
+        """The needs whose map selectors this method resolves itself (a wrapper: its own, not its base's)."""
+        return self.needs()
+
+    @property
+    def uses_auto_pairing(self) -> bool:
+        """Whether a selector of this method is ``"auto"`` (:meth:`pair_layers` must run before the layers resolve)."""
+        n = self.layer_needs()
+        return AUTO in n.student.maps or AUTO in n.teacher.maps
+
+    def pair_layers(self, student: FeatureSpec, teacher: FeatureSpec) -> None:
+        """Choose the layers of the ``"auto"`` selectors from the shapes of every offered layer of both networks
+        (a dry run with every layer, tokens laid out as maps); a no-op for a method without ``"auto"``.
+
+        A side whose network gives no pre-activation maps is then read after its activation where the method would
+        read it before (:meth:`fall_back_to_postactivation`), noted in ``pairing_notes``.
+
+        Raises:
+            ValueError: a network without stages, or ``"auto"`` mixed with other selectors on one side.
+        """
+        if not self.uses_auto_pairing:
+            return
+        n = self.layer_needs()
+        role = method_role(self.hyperparameters().get("student_layers"))
+        self._auto_layers = resolve_auto(
+            n.student.maps, n.teacher.maps, student, teacher, role, self.name, resolve_selectors
+        )
+        for side, spec in (("student", student), ("teacher", teacher)):
+            wants = getattr(n, side)
+            if wants.preact and wants.maps and not spec.preact_maps:
+                self.fall_back_to_postactivation(side)
+                self.pairing_notes.append(
+                    f"{side} maps read after their activation ({spec.model or 'the ' + side} gives no pre-activation maps)"
+                )
+
+    def fall_back_to_postactivation(self, side: str) -> None:
+        """Read ``side``'s maps after their activation (auto pairing with a network that gives no pre-activation
+        maps). Methods that read pre-activation maps override this; by default it is refused."""
+        raise ValueError(
+            f"{self.name} reads pre-activation maps, which the {side} cannot give; auto pairing has no fallback for it."
+        )
+
     def resolve_layers(self, student_names: Sequence[str], teacher_names: Sequence[str]) -> None:
         """Resolve this method's map selectors into layer names (``self.student_layer_names``/``teacher_layer_names``).
 
-        Called by the trainer before the dry run; raises a clear error for a layer that does not exist.
+        Called by the trainer before the dry run; raises a clear error for a layer that does not exist. ``"auto"``
+        takes the layers :meth:`pair_layers` chose.
         """
         n = self.needs()
+        if self._auto_layers is not None:
+            self.student_layer_names, self.teacher_layer_names = (list(x) for x in self._auto_layers)
+            return
         self.student_layer_names = resolve_selectors(n.student.maps, student_names, "student")
         self.teacher_layer_names = resolve_selectors(n.teacher.maps, teacher_names, "teacher")
 
@@ -240,10 +309,44 @@ class DistillationMethod(nn.Module):
         """Create trainable parts and buffers from the shapes seen on the dry run. Default: nothing."""
 
     def build(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
-        """Run :meth:`setup` once (the trainer calls this)."""
+        """Run :meth:`setup` once (the trainer calls this), then record :attr:`pairing`."""
         if not self._is_set_up:
             self.setup(student, teacher, data)
             self._is_set_up = True
+            self.pairing = self.layer_pairs(student, teacher)
+
+    def layer_pairs(
+        self,
+        student: FeatureSpec,
+        teacher: FeatureSpec,
+        s_names: Sequence[str] | None = None,
+        t_names: Sequence[str] | None = None,
+    ) -> list[LayerPair]:
+        """The (teacher map, student map) pairs of a method that compares its selected maps one to one (default:
+        ``student_layer_names`` with ``teacher_layer_names``), with their connectors (:meth:`pair_connector`); empty
+        for any other method."""
+        s_names = self.student_layer_names if s_names is None else s_names
+        t_names = self.teacher_layer_names if t_names is None else t_names
+        if not s_names or len(s_names) != len(t_names):
+            return []
+        auto = self._auto_layers is not None
+        out = []
+        for i, (sn, tn) in enumerate(zip(s_names, t_names)):
+            s_shape, t_shape = tuple(student.maps.get(sn, ())), tuple(teacher.maps.get(tn, ()))
+            connector = self.pair_connector(i)
+            if len(s_shape) == 3 and len(t_shape) == 3 and s_shape[1:] != t_shape[1:]:
+                connector += f"; {s_shape[1]}x{s_shape[2]} vs {t_shape[1]}x{t_shape[2]}: {self.resize_note}"
+            out.append(LayerPair(tn, t_shape, sn, s_shape, connector, auto))
+        return out
+
+    def pair_connector(self, index: int) -> str:
+        """What stands between the maps of pair ``index`` (channels), in words. Default: the method's
+        ``connectors[index]`` where it has such a list, else its trainable submodules by name, else ``"none"``."""
+        connectors = getattr(self, "connectors", None)
+        if isinstance(connectors, nn.ModuleList) and index < len(connectors):
+            return describe_module(connectors[index])
+        parts = [n for n, m in self.named_children() if next(m.parameters(), None) is not None]
+        return f"{self.name}'s own parts: {', '.join(parts)}" if parts else "none"
 
     # -- the loss ------------------------------------------------------------------------------------------------
     def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:

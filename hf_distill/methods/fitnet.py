@@ -18,6 +18,7 @@ from .base import (
     StepInfo,
 )
 from .maps import check_conv_maps, parse_layer_pair
+from .pairing import describe_module
 from .registry import register_method
 
 
@@ -115,6 +116,7 @@ class FitNet(DistillationMethod):
     )
     default_weight = 100.0
     default_ce_weight = 1.0
+    resize_note = "the regressor's convolution resamples the student's map to the teacher's size"
     renamed_hyperparameters = {"guided_layer": "student_layers", "hint_layer": "teacher_layers"}
     legacy_defaults = {"teacher_layers": "2"}
 
@@ -155,7 +157,8 @@ class FitNet(DistillationMethod):
 
     def needs(self) -> MethodNeeds:
         return MethodNeeds(
-            student=FeatureNeeds(maps=(self._s_sel,)), teacher=FeatureNeeds(maps=(self._t_sel,))
+            student=FeatureNeeds(maps=(self._s_sel,), token_maps=True),
+            teacher=FeatureNeeds(maps=(self._t_sel,), token_maps=True),
         )
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
@@ -165,6 +168,10 @@ class FitNet(DistillationMethod):
             teacher, [t_name], "teacher", "fitnet", "--fitnet-teacher-layers (default: the student's)"
         )
         self.regressor = HintRegressor(student.maps[s_name], teacher.maps[t_name])
+
+    def pair_connector(self, index: int) -> str:
+        resize = "; bilinear resize to the teacher's size" if self.regressor.resize else ""
+        return f"hint regressor {describe_module(self.regressor)}{resize}"
 
     def _loss(self, student: Features, teacher: Features) -> Tensor:
         (f_s,) = student.map_list(self.student_layer_names)

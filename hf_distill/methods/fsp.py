@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from .ab import CONNECTOR_MODES, paired_connectors
 from .base import DataInfo, Features, FeatureSpec
 from .init_stage_then_ce import InitStageThenCE
 from .maps import PairedMaps, pool_to_common_size, reduce_layers
@@ -74,6 +75,10 @@ def fsp_loss(student_maps: Sequence[Tensor], teacher_maps: Sequence[Tensor]) -> 
     return reduce_layers(terms, "sum")
 
 
+#: ``"none"``: equal channels required (RepDistiller); otherwise AB's connector modes
+FSP_CONNECTORS = ("none", *CONNECTOR_MODES)
+
+
 @register_method("fsp")
 class FSP(PairedMaps, InitStageThenCE):
     """Flow of Solution Procedure: match the Gram matrices between consecutive feature maps.
@@ -90,7 +95,9 @@ class FSP(PairedMaps, InitStageThenCE):
     Requirements: the student's and the teacher's maps must have equal channel counts position by position, since
     their FSP matrices are compared entry by entry (the benchmark table has FSP "N/A" for wrn_40_2 -> wrn_40_1);
     :meth:`setup` raises a clear error naming the layers otherwise. Spatial sizes may differ between the two
-    networks (an FSP matrix has no spatial axes).
+    networks (an FSP matrix has no spatial axes). Our extension for pairs of other widths (KDSVD's): ``connector``
+    ``"auto"`` maps every student map whose channels differ from its teacher map's through a trainable 1x1
+    convolution + BatchNorm (AB's connector) first, ``"always"`` every student map; ``"none"`` (RepDistiller) refuses.
 
     Schedule (RepDistiller ``train_student.py --distill fsp``, ``helper/pretrain.py``): an initialization stage of
     ``init_epochs`` = 30 epochs trains the student with L_FSP alone (no CE); the main stage then trains with CE
@@ -103,6 +110,7 @@ class FSP(PairedMaps, InitStageThenCE):
     Args:
         init_epochs: length of the initialization stage (0: none; then ``main_stage_loss`` must be on).
         main_stage_loss: keep the FSP term in the main stage (RepDistiller: off).
+        connector: "none" (RepDistiller: equal channels required), "auto" or "always" (see above).
         student_layers: map selectors for both networks ("all", "stages", names, positions; comma-separated; >= 2 maps).
         teacher_layers: selectors for the teacher only (empty: same as ``student_layers``).
     """
@@ -115,6 +123,7 @@ class FSP(PairedMaps, InitStageThenCE):
         "Junmo},\n  booktitle={IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},\n  year={2017}\n}"
     )
     default_weight = 50.0
+    pair_requirement = "paired layers need equal channel counts without a connector"
     default_ce_weight = 1.0
     renamed_hyperparameters = {"layers": "student_layers", "layers_teacher": "teacher_layers"}
 
@@ -124,9 +133,13 @@ class FSP(PairedMaps, InitStageThenCE):
         main_stage_loss: bool = False,
         student_layers: str = "all",
         teacher_layers: str = "",
+        connector: str = "none",
     ) -> None:
         super().__init__()
+        if connector not in FSP_CONNECTORS:
+            raise ValueError(f"fsp connector must be one of {FSP_CONNECTORS}, got {connector!r}")
         self.set_schedule(init_epochs, main_stage_loss)
+        self.connector = connector
         self.select_layers(student_layers, teacher_layers)
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
@@ -136,21 +149,26 @@ class FSP(PairedMaps, InitStageThenCE):
                 f"FSP compares consecutive maps and needs at least two layers, got {self.student_layer_names}; "
                 "use --fsp-student-layers all (the default) or list two or more layers."
             )
+        pairs = list(zip(self.student_layer_names, self.teacher_layer_names))
+        if self.connector != "none":
+            self.connectors = paired_connectors(student, teacher, pairs, self.connector, "fsp")
+            return
         bad = [
-            f"student {sn} has {student.maps[sn][0]} channels, teacher {tn} has {teacher.maps[tn][0]}"
-            for sn, tn in zip(self.student_layer_names, self.teacher_layer_names)
+            f"{student.layer('student', sn)} has {student.maps[sn][0]} channels, "
+            f"{teacher.layer('teacher', tn)} has {teacher.maps[tn][0]}"
+            for sn, tn in pairs
             if student.maps[sn][0] != teacher.maps[tn][0]
         ]
         if bad:
             raise ValueError(
-                "FSP compares the student's and the teacher's FSP matrices entry by entry, so paired layers need "
-                f"equal channel counts, but: {'; '.join(bad)}. FSP does not apply to this pair (e.g. wrn_40_2 -> "
-                "wrn_40_1 is N/A in the CRD benchmark); pick layers with matching channels via --fsp-student-layers / "
-                "--fsp-teacher-layers, or use another method."
+                "FSP compares the student's and the teacher's FSP matrices entry by entry, so "
+                f"{self.pair_requirement}, but {bad[0]}. Pass --fsp-connector auto (a 1x1 conv + "
+                "BN per student map of other width), pick layers with matching channels via --fsp-student-layers / "
+                "--fsp-teacher-layers, or use another method (wrn_40_2 -> wrn_40_1 is N/A in the CRD benchmark)."
             )
+        self.connectors = nn.ModuleList(nn.Identity() for _ in pairs)
 
     def distill_term(self, student: Features, teacher: Features) -> Tensor:
         """L_FSP for one batch."""
-        return fsp_loss(
-            student.map_list(self.student_layer_names), teacher.map_list(self.teacher_layer_names)
-        )
+        s = [c(f) for c, f in zip(self.connectors, student.map_list(self.student_layer_names))]
+        return fsp_loss(s, teacher.map_list(self.teacher_layer_names))

@@ -25,7 +25,6 @@ from .base import (
     MapSelector,
     MethodNeeds,
     StepInfo,
-    resolve_selectors,
 )
 from .factor import AutoEncoder, ConvCoder, mean_pnorm
 from .maps import check_conv_maps, parse_layer_pair, pool_to_common_size
@@ -262,8 +261,9 @@ class IEKD(WrappedMethod):
     def resolve_layers(self, student_names: Sequence[str], teacher_names: Sequence[str]) -> None:
         """Resolve this method's layer and the base's; ``student_layer_names``/``teacher_layer_names`` hold their union."""
         super().resolve_layers(student_names, teacher_names)
-        self.ie_student_layer = resolve_selectors([self._s_sel], student_names, "student")[0]
-        self.ie_teacher_layer = resolve_selectors([self._t_sel], teacher_names, "teacher")[0]
+        # WrappedMethod resolved our own selectors (``"auto"`` included: the pair auto pairing chose)
+        self.ie_student_layer = self.own_student_layer_names[0]
+        self.ie_teacher_layer = self.own_teacher_layer_names[0]
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
         check_conv_maps(student, [self.ie_student_layer], "student", "iekd", "--iekd-student-layers")

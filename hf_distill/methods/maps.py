@@ -176,7 +176,7 @@ def check_conv_maps(spec: FeatureSpec, names: Iterable[str], who: str, method: s
         if shape is None or len(shape) != 3:
             got = "no recorded shape" if shape is None else f"shape {tuple(shape)} (transformer tokens?)"
             raise ValueError(
-                f"{method} needs convolutional (C, H, W) feature maps, but the {who}'s layer {name!r} has {got}. "
+                f"{method} needs convolutional (C, H, W) feature maps, but {spec.layer(who, name)} has {got}. "
                 f"Choose convolutional layers with {option}, use a CNN (CIFAR zoo, timm CNN) for {method}, or use "
                 "a method that works on embeddings or tokens (e.g. kd, cc, rkd, pkt, sp)."
             )
@@ -235,6 +235,9 @@ class PairedMaps:
     teacher_layer_names: list[str]
     #: read the maps before their final activation (AB)
     preact_maps: ClassVar[bool] = False
+    #: the sides read after their activation although ``preact_maps`` (auto pairing with a network that cannot
+    #: give pre-activation maps)
+    _postactivation: tuple[str, ...] = ()
 
     def select_layers(
         self,
@@ -250,9 +253,22 @@ class PairedMaps:
 
     def needs(self) -> MethodNeeds:
         return MethodNeeds(
-            student=FeatureNeeds(maps=self._student_sel, preact=self.preact_maps),
-            teacher=FeatureNeeds(maps=self._teacher_sel, preact=self.preact_maps),
+            student=self.map_needs("student", self._student_sel),
+            teacher=self.map_needs("teacher", self._teacher_sel),
         )
+
+    def map_needs(self, side: str, selectors: tuple[MapSelector, ...], **extra: bool) -> FeatureNeeds:
+        """What the method reads from one side: the selected maps, transformer tokens laid out as maps, before
+        their activation where the method wants it and the side was not switched to post-activation maps."""
+        preact = extra.pop("preact", self.preact_maps) and side not in self._postactivation
+        return FeatureNeeds(maps=selectors, preact=preact, token_maps=True, **extra)
+
+    def fall_back_to_postactivation(self, side: str) -> None:
+        """Read ``side``'s maps after their activation (see ``DistillationMethod.pair_layers``); a
+        ``<side>_preact`` hyperparameter (OFD, ReviewKD) is switched off so that ``hparams()`` says what runs."""
+        self._postactivation = (*self._postactivation, side)
+        if hasattr(self, f"{side}_preact"):
+            setattr(self, f"{side}_preact", False)
 
     def check_maps(self, student: FeatureSpec | None = None, teacher: FeatureSpec | None = None) -> None:
         """Check that the resolved layers pair one to one and, for the specs given, that the maps are convolutional.

@@ -146,6 +146,9 @@ class NST(PairedMaps, DistillationMethod):
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
         self.check_maps(student, teacher)
 
+    def pair_connector(self, index: int) -> str:
+        return "none (channel-free: the kernel compares sets of channels)"
+
     def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
         s = student.map_list(self.student_layer_names)
         t = teacher.map_list(self.teacher_layer_names)

@@ -166,11 +166,21 @@ class DistillationObjective(nn.Module):
         return [k for k, m in self.methods.items() if m.init_stage is not None]
 
     def describe(self) -> dict[str, Any]:
-        """Everything needed to reproduce the objective (logged, written into model cards)."""
-        return {
+        """Everything needed to reproduce the objective (logged, written into model cards); ``pairing``, once the
+        methods are built, holds the (teacher map, student map) pairs of the methods that compare maps
+        (``LayerPair.as_dict()`` each; docs/any_pair.md)."""
+        out: dict[str, Any] = {
             "ce_weight": self.ce_weight,
             "methods": {k: {"weight": self.weights[k], **m.hparams()} for k, m in self.methods.items()},
         }
+        pairing = {
+            k: [p.as_dict() for p in m.pairing]
+            for k, m in self.methods.items()
+            if getattr(m, "pairing", None)
+        }
+        if pairing:
+            out["pairing"] = pairing
+        return out
 
     # -- the loss ------------------------------------------------------------------------------------------------
     def forward(

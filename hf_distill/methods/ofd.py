@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .ab import make_connector
-from .base import DataInfo, DistillationMethod, FeatureNeeds, Features, FeatureSpec, MethodNeeds, StepInfo
+from .base import DataInfo, DistillationMethod, Features, FeatureSpec, MethodNeeds, StepInfo
 from .maps import PairedMaps
 from .registry import register_method
 
@@ -117,6 +117,7 @@ class OFD(PairedMaps, DistillationMethod):
     )
     default_weight = 1e-3
     default_ce_weight = 1.0
+    resize_note = "the teacher's map average-pooled to the student's size"
 
     def __init__(
         self,
@@ -132,8 +133,8 @@ class OFD(PairedMaps, DistillationMethod):
 
     def needs(self) -> MethodNeeds:
         return MethodNeeds(
-            student=FeatureNeeds(maps=self._student_sel, preact=self.student_preact),
-            teacher=FeatureNeeds(maps=self._teacher_sel, preact=self.teacher_preact, batchnorm=True),
+            student=self.map_needs("student", self._student_sel, preact=self.student_preact),
+            teacher=self.map_needs("teacher", self._teacher_sel, preact=self.teacher_preact, batchnorm=True),
         )
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
@@ -144,9 +145,9 @@ class OFD(PairedMaps, DistillationMethod):
             bn = teacher.batchnorm.get(tn)
             if bn is None:
                 raise ValueError(
-                    f"ofd takes its margin from the BatchNorm in front of each teacher map, but the teacher's layer "
-                    f"{tn!r} has none; select layers that follow a BatchNorm with --ofd-teacher-layers, or use "
-                    "another feature method (e.g. fitnet, at, vid) for this teacher."
+                    f"ofd takes its margin from the BatchNorm in front of each teacher map, but "
+                    f"{teacher.layer('teacher', tn)} has none; select layers that follow a BatchNorm "
+                    "with --ofd-teacher-layers, or use another feature method (e.g. fitnet, at, vid) for this teacher."
                 )
             self.register_buffer(f"margin_{i}", ofd_margin(*bn))
             connectors.append(make_connector(student.maps[sn][0], c_t))

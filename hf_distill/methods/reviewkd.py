@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .base import DataInfo, DistillationMethod, FeatureNeeds, Features, FeatureSpec, MethodNeeds, StepInfo
+from .base import DataInfo, DistillationMethod, Features, FeatureSpec, MethodNeeds, StepInfo
 from .dkd import WARMUP_GRANULARITIES, linear_warmup
 from .maps import PairedMaps
 from .registry import register_method
@@ -251,6 +251,7 @@ class ReviewKD(PairedMaps, DistillationMethod):
     )
     default_weight = 1.0
     default_ce_weight = 1.0
+    resize_note = "the fused student map resized (nearest) to the teacher's size"
 
     def __init__(
         self,
@@ -278,9 +279,9 @@ class ReviewKD(PairedMaps, DistillationMethod):
 
     def needs(self) -> MethodNeeds:
         return MethodNeeds(
-            student=FeatureNeeds(maps=self._student_sel, embedding=self.use_embedding),
-            teacher=FeatureNeeds(
-                maps=self._teacher_sel, embedding=self.use_embedding, preact=self.teacher_preact
+            student=self.map_needs("student", self._student_sel, preact=False, embedding=self.use_embedding),
+            teacher=self.map_needs(
+                "teacher", self._teacher_sel, preact=self.teacher_preact, embedding=self.use_embedding
             ),
         )
 
@@ -298,6 +299,12 @@ class ReviewKD(PairedMaps, DistillationMethod):
             for i, (s, t) in enumerate(zip(s_shapes, t_shapes))
         )
         self._teacher_sizes = [tuple(t[1:]) for t in t_shapes]
+
+    def pair_connector(self, index: int) -> str:
+        fusion = self.fusions[index]
+        c_in, mid = fusion.reduce[0].in_channels, fusion.reduce[0].out_channels
+        fuse = ", fused with the deeper levels by attention" if fusion.attention is not None else ""
+        return f"attention-based fusion {c_in}->{mid}->{fusion.output[0].out_channels} (1x1 conv, 3x3 conv){fuse}"
 
     def levels(self, f: Features, layers: list[str]) -> list[Tensor]:
         """The levels of one network, shallow to deep."""

@@ -70,6 +70,7 @@ class SP(PairedMaps, DistillationMethod):
     default_weight = 3000.0
     default_ce_weight = 1.0
     min_batch_size = 2  # the B x B similarity matrix of one sample is [[1]] on both sides
+    resize_note = "none needed"
     renamed_hyperparameters = {"student_maps": "student_layers", "teacher_maps": "teacher_layers"}
     legacy_defaults = {"teacher_layers": "last"}
 
@@ -88,6 +89,9 @@ class SP(PairedMaps, DistillationMethod):
 
     def setup(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
         self.check_maps()
+
+    def pair_connector(self, index: int) -> str:
+        return "none (shape-free: batch similarity matrices)"
 
     def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
         self.check_maps()

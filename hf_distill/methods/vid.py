@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .base import DataInfo, DistillationMethod, Features, FeatureSpec, StepInfo
 from .maps import PairedMaps, check_layer_reduction, pool_to_common_size, reduce_layers
+from .pairing import describe_module
 from .registry import register_method
 
 
@@ -128,6 +129,9 @@ class VID(PairedMaps, DistillationMethod):
             s_c, t_c = student.maps[s_name][0], teacher.maps[t_name][0]
             heads.append(VIDHead(s_c, t_c, t_c, self.init_pred_var, self.eps))
         self.heads = nn.ModuleList(heads)
+
+    def pair_connector(self, index: int) -> str:
+        return f"mean regressor {describe_module(self.heads[index].regressor)}, learned variance"
 
     def forward(self, student: Features, teacher: Features, step: StepInfo) -> dict[str, Tensor]:
         s = student.map_list(self.student_layer_names)

@@ -17,7 +17,15 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from .base import DataInfo, DistillationMethod, Features, FeatureSpec, MethodNeeds, StepInfo
+from .base import (
+    DataInfo,
+    DistillationMethod,
+    Features,
+    FeatureSpec,
+    MethodNeeds,
+    StepInfo,
+    resolve_selectors,
+)
 from .registry import canonical, get_method, instantiate
 
 __all__ = ["WrappedMethod", "parse_base_kwargs"]
@@ -102,11 +110,39 @@ class WrappedMethod(DistillationMethod):
         own = self.own_needs()
         return own if self.base_method is None else own | self.base_method.needs()
 
+    def layer_needs(self) -> MethodNeeds:
+        return self.own_needs()
+
+    @property
+    def uses_auto_pairing(self) -> bool:
+        base = self.base_method is not None and self.base_method.uses_auto_pairing
+        return base or super().uses_auto_pairing
+
+    def pair_layers(self, student: FeatureSpec, teacher: FeatureSpec) -> None:
+        """Pair the wrapper's own ``"auto"`` selectors, and the base's (as if used alone)."""
+        super().pair_layers(student, teacher)
+        if self.base_method is not None:
+            self.base_method.pair_layers(student, teacher)
+
+    #: the wrapper's own resolved layers (without the base's), set by :meth:`resolve_layers`
+    own_student_layer_names: list[str] = []
+    own_teacher_layer_names: list[str] = []
+
     def resolve_layers(self, student_names: Sequence[str], teacher_names: Sequence[str]) -> None:
-        """Resolve the union of the wrapper's and the base's selectors, and the base's own (as if used alone)."""
-        super().resolve_layers(student_names, teacher_names)
+        """Resolve the wrapper's own selectors (``own_student_layer_names`` / ``own_teacher_layer_names``) and the
+        base's (as if used alone); ``student_layer_names`` / ``teacher_layer_names`` hold their union."""
+        own = self.own_needs()
+        if self._auto_layers is not None:
+            s, t = (list(x) for x in self._auto_layers)
+        else:
+            s = resolve_selectors(own.student.maps, student_names, "student")
+            t = resolve_selectors(own.teacher.maps, teacher_names, "teacher")
+        self.own_student_layer_names, self.own_teacher_layer_names = s, t
         if self.base_method is not None:
             self.base_method.resolve_layers(student_names, teacher_names)
+            s = s + self.base_method.student_layer_names
+            t = t + self.base_method.teacher_layer_names
+        self.student_layer_names, self.teacher_layer_names = list(dict.fromkeys(s)), list(dict.fromkeys(t))
 
     def build(self, student: FeatureSpec, teacher: FeatureSpec, data: DataInfo) -> None:
         """Build the wrapper's parts (:meth:`setup`), then the base's."""
@@ -115,6 +151,10 @@ class WrappedMethod(DistillationMethod):
             if self.base_method is not None:
                 self.base_method.build(student, teacher, data)
             self._is_set_up = True
+            own = self.layer_pairs(
+                student, teacher, self.own_student_layer_names, self.own_teacher_layer_names
+            )
+            self.pairing = own + ([] if self.base_method is None else self.base_method.pairing)
 
     def base_terms(
         self, student: Features, teacher: Features, step: StepInfo, prefix: str, weight: float | None = None

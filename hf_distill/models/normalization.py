@@ -62,11 +62,12 @@ def input_spec(model: nn.Module, processor=None) -> InputSpec:
     tm = getattr(core, "timm_model", core)
     pc = getattr(tm, "pretrained_cfg", None)
     if pc:
-        return InputSpec(
-            tuple(pc.get("mean", IMAGENET_MEAN)),
-            tuple(pc.get("std", IMAGENET_STD)),
-            int(pc.get("input_size", (3, 224, 224))[-1]),
-        )
+        size = int(pc.get("input_size", (3, 224, 224))[-1])
+        # a ViT created with img_size=... keeps its pretrained_cfg's size: its patch embedding knows the real one
+        embed = getattr(tm, "patch_embed", None)
+        if getattr(embed, "img_size", None) and not getattr(embed, "dynamic_img_size", False):
+            size = int(embed.img_size[-1])
+        return InputSpec(tuple(pc.get("mean", IMAGENET_MEAN)), tuple(pc.get("std", IMAGENET_STD)), size)
     return InputSpec(IMAGENET_MEAN, IMAGENET_STD, _size(getattr(cfg, "image_size", None)) or 224)
 
 

@@ -7,17 +7,70 @@ Three families are supported, each through its own official API rather than modu
 * timm models (bare, or inside transformers' ``TimmWrapperForImageClassification``): ``forward_intermediates`` and
   ``forward_head(pre_logits=True)``; names are the ``feature_info`` module names (``act1``, ``layer1``, ...);
 * other transformers image classifiers: ``output_hidden_states=True``; names ``hidden_states.<i>``
-  (``hidden_states.0`` is the embedding/stem output); the embedding is the input of the model's classifier.
+  (``hidden_states.0`` is the embedding/stem output); the embedding is the input of the model's classifier. A
+  vision transformer's hidden states are tokens (B, N, D); asked for ``token_maps`` the tap lays them out as
+  (B, D, h, w) maps on the patch grid (:func:`token_grid`), as timm's ``forward_intermediates`` does for its ViTs.
 
 For all three the first name is the shallowest map, so the map selectors (:data:`hf_distill.features.MapSelector`) mean the same.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from ..features import FeatureNeeds, Features
+
+#: the most tokens in front of the patches (class, distillation and register tokens) a token grid may have
+MAX_PREFIX_TOKENS = 16
+
+
+def token_grid(num_tokens: int, image_size: tuple[int, int], patch_size: int | None) -> tuple[int, int, int]:
+    """Where the patches are among a transformer layer's N tokens: ``(prefix, h, w)``, the patches being the last
+    ``h * w`` tokens in row-major order after ``prefix`` class/distillation/register tokens.
+
+    With the model's patch size the grid is the image's patch grid (``H // p`` by ``W // p``, square or not). A
+    layer with fewer tokens than that (a hierarchical transformer's merged stages, e.g. Swin) or a model that reports
+    no patch size is read as a square grid: the largest square of tokens, the rest in front.
+
+    Args:
+        num_tokens: N.
+        image_size: (H, W) of the input image.
+        patch_size: the model's patch size, or None.
+
+    Returns:
+        ``(prefix, h, w)``.
+
+    Raises:
+        ValueError: the tokens form no grid (a square one, where the patch grid does not apply) with at most
+            :data:`MAX_PREFIX_TOKENS` tokens in front; the message says which and why (the caller adds the layer).
+    """
+    height, width = image_size
+    if patch_size:
+        h, w = height // patch_size, width // patch_size
+        if 0 <= num_tokens - h * w <= MAX_PREFIX_TOKENS:
+            return num_tokens - h * w, h, w
+    side = math.isqrt(num_tokens)
+    if height != width:
+        raise ValueError(
+            f"{num_tokens} tokens from a {height}x{width} image form no patch grid the model reports (patch size "
+            f"{patch_size}), and a square grid needs a square image"
+        )
+    if side == 0 or num_tokens - side * side > MAX_PREFIX_TOKENS:
+        raise ValueError(
+            f"{num_tokens} tokens form no square patch grid (with at most {MAX_PREFIX_TOKENS} class/register "
+            "tokens in front)"
+        )
+    return num_tokens - side * side, side, side
+
+
+def tokens_as_map(tokens: Tensor, grid: tuple[int, int, int]) -> Tensor:
+    """(B, N, D) tokens as a (B, D, h, w) map on the grid ``(prefix, h, w)`` of :func:`token_grid`."""
+    prefix, h, w = grid
+    patches = tokens[:, prefix:]
+    return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
 
 
 class FeatureTap:
@@ -33,6 +86,11 @@ class FeatureTap:
     @property
     def names(self) -> list[str]:
         raise NotImplementedError
+
+    @property
+    def model_name(self) -> str:
+        """The class name of the network read (the timm module inside a transformers wrapper), for messages."""
+        return self._model_name
 
     def check(self, request: FeatureNeeds, who: str = "model") -> None:
         """Raise a clear error if ``request`` asks for something this model cannot give."""
@@ -173,6 +231,25 @@ class HFTap(FeatureTap):
             "its penultimate embedding cannot be read."
         )
 
+    @staticmethod
+    def _patch_size(m: nn.Module) -> int | None:
+        p = getattr(getattr(m, "config", None), "patch_size", None)
+        p = p[0] if isinstance(p, (list, tuple)) else p
+        return int(p) if isinstance(p, int) and p > 0 else None
+
+    def _as_map(self, m: nn.Module, name: str, tokens: Tensor, image: Tensor) -> Tensor:
+        """A token layer (B, N, D) laid out as a map; a map or a vector is returned as it is."""
+        if tokens.dim() != 3:
+            return tokens
+        try:
+            grid = token_grid(tokens.shape[1], tuple(image.shape[-2:]), self._patch_size(m))
+        except ValueError as e:
+            raise ValueError(
+                f"The layer {name!r} of {type(m).__name__} gives transformer tokens that cannot be laid out as a map: "
+                f"{e}. Name layers that give maps, or use a method on embeddings (kd, cc, rkd, pkt, crd)."
+            ) from None
+        return tokens_as_map(tokens, grid)
+
     def __call__(self, model: nn.Module, pixel_values: Tensor, request: FeatureNeeds) -> Features:
         m = _core(model)
         captured: list[Tensor] = []
@@ -188,6 +265,8 @@ class HFTap(FeatureTap):
         if request.maps:
             hs = out.hidden_states
             maps = {n: hs[int(n.rsplit(".", 1)[1])] for n in request.maps}
+            if request.token_maps:
+                maps = {n: self._as_map(m, n, t, pixel_values) for n, t in maps.items()}
         emb = captured[0].flatten(1) if captured else None
         return Features(logits=out.logits if request.logits else None, embedding=emb, maps=maps)
 

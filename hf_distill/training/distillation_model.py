@@ -10,8 +10,9 @@ Checkpoints hold this module's whole state in upstream's format (:mod:`hf_distil
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import datasets
@@ -21,12 +22,13 @@ from torch import Tensor, nn
 from ..data.datasets import collate, find_label_column
 from ..data.labels import align_label_spaces, num_labels_of
 from ..features import LOGITS_ONLY, FeatureNeeds, Features, FeatureSpec
-from ..methods import DataInfo, DistillationObjective, StepInfo
+from ..methods import DataInfo, DistillationMethod, DistillationObjective, StepInfo
+from ..methods.pairing import LayerPair
 from ..models.batchnorm import batchnorm_affine, batchnorm_before_maps
 from ..models.normalization import TeacherInput, input_spec
 from ..models.taps import FeatureTap, feature_tap
 
-#: the methods' parameters and buffers (heads, memory banks) in a checkpoint, beside the student's weights
+logger = logging.getLogger(__name__)
 
 
 class DistillationModel(nn.Module):
@@ -119,6 +121,9 @@ class BuiltDistillation:
         teacher_request: what to extract from the teacher on each step.
         data_info: the training set's facts the methods were built with.
         teacher_label_order: ``teacher_logits[:, order]`` are in the student's class order (None: already are).
+        pairing: method name -> the (teacher map, student map) pairs it compares, with their connectors, for the
+            methods that compare maps one to one (:class:`~hf_distill.methods.pairing.LayerPair`; the log and the
+            model card show them).
     """
 
     container: DistillationModel
@@ -126,6 +131,7 @@ class BuiltDistillation:
     teacher_request: FeatureNeeds
     data_info: DataInfo
     teacher_label_order: Tensor | None = None
+    pairing: dict[str, list[LayerPair]] = field(default_factory=dict)
 
 
 def build_distillation_model(
@@ -159,12 +165,26 @@ def build_distillation_model(
     Returns:
         A :class:`BuiltDistillation` with the container, the teacher's tap and request, and the data facts.
     """
-    needs = objective.needs()
     s_tap = feature_tap(student)
     t_tap = feature_tap(teacher) if teacher is not None else None
+    if teacher is not None and teacher_adapter is None:
+        teacher_adapter = TeacherInput(input_spec(student), input_spec(teacher))
+    x = probe_input(student, train_dataset, collator)
+    auto = pair_auto_layers(
+        objective.methods.values(),
+        student,
+        s_tap,
+        x,
+        [(teacher, t_tap, teacher_adapter)] if teacher is not None else [],
+    )
+    needs = objective.needs()  # after pairing: a side may now be read after its activation
     objective.resolve_layers(s_tap.names, t_tap.names if t_tap is not None else [])
-    s_req = needs.student.with_maps(objective.student_layer_names())
-    t_req = needs.teacher.with_maps(objective.teacher_layer_names())
+    s_req = replace(
+        needs.student.with_maps(objective.student_layer_names()), token_maps=needs.student.token_maps or auto
+    )
+    t_req = replace(
+        needs.teacher.with_maps(objective.teacher_layer_names()), token_maps=needs.teacher.token_maps or auto
+    )
     s_tap.check(s_req, "student")
     if t_tap is not None and needs.teacher.anything:
         t_tap.check(t_req, "teacher")
@@ -172,13 +192,62 @@ def build_distillation_model(
     info = data_info or _data_info(train_dataset, num_labels_of(student))
     if needs.index and train_dataset is not None and info.num_samples == 0:
         raise ValueError("The training set is empty.")
-    if teacher is not None and teacher_adapter is None:
-        teacher_adapter = TeacherInput(input_spec(student), input_spec(teacher))
-    s_spec, t_spec = _probe_shapes(
-        student, teacher, s_tap, t_tap, s_req, t_req, train_dataset, collator, needs, teacher_adapter
-    )
+    s_spec = network_spec(student, s_tap, s_req, x, needs.student.batchnorm)
+    t_spec = FeatureSpec(names=())
+    if teacher is not None and needs.teacher.anything:
+        t_spec = network_spec(teacher, t_tap, t_req, teacher_adapter(x), needs.teacher.batchnorm)
     objective.build(s_spec, t_spec, info)
-    return BuiltDistillation(DistillationModel(student, objective, s_req), t_tap, t_req, info, label_order)
+    pairing = log_pairing(objective.methods.items())
+    return BuiltDistillation(
+        DistillationModel(student, objective, s_req), t_tap, t_req, info, label_order, pairing
+    )
+
+
+def pair_auto_layers(
+    methods: Iterable[DistillationMethod],
+    student: nn.Module,
+    s_tap: FeatureTap,
+    x: Tensor,
+    teachers: list[tuple[nn.Module, FeatureTap, TeacherInput]],
+) -> bool:
+    """Let every method with an ``"auto"`` selector choose its layers (``DistillationMethod.pair_layers``) from a dry run
+    of every layer the networks offer, transformer tokens laid out as maps.
+
+    Args:
+        methods: the methods; with several teachers (an ensemble) each method is a list, one instance per teacher.
+        student: the student; ``s_tap`` its tap and ``x`` the dry run's images.
+        teachers: (teacher, tap, input conversion) of each teacher, in the order of each method's instances.
+
+    Returns:
+        Whether any method uses auto pairing (its requests then ask for token maps).
+    """
+    methods = [m if isinstance(m, (list, tuple)) else [m] for m in methods]
+    if not any(inst.uses_auto_pairing for group in methods for inst in group):
+        return False
+    s_all = network_spec(student, s_tap, FeatureNeeds(maps=tuple(s_tap.names), token_maps=True), x)
+    t_all = [
+        network_spec(t, tap, FeatureNeeds(maps=tuple(tap.names), token_maps=True), adapter(x))
+        for t, tap, adapter in teachers
+    ] or [FeatureSpec(names=())]
+    for group in methods:
+        for inst, t_spec in zip(group, t_all if len(group) > 1 else t_all[:1]):
+            inst.pair_layers(s_all, t_spec)
+    return True
+
+
+def log_pairing(methods: Iterable[tuple[str, DistillationMethod]]) -> dict[str, list[LayerPair]]:
+    """Log every method's layer pairs once, one line each, and return them (method name -> pairs)."""
+    out: dict[str, list[LayerPair]] = {}
+    for name, method in methods:
+        if not method.pairing:
+            continue
+        out[name] = list(method.pairing)
+        how = "auto pairing" if method.pairing[0].auto else "named layers"
+        for note in method.pairing_notes:
+            logger.info("%s (%s): %s", name, how, note)
+        for pair in method.pairing:
+            logger.info("%s (%s): %s", name, how, pair.line())
+    return out
 
 
 def probe_input(model: nn.Module, train_dataset=None, collator: Callable = collate) -> Tensor:
@@ -214,20 +283,10 @@ def network_spec(
         logits=None if f.logits is None else tuple(f.logits.shape[1:]),
         embedding=None if f.embedding is None else tuple(f.embedding.shape[1:]),
         batchnorm={k: batchnorm_affine(bn) for k, bn in bns.items()},
+        model=tap.model_name,
+        input_size=(int(xin.shape[-2]), int(xin.shape[-1])),
+        preact_maps=tap.supports_preact,
     )
-
-
-def _probe_shapes(
-    model, teacher, s_tap, t_tap, s_req, t_req, train_dataset, collator, needs, teacher_adapter
-):
-    """Run both networks once (eval mode, no grad) to learn the shapes the methods will see."""
-    x = probe_input(model, train_dataset, collator)
-    s_spec = network_spec(model, s_tap, s_req, x, needs.student.batchnorm)
-    t_spec = FeatureSpec(names=())
-    if teacher is not None and needs.teacher.anything:
-        with torch.no_grad():
-            t_spec = network_spec(teacher, t_tap, t_req, teacher_adapter(x), needs.teacher.batchnorm)
-    return s_spec, t_spec
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -255,7 +314,9 @@ __all__ = [
     "BuiltDistillation",
     "DistillationModel",
     "build_distillation_model",
+    "log_pairing",
     "network_spec",
+    "pair_auto_layers",
     "num_labels_of",
     "probe_input",
 ]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -42,7 +42,15 @@ from ..features import FeatureNeeds, Features, FeatureSpec
 from ..methods import DataInfo, DistillationMethod, DistillationObjective, StepInfo
 from ..models.normalization import InputSpec, TeacherInput, input_spec
 from ..models.taps import feature_tap
-from .distillation_model import BuiltDistillation, DistillationModel, _data_info, network_spec, probe_input
+from .distillation_model import (
+    BuiltDistillation,
+    DistillationModel,
+    _data_info,
+    log_pairing,
+    network_spec,
+    pair_auto_layers,
+    probe_input,
+)
 from .teacher_cache import input_digests
 
 #: how a logit method combines the teachers: their averaged distribution, or the average of per-teacher losses
@@ -342,14 +350,32 @@ def build_ensemble_distillation(
         k: EnsembleMethod(m, n, ensemble.weights, ensemble.mode == "distribution" and is_logit_method(m))
         for k, m in objective.methods.items()
     }
+    s_in = student_input or input_spec(student)
+    ensemble.adapters = nn.ModuleList(TeacherInput(s_in, input_spec(t)) for t in ensemble.teachers)
+    x = probe_input(student, train_dataset, collator)
+    auto = pair_auto_layers(
+        [list(m.members) for m in methods.values()],
+        student,
+        s_tap,
+        x,
+        list(zip(ensemble.teachers, taps, ensemble.adapters)),
+    )
+    needs = objective.needs()  # after pairing: a side may now be read after its activation
     for m in methods.values():
         m.resolve_for_teachers(s_tap.names, [tap.names for tap in taps])
+    # each teacher's instance may pair other student layers (auto pairing): the student gives all of them
     s_req = needs.student.with_maps(
-        list(dict.fromkeys(x for m in methods.values() for x in m.student_layer_names))
+        list(
+            dict.fromkeys(x for m in methods.values() for inst in m.members for x in inst.student_layer_names)
+        )
     )
+    s_req = replace(s_req, token_maps=s_req.token_maps or auto)
     requests = [
-        needs.teacher.with_maps(
-            list(dict.fromkeys(x for m in methods.values() for x in m.member(i).teacher_layer_names))
+        replace(
+            needs.teacher.with_maps(
+                list(dict.fromkeys(x for m in methods.values() for x in m.member(i).teacher_layer_names))
+            ),
+            token_maps=needs.teacher.token_maps or auto,
         )
         for i in range(n)
     ]
@@ -361,10 +387,7 @@ def build_ensemble_distillation(
     info = data_info or _data_info(train_dataset, num_labels_of(student))
     if needs.index and train_dataset is not None and info.num_samples == 0:
         raise ValueError("The training set is empty.")
-    s_in = student_input or input_spec(student)
-    ensemble.adapters = nn.ModuleList(TeacherInput(s_in, input_spec(t)) for t in ensemble.teachers)
     ensemble.taps, ensemble.requests = taps, requests
-    x = probe_input(student, train_dataset, collator)
     s_spec = network_spec(student, s_tap, s_req, x, needs.student.batchnorm)
     t_specs = [FeatureSpec(names=())] * n
     if needs.teacher.anything:
@@ -375,11 +398,14 @@ def build_ensemble_distillation(
             ]
     for m in methods.values():
         m.build_for_teachers(s_spec, t_specs, info)
+    pairing = log_pairing(
+        (f"{k} (teacher {i + 1})", inst) for k, m in methods.items() for i, inst in enumerate(m.members)
+    )
     wrapped = DistillationObjective(methods, objective.weights, objective.ce_weight)
     union = requests[0]
     for r in requests[1:]:
         union = union | r
-    return BuiltDistillation(DistillationModel(student, wrapped, s_req), None, union, info, None)
+    return BuiltDistillation(DistillationModel(student, wrapped, s_req), None, union, info, None, pairing)
 
 
 def evaluate_members(trainer) -> list[dict[str, float]]:

@@ -2,21 +2,33 @@
 is over ``list_models``): a method registered later is covered without writing a test for it.
 
 Per method: its declaration (paper, hyperparameters that round-trip, the layer vocabulary, deprecated names), and on
-every zoo pair a build from the dry-run shapes followed by finite loss terms whose gradient reaches the student (or a
-one-line ValueError naming the method at build, for a pair it cannot handle). Methods that compare the samples of a
-batch declare the smallest batch they need, and a smaller one is refused at setup.
+every zoo pair a build as a run builds it (the trainer's dry run of the two networks, after the recipe has given the
+method the networks it owns) followed by finite loss terms whose gradient reaches the student. A method may refuse a
+pair only as it declares: ``pair_requirement`` says what pairs it needs, and the refusal is one line naming the
+method and quoting that requirement. Methods that compare the samples of a batch declare the smallest batch they need,
+and a smaller one is refused at setup.
 """
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
-from hf_distill.methods import METHODS, DataInfo, DistillationObjective, Features, StepInfo
+from hf_distill.methods import (
+    METHODS,
+    DataInfo,
+    DistillationMethod,
+    DistillationObjective,
+    Features,
+    StepInfo,
+)
 from hf_distill.methods.objective import check_batch_size
 from hf_distill.methods.registry import instantiate
 from hf_distill.methods.wrapped import WrappedMethod
-from tests.methods._common import ZOO_PAIRS, built, random_features, zoo_spec
+from hf_distill.training.mutual import prepare_peers
+from tests.methods._common import ZOO_PAIRS, built, random_features, zoo_model, zoo_spec
 
 #: collected from the registry when this module is imported, so every method present then is covered
 METHOD_NAMES = sorted(METHODS)
@@ -35,7 +47,8 @@ def _leaf(f: Features) -> Features:
 
 
 def _step(batch: int) -> StepInfo:
-    return StepInfo(labels=torch.arange(batch) % 10, index=torch.arange(batch))
+    images = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))  # for dml's peers
+    return StepInfo(labels=torch.arange(batch) % 10, index=torch.arange(batch), pixel_values=images)
 
 
 def _student_gradient(method, s_spec, t_spec, batch: int, seed: int = 0) -> tuple[list[torch.Tensor], float]:
@@ -97,17 +110,36 @@ def test_old_settings_keep_their_meaning():
 
 
 # -- every method on every zoo pair ----------------------------------------------------------------------------
+@functools.cache
+def _network(arch: str, seed: int) -> torch.nn.Module:
+    """One zoo network per (architecture, seed), shared by the builds: a build only reads it (its dry run)."""
+    return zoo_model(arch, seed=seed)
+
+
+def _built_as_a_run_builds_it(name: str, teacher: str, student: str) -> DistillationMethod:
+    """``name`` built as the recipe and the trainer build it: the networks the method owns attached first
+    (:func:`~hf_distill.training.mutual.prepare_peers`: dml's peers, from ``--dml-peers``; a no-op for the others),
+    then :func:`~hf_distill.training.distillation_model.build_distillation_model`'s dry run of the two zoo networks,
+    which gives the method what it asks of them (OFD: the BatchNorm in front of each teacher map)."""
+    m = instantiate(name)
+    s_net, t_net = _network(student, 0), _network(teacher, 1)
+    objective = DistillationObjective({name: m}, {name: 1.0})
+    prepare_peers(objective, s_net, f"cifar_{student}", s_net.config.id2label, seed=0)
+    return built(m, s_net, t_net, _DATA)
+
+
 @pytest.mark.parametrize("teacher, student", ZOO_PAIRS)
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_zoo_pair(name, teacher, student):
-    s_spec, t_spec = zoo_spec(student), zoo_spec(teacher)
     torch.manual_seed(0)
-    m = instantiate(name)
     try:
-        built(m, s_spec, t_spec, _DATA)
-    except ValueError as e:  # a pair this method cannot handle: one line that names the method
-        assert name in str(e).lower() and "\n" not in str(e)
+        m = _built_as_a_run_builds_it(name, teacher, student)
+    except ValueError as e:  # only the refusal the method declares, in one line that names the method
+        requirement, msg = METHODS[name].pair_requirement, str(e)
+        assert requirement, f"{name} refuses {teacher} -> {student} but declares no pair_requirement: {msg}"
+        assert requirement in msg and name in msg.lower() and "\n" not in msg, msg
         return
+    s_spec, t_spec = zoo_spec(student), zoo_spec(teacher)
     terms, grad = _student_gradient(m.train(), s_spec, t_spec, batch=max(8, m.min_batch_size))
     assert terms and all(torch.isfinite(v) and v.dim() == 0 for v in terms)
     assert grad > 0, f"{name}: no gradient reaches the student's features"

@@ -120,9 +120,21 @@ def test_gradcheck_double_and_gradient_only_to_student():
 @pytest.mark.parametrize(
     "teacher,student,fragment",
     [
-        ("resnet32x4", "shufflenetv2", "student stem has 24 channels, teacher stem has 32"),
-        ("vgg13", "mobilenetv2", "student stem has 16 channels, teacher stem has 64"),
-        ("wrn_40_2", "wrn_40_1", "student stage1 has 16 channels, teacher stage1 has 32"),
+        (
+            "resnet32x4",
+            "shufflenetv2",
+            "the student's layer 'stem' has 24 channels, the teacher's layer 'stem' has 32",
+        ),
+        (
+            "vgg13",
+            "mobilenetv2",
+            "the student's layer 'stem' has 16 channels, the teacher's layer 'stem' has 64",
+        ),
+        (
+            "wrn_40_2",
+            "wrn_40_1",
+            "the student's layer 'stage1' has 16 channels, the teacher's layer 'stage1' has 32",
+        ),
     ],
 )
 def test_channel_mismatch_is_a_clear_error(teacher, student, fragment):

@@ -1,11 +1,10 @@
 """IE-KD: factor distances, channel split, gradients, shapes, real-data steps, composition, init stage, resume."""
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
 
+import hf_distill.methods.at  # noqa: F401  (registers "at", a base)
 import hf_distill.methods.ft  # noqa: F401  (registers "ft", a base)
 import hf_distill.methods.iekd  # noqa: F401  (registers "iekd" and the "iekd_kd" preset)
 from hf_distill.methods import (
@@ -16,6 +15,7 @@ from hf_distill.methods import (
     StepInfo,
     resolve_objective,
 )
+from hf_distill.methods.at import at_loss
 from hf_distill.methods.factor import mean_pnorm
 from hf_distill.methods.iekd import IEKD, cosine_factor_loss, iekd_loss, normalized_distance
 from hf_distill.methods.kd import kd_loss
@@ -338,9 +338,6 @@ def test_base_ft_merges_the_init_stages():
     assert out["base_ft"].item() == pytest.approx(200.0 * ft_val.item(), rel=1e-6)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("hf_distill.methods.at") is None, reason="hf_distill.methods.at not written yet"
-)
 def test_base_at_composes():
     torch.manual_seed(0)
     m = IEKD(base="at")
@@ -352,8 +349,17 @@ def test_base_at_composes():
     with torch.no_grad():
         tf = t_tap(t_net, x, t_req)
     out = m(fs, tf, _step())
-    base = {f"base_{k}": m.base_weight * v for k, v in m.base_method(fs, tf, _step()).items()}
-    assert base and all(out[k].item() == pytest.approx(v.item(), rel=1e-6) for k, v in base.items())
+    assert set(out) == {"iekd_inh", "iekd_exp", "base_at"}
+    # AT's own loss on the maps it selected, weighted by AT's default weight (1000: it has no combo weight)
+    at = m.base_method
+    want = at_loss(fs.map_list(at.student_layer_names), tf.map_list(at.teacher_layer_names))
+    assert m.base_weight == 1000.0 and out["base_at"].item() == pytest.approx(1000.0 * want.item(), rel=1e-6)
+    # the IE terms are those of the method without a base
+    plain = IEKD()
+    _build(plain, s_net, t_net, x[:2])
+    plain.load_state_dict(m.state_dict(), strict=False)
+    alone = plain(fs, tf, _step())
+    assert all(out[k].item() == pytest.approx(alone[k].item(), rel=1e-6) for k in ("iekd_inh", "iekd_exp"))
 
 
 # -- the trainer: init stage, freezing, checkpoint, resume ----------------------------------------------------------

@@ -217,18 +217,22 @@ def test_trainer_reads_the_batchnorm_of_zoo_timm_and_transformers_teachers():
             obj.methods["ofd"].margins()[i], ofd_margin(bn.weight.detach(), bn.bias.detach())
         )
 
-    # a ViT gives tokens, not maps; a map made by no module (the zoo VGG's post-ReLU stage output) has no
-    # BatchNorm to read: one clear error each
+    # a ViT (its tokens laid out as maps) has no BatchNorm in front of its blocks, nor has a map made by no module
+    # (the zoo VGG's post-ReLU stage output): one clear error each
     vcfg = transformers.ViTConfig(
         image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
         intermediate_size=32, num_labels=10,
     )  # fmt: skip
     vit = transformers.ViTForImageClassification(vcfg)
-    with pytest.raises(ValueError, match=r"convolutional \(C, H, W\)"):
+    with pytest.raises(
+        ValueError, match=r"teacher's layer 'hidden_states.1' \(ViTForImageClassification\) has none"
+    ):
         build_distillation_model(
             zoo_model("resnet8"), vit, _ofd_objective(teacher_preact=False, teacher_layers="1,2,3")
         )
-    with pytest.raises(ValueError, match=r"teacher's layer 'stage1' has none"):
+    with pytest.raises(
+        ValueError, match=r"teacher's layer 'stage1' \(CifarForImageClassification\) has none"
+    ):
         build_distillation_model(
             zoo_model("resnet8"),
             zoo_model("vgg13"),

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from transformers import ResNetConfig, ResNetForImageClassification
+from transformers import ResNetConfig, ResNetForImageClassification, ViTConfig, ViTForImageClassification
 
 from hf_distill.features import FeatureNeeds
 from hf_distill.models.modeling_cifar import create_cifar_model
-from hf_distill.models.taps import HFTap, TimmTap, ZooTap, feature_tap
+from hf_distill.models.taps import HFTap, TimmTap, ZooTap, feature_tap, token_grid
 from tests.helpers import timm_model
 
 X = torch.randn(2, 3, 32, 32)
@@ -67,3 +67,34 @@ def test_a_layer_that_does_not_exist_lists_the_valid_names():
 def test_preact_is_refused_where_unsupported():
     with pytest.raises(ValueError, match="cannot give pre-activation feature maps"):
         feature_tap(timm_model()).check(FeatureNeeds(maps=("layer1",), preact=True), "teacher")
+
+
+def test_token_grid_reads_the_patch_grid_else_a_square():
+    assert token_grid(65, (32, 32), 4) == (1, 8, 8)  # a class token, 8 x 8 patches
+    assert token_grid(7, (32, 48), 16) == (1, 2, 3)  # a non-square image's patch grid
+    assert token_grid(64, (256, 256), 4) == (0, 8, 8)  # a merged (Swin) stage: fewer tokens than patches
+    assert token_grid(201, (224, 224), None) == (5, 14, 14)  # a class token and 4 registers, no patch size
+    with pytest.raises(ValueError, match="no square patch grid"):
+        token_grid(117, (32, 32), None)  # 10 x 10 would leave 17 tokens in front
+    with pytest.raises(ValueError, match="needs a square image"):
+        token_grid(7, (32, 48), None)
+
+
+def test_transformer_tokens_become_maps_on_their_patch_grid_when_asked():
+    torch.manual_seed(0)
+    cfg = ViTConfig(
+        image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, num_labels=10,
+    )  # fmt: skip
+    vit = ViTForImageClassification(cfg).eval()
+    tap = feature_tap(vit)
+    assert tap.names == ["hidden_states.0", "hidden_states.1", "hidden_states.2"]
+    assert tap.model_name == "ViTForImageClassification"
+    tokens = tap(vit, X, FeatureNeeds(maps=("hidden_states.2",))).maps["hidden_states.2"]
+    maps = tap(vit, X, FeatureNeeds(maps=("hidden_states.2",), token_maps=True)).maps["hidden_states.2"]
+    assert tokens.shape == (2, 17, 16) and maps.shape == (2, 16, 4, 4)
+    # the class token is dropped; the patch in row 1, column 2 is token 1 + 1 * 4 + 2
+    assert torch.equal(maps[:, :, 1, 2], tokens[:, 7])
+    assert FeatureNeeds(token_maps=True) | FeatureNeeds(maps=("a",)) == FeatureNeeds(
+        maps=("a",), token_maps=True
+    )
