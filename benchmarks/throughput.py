@@ -34,19 +34,24 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 from transformers import PrinterCallback, TrainerCallback, TrainingArguments
 
 from hf_distill import DistillationTrainer
 from hf_distill.data.datasets import collate
-from hf_distill.methods import METHODS, PRESETS, DistillationObjective
+from hf_distill.features import FeatureNeeds, Features
+from hf_distill.methods import METHODS, PRESETS, DistillationObjective, resolve_selectors
 from hf_distill.models.loading import load_model
 from hf_distill.models.normalization import TeacherInput, input_spec
+from hf_distill.models.taps import feature_tap
 from hf_distill.training.mutual import MUTUAL
 
 NUM_CLASSES = 100
@@ -161,6 +166,77 @@ class Limit:
         self.opt.zero_grad(set_to_none=True)
 
 
+class ReferenceLimit(Limit):
+    """The limit step, then a reference implementation's step of the method on the same batch, each timed alone.
+
+    ``reference(limit)`` builds the reference's step (a callable on a batch) from this limit's networks; it keeps
+    its own copy of the student. Both steps run after every trainer step, so load hits all three alike.
+    """
+
+    def __init__(self, teacher, student, options, device, reference: Callable[[Limit], Callable]) -> None:
+        super().__init__(teacher, student, options, device)
+        self.reference_step = reference(self)
+        self.limit_times: list[float] = []
+        self.reference_times: list[float] = []
+
+    def step(self, batch: dict[str, Tensor]) -> None:
+        device = batch["pixel_values"].device
+        for fn, times in ((super().step, self.limit_times), (self.reference_step, self.reference_times)):
+            _sync(device)
+            t = time.perf_counter()
+            fn(batch)
+            _sync(device)
+            times.append(time.perf_counter() - t)
+
+
+class ReferenceStep:
+    """A reference implementation's training step, as its own code would run it beside the limit's networks.
+
+    Teacher forward (no grad) reading ``teacher_needs``, student forward reading ``student_needs`` (its own copy of
+    the limit's student), cross-entropy plus the reference's loss, backward, and one SGD step over the student and
+    the loss's trainable parameters (the limit's settings). ``build_loss(student_features, teacher_features)`` makes
+    the loss module from a dry run's features; it is called as ``loss(student_features, teacher_features, batch)``.
+    """
+
+    def __init__(
+        self,
+        limit: Limit,
+        student_needs: FeatureNeeds,
+        teacher_needs: FeatureNeeds,
+        build_loss: Callable[[Features, Features], nn.Module],
+    ) -> None:
+        device = next(limit.student.parameters()).device
+        self.student = copy.deepcopy(limit.student)
+        self.teacher, self.adapter = limit.teacher, limit.adapter
+        self.s_tap, self.t_tap = feature_tap(self.student), feature_tap(self.teacher)
+        self.s_needs = replace(
+            student_needs,
+            logits=True,
+            maps=tuple(resolve_selectors(student_needs.maps, self.s_tap.names, "student")),
+        )
+        self.t_needs = replace(
+            teacher_needs, maps=tuple(resolve_selectors(teacher_needs.maps, self.t_tap.names, "teacher"))
+        )
+        with torch.no_grad():
+            s, t = self.features(torch.zeros(2, 3, 32, 32, device=device), dry_run=True)
+        self.loss = build_loss(s, t).to(device)
+        params = [p for p in (*self.student.parameters(), *self.loss.parameters()) if p.requires_grad]
+        self.opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+    def features(self, x: Tensor, dry_run: bool = False) -> tuple[Features, Features]:
+        self.student.train(not dry_run)
+        with torch.no_grad():
+            t = self.t_tap(self.teacher, self.adapter(x), self.t_needs)
+        return self.s_tap(self.student, x, self.s_needs), t
+
+    def __call__(self, batch: dict[str, Tensor]) -> None:
+        s, t = self.features(batch["pixel_values"])
+        loss = nn.functional.cross_entropy(s.logits, batch["labels"]) + self.loss(s, t, batch)
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
 class LastBatch:
     """The collator, remembering its last batch: the limit steps run on the trainer's own batches."""
 
@@ -180,8 +256,11 @@ def _sync(device: torch.device) -> None:
 class Interleave(TrainerCallback):
     """Times every trainer step, then runs and times one limit step on the same batch (ABAB)."""
 
-    def __init__(self, limit: Limit, batches: LastBatch, device: torch.device) -> None:
+    def __init__(
+        self, limit: Limit, batches: LastBatch, device: torch.device, progress: tqdm | None = None
+    ) -> None:
         self.limit, self.batches, self.device = limit, batches, device
+        self.progress = progress
         self.trainer_times: list[float] = []
         self.limit_times: list[float] = []
         self._t = 0.0
@@ -198,6 +277,8 @@ class Interleave(TrainerCallback):
         self.limit.step(batch)
         _sync(self.device)
         self.limit_times.append(time.perf_counter() - t)
+        if self.progress is not None:
+            self.progress.update()
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -264,14 +345,27 @@ def method_kind(name: str) -> str:
     return "logit" if not (needs.student.embedding or needs.student.maps or needs.teacher.maps) else "feature"
 
 
-def run_method(pair: str, name: str, args: argparse.Namespace, options: Options, device: torch.device) -> Row:
+def progress_bar(total: int, desc: str) -> tqdm:
+    """A progress bar on stderr, quiet when stderr is not a terminal (a log file, a pipe, the tests)."""
+    return tqdm(total=total, desc=desc, leave=False, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+
+
+def run_method(
+    pair: str,
+    name: str,
+    args: argparse.Namespace,
+    options: Options,
+    device: torch.device,
+    limit_class: Callable[..., Limit] = Limit,
+) -> Row:
+    """One method on one pair, timed against the limit (``limit_class``: a :class:`Limit` that may time more)."""
     teacher, student = load_pair(pair, options)
     methods = [m for m, _ in PRESETS[name].methods] if name in PRESETS else [name]
     kwargs = {m: dict(METHOD_KWARGS[m]) for m in methods if m in METHOD_KWARGS}
     objective = DistillationObjective.from_names(name, method_kwargs=kwargs)
     data = SyntheticRows(args.rows)
     batches = LastBatch()
-    limit = Limit(teacher.to(device), student, options, device)
+    limit = limit_class(teacher.to(device), student, options, device)
     timer = Interleave(limit, batches, device)
     trainer = DistillationTrainer(
         model=student,
@@ -309,7 +403,8 @@ def run_method(pair: str, name: str, args: argparse.Namespace, options: Options,
         objective.methods[m].on_init_stage_end()
     trainer.model.init_stage_done.fill_(True)
     reset_peak_memory(device)
-    trainer.train()
+    with progress_bar(args.warmup + args.steps, f"{pair} {name}") as timer.progress:
+        trainer.train()
     peak = peak_memory_mb(device)
     w, b = args.warmup, args.batch_size
     tr, lim = timer.trainer_times[w:], timer.limit_times[w:]
@@ -330,6 +425,81 @@ def run_method(pair: str, name: str, args: argparse.Namespace, options: Options,
         state_mb=state_bytes(trainer.model.objective) / 2**20,
         steps=len(tr),
     )
+
+
+def compare_with_reference(
+    pair: str, name: str, reference: Callable[[Limit, argparse.Namespace], Callable], args: argparse.Namespace
+) -> dict:
+    """The method's trainer step, the limit and a reference implementation's step, timed in turn on the same batches.
+
+    ``reference(limit, args)`` builds the reference's step. Returns the medians (seconds), their spreads
+    (interquartile range / median), the ratios trainer / limit, reference / limit and trainer / reference, and the
+    load average before and after.
+    """
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    made: list[ReferenceLimit] = []
+
+    def limit_class(*a) -> ReferenceLimit:
+        made.append(ReferenceLimit(*a, reference=lambda limit: reference(limit, args)))
+        return made[-1]
+
+    load_before = os.getloadavg()[0]
+    row = run_method(pair, name, args, Options(), device, limit_class)
+    w = args.warmup
+    stats = {k: summarize(getattr(made[0], f"{k}_times")[w:]) for k in ("limit", "reference")}
+    trainer = args.batch_size / row.trainer_img_s
+    limit, ref = stats["limit"]["median_s"], stats["reference"]["median_s"]
+    return {
+        "pair": pair,
+        "method": name,
+        "batch_size": args.batch_size,
+        "steps": row.steps,
+        "device": environment(device)["device"],
+        "load": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "limit_s": round(limit, 4),
+        "reference_s": round(ref, 4),
+        "trainer_s": round(trainer, 4),
+        "spread": {
+            "limit": round(stats["limit"]["iqr_rel"], 3),
+            "reference": round(stats["reference"]["iqr_rel"], 3),
+            "trainer": round(row.trainer_iqr, 3),
+        },
+        "trainer_over_limit": round(trainer / limit, 3),
+        "reference_over_limit": round(ref / limit, 3),
+        "trainer_over_reference": round(trainer / ref, 3),
+    }
+
+
+def reference_main(
+    name: str,
+    reference: Callable[[Limit, argparse.Namespace], Callable],
+    doc: str,
+    argv: list[str] | None = None,
+    extra: Callable[[argparse.Namespace], dict] | None = None,
+) -> dict:
+    """The command line of a ``benchmarks/<method>_reference.py`` script: run :func:`compare_with_reference`, add
+    ``extra(args)``'s entries, print the JSON and write it to ``--out``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--pair", default="timm-resnet18-mobilenetv3", help=f"one of {', '.join(PAIRS)}")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--batch_size", type=int, default=64)
+    ap.add_argument("--rows", type=int, default=TRAIN_ROWS, help="training-set size")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch threads (1 is steadier on a shared machine)"
+    )
+    ap.add_argument("--out", default=None, help="write the JSON result here")
+    args = ap.parse_args(argv)
+    if args.pair not in PAIRS:
+        ap.error(f"unknown pair {args.pair!r}: choose from {', '.join(PAIRS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = compare_with_reference(args.pair, name, reference, args)
+    result.update(extra(args) if extra is not None else {})
+    print(json.dumps(result, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return result
 
 
 TARGETS = {"logit": 1.05, "feature": 1.25, "preset": 1.25}
@@ -399,6 +569,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batch_size", type=int, default=64)
     ap.add_argument(
+        "--threads", type=int, default=None, help="torch threads (1 is steadier on a shared machine)"
+    )
+    ap.add_argument(
         "--rows", type=int, default=TRAIN_ROWS, help="training-set size (CRD's bank has one row each)"
     )
     ap.add_argument("--channels_last", action="store_true")
@@ -435,6 +608,8 @@ def main(argv: list[str] | None = None) -> dict:
         result = json.loads(Path(args.render).read_text())
         print(markdown(result), end="")
         return result
+    if args.threads:
+        torch.set_num_threads(args.threads)
     options = Options(args.channels_last, args.teacher_bf16, args.compile)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = {
@@ -446,21 +621,21 @@ def main(argv: list[str] | None = None) -> dict:
         "environment": environment(device),
         "rows": [],
     }
-    for pair in args.pairs.split(","):
-        for name in args.names:
-            try:
-                row = asdict(run_method(pair, name, args, options, device))
-            except ValueError as e:
-                # the method does not apply to the pair (a timm student has no pre-activation maps)
-                row = {
-                    "pair": pair,
-                    "method": name,
-                    "kind": method_kind(name),
-                    "skipped": str(e).split(": ")[0],
-                }
-            result["rows"].append(row)
-            result["environment"]["load_after"] = round(os.getloadavg()[0], 1)
-            save(result, args.out)  # after every method: a long run killed midway keeps what it measured
+    runs = [(pair, name) for pair in args.pairs.split(",") for name in args.names]
+    for pair, name in tqdm(runs, desc="methods", disable=not sys.stderr.isatty(), dynamic_ncols=True):
+        try:
+            row = asdict(run_method(pair, name, args, options, device))
+        except ValueError as e:
+            # the method does not apply to the pair (a timm student has no pre-activation maps)
+            row = {
+                "pair": pair,
+                "method": name,
+                "kind": method_kind(name),
+                "skipped": str(e).split(": ")[0],
+            }
+        result["rows"].append(row)
+        result["environment"]["load_after"] = round(os.getloadavg()[0], 1)
+        save(result, args.out)  # after every method: a long run killed midway keeps what it measured
     print(markdown(result))
     return result
 

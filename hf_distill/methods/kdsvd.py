@@ -77,38 +77,66 @@ def rbf_relation(v_deep: Tensor, v_shallow: Tensor) -> Tensor:
     return torch.exp((v_deep.unsqueeze(2) - v_shallow.unsqueeze(1)).square() * (-1.0 / RBF_DENOMINATOR))
 
 
+#: elements of one chunk of the relation tensors on a CPU: every pass over a chunk stays in the core's cache
+CPU_CHUNK_ELEMENTS = 32768
+
+
 class _RelationGap(torch.autograd.Function):
-    """``nansum((rbf_relation(a, b) - r_t)^2)`` with its gradient, fused.
+    """``nansum((rbf_relation(a, b) - rbf_relation(a_t, b_t))^2)`` with its gradient, fused and chunked.
 
     The relation tensors have B x C1 x C0 x k elements (64 x 512 x 256 for a ResNet-18's last two stages): every pass
-    over them costs more than the student's own step on a small network. Autograd's chain of element-wise ops makes
-    about 17 passes; here the forward makes 9 and leaves the backward two reductions: with d = a - b, R = exp(-d^2 / 8)
-    and e = R - r_t, d loss / d a = sum_c0 -e R d / 2 and d loss / d b = -(the same summed over c1).
+    over them costs more than the student's own step on a small network. The teacher's relation, the student's and
+    the gradient are computed together, a few samples at a time, and only the gradient's two reductions are kept:
+    with d = a - b, R = exp(-d^2 / 8) and e = R - R_t, d loss / d a = sum_c0 -e R d / 2 and d loss / d b = -(the
+    same summed over c1). On a CPU a chunk (``CPU_CHUNK_ELEMENTS``) fits in the cache, so its ~15 passes cost cache
+    bandwidth instead of memory bandwidth, and no tensor of the full size is allocated or kept for backward;
+    elsewhere the whole batch is one chunk. The elements and the per-sample reductions are the unchunked ones; only
+    the loss's sum is taken chunk by chunk (a rounding-level difference).
     """
 
     @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, r_t: Tensor) -> Tensor:
-        d = a.unsqueeze(2) - b.unsqueeze(1)
-        r = d.square().mul_(-1.0 / RBF_DENOMINATOR).exp_()
-        e = r - r_t
-        loss = (e * e).nansum()
-        # the reference zeroes non-finite elements; an element is in [0, 1] or NaN (exp of a NaN distance, never
-        # inf), so nansum is exactly that. The gradient at a NaN element stays NaN, as through autograd's chain.
-        ctx.save_for_backward(e.mul_(r).mul_(d))
+    def forward(ctx, a: Tensor, b: Tensor, a_t: Tensor, b_t: Tensor) -> Tensor:
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        per_sample = a.shape[1] * b.shape[1] * a.shape[2]
+        chunk = max(1, CPU_CHUNK_ELEMENTS // per_sample) if a.device.type == "cpu" else a.shape[0]
+        loss = a.new_zeros(())
+        grad_a, grad_b = (torch.empty_like(a), torch.empty_like(b)) if need_grad else (None, None)
+        for i in range(0, a.shape[0], chunk):
+            rows = slice(i, i + chunk)
+            r_t = _rbf_of_squares_((a_t[rows].unsqueeze(2) - b_t[rows].unsqueeze(1)).square_())
+            d = a[rows].unsqueeze(2) - b[rows].unsqueeze(1)
+            r = _rbf_of_squares_(
+                d.square() if need_grad else d.square_()
+            )  # d itself is kept for the gradient
+            e = torch.sub(r, r_t, out=r_t)
+            if need_grad:
+                g = r.mul_(e).mul_(d)  # e R d, the gradient before its reductions and scale
+                torch.sum(g, 2, out=grad_a[rows])
+                torch.sum(g, 1, out=grad_b[rows])
+            # the reference zeroes non-finite elements; an element is in [0, 1] or NaN (exp of a NaN distance,
+            # never inf), so nansum is exactly that. The gradient at a NaN element stays NaN, as through autograd.
+            loss += e.square_().nansum()
+        if need_grad:
+            ctx.save_for_backward(grad_a, grad_b)
         return loss
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        (g,) = ctx.saved_tensors
+        g_a, g_b = ctx.saved_tensors
         scale = grad * (-4.0 / RBF_DENOMINATOR)  # d/dd of (exp(-d^2/8) - r_t)^2 = 2 e R (-2 d / 8)
-        return scale * g.sum(2), -scale * g.sum(1), None
+        return scale * g_a, -scale * g_b, None, None
 
 
-def relation_gap(a: Tensor, b: Tensor, r_t: Tensor) -> Tensor:
-    """``sum((rbf_relation(a, b) - r_t)^2)`` over the finite elements (fused forward and backward, see
-    :class:`_RelationGap`); ``r_t`` is a constant (the teacher's relation)."""
-    return _RelationGap.apply(a, b, r_t.detach())
+def _rbf_of_squares_(sq: Tensor) -> Tensor:
+    """``exp(-sq / 8)`` in place of the squared distances ``sq``: :func:`rbf_relation`'s last two passes."""
+    return sq.mul_(-1.0 / RBF_DENOMINATOR).exp_()
+
+
+def relation_gap(a: Tensor, b: Tensor, a_t: Tensor, b_t: Tensor) -> Tensor:
+    """``sum((rbf_relation(a, b) - rbf_relation(a_t, b_t))^2)`` over the finite elements (fused forward and
+    backward, see :class:`_RelationGap`); ``a_t`` and ``b_t`` (the teacher's vectors) are constants."""
+    return _RelationGap.apply(a, b, a_t.detach(), b_t.detach())
 
 
 def kdsvd_loss(student_maps: list[Tensor], teacher_maps: list[Tensor], k: int = 1) -> Tensor:
@@ -142,9 +170,7 @@ def kdsvd_loss(student_maps: list[Tensor], teacher_maps: list[Tensor], k: int = 
         scale = s_t.unsqueeze(1)
         v_t, v_s = v_t * scale, v_s * scale
         if prev_s is not None:
-            with torch.no_grad():
-                r_t = rbf_relation(v_t, prev_t)
-            total = total + relation_gap(v_s, prev_s, r_t) / batch
+            total = total + relation_gap(v_s, prev_s, v_t, prev_t) / batch
         prev_s, prev_t = v_s, v_t
     return total
 

@@ -255,6 +255,34 @@ def test_sampling_follows_torch_rng_and_mixed_class_sizes():
     assert len(set(a[1, 1:].tolist())) == 10  # without replacement where possible
 
 
+def _stacked_draws(idx, labels, order, start, k):
+    """The sampler as one pass per step over the whole (B, K) table (before the per-sample loop): randperm prefixes
+    stacked, draws with replacement merged, positions mapped over the own class, rows looked up."""
+    cls = labels[idx]
+    first, count = start[cls], start[cls + 1] - start[cls]
+    others = labels.numel() - count
+    slots = torch.stack(
+        [torch.randperm(m)[:k] if m >= k else torch.zeros(k, dtype=torch.long) for m in others.tolist()]
+    )
+    if (others < k).any():
+        repl = torch.randint(0, 2**62, (len(idx), k)) % others[:, None]
+        slots = torch.where((others >= k)[:, None], slots, repl)
+    slots = slots + (slots >= first[:, None]) * count[:, None]
+    return torch.cat([idx[:, None], order[slots]], dim=1)
+
+
+@pytest.mark.parametrize("k", [3, 13])  # every class without replacement; class 0 (12 others) with
+def test_sampler_draws_what_the_whole_table_computation_draws(k):
+    """The per-sample loop is a reorganization: the same RNG calls in the same order, the same rows."""
+    labels = torch.tensor([0] * 30 + [1] * 3 + [2] * 5 + [3] * 4)
+    order, start = _tables(labels)
+    idx = torch.tensor([0, 30, 33, 5, 41, 38, 31])
+    torch.manual_seed(7)
+    got = sample_contrast_indices(idx, labels, order, start, k)
+    torch.manual_seed(7)
+    assert torch.equal(got, _stacked_draws(idx, labels, order, start, k))
+
+
 def test_negatives_without_replacement_are_uniform_over_the_other_class_rows():
     """Every other-class row is drawn with probability K / others (here 5 of 20), as numpy's choice without
     replacement; the own class never. 2,000 draws: each row's count is 500 +- 4 standard deviations."""

@@ -6,7 +6,7 @@ import torch
 
 import hf_distill.methods.ft  # noqa: F401  (registers "ft")
 from hf_distill.methods import DataInfo, Features, FeatureSpec, StepInfo, resolve_objective
-from hf_distill.methods.factor import AutoEncoder
+from hf_distill.methods.factor import AutoEncoder, ConvCoder
 from hf_distill.methods.ft import FT, ft_factor, ft_loss
 from hf_distill.run.config import parse_method_flags
 from hf_distill.training.checkpoints import method_state
@@ -70,6 +70,44 @@ def test_ft_module_value_and_init_stage_loss_by_hand():
     assert ft.init_stage_loss(s, t, StepInfo(labels=torch.zeros(4)))["rec"].item() == pytest.approx(
         mse.item(), rel=1e-5
     )
+
+
+def _explicit_coder(coder, x):
+    """The coder's layers applied one by one, each convolution as torch's 3x3 (transposed) convolution."""
+    for layer in coder:
+        if isinstance(layer, torch.nn.ConvTranspose2d):
+            x = torch.nn.functional.conv_transpose2d(x, layer.weight, layer.bias, padding=1)
+        elif isinstance(layer, torch.nn.Conv2d):
+            x = torch.nn.functional.conv2d(x, layer.weight, layer.bias, padding=1)
+        else:
+            x = layer(x)
+    return x
+
+
+@pytest.mark.parametrize("size", [1, 3])  # a timm network's 1x1 map at 32x32 input; a larger one
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {"batch_norm": False, "bias": True},  # paraphraser encoder
+        {"batch_norm": False, "bias": True, "transpose": True},  # paraphraser decoder
+        {"batch_norm": True, "bias": True},  # translator
+        {"batch_norm": True, "bias": False, "leading_activation": True, "he_init": True},  # IE-KD's coder
+    ],
+)
+def test_coders_equal_explicit_3x3_convolutions_in_float64(size, flags):
+    """FT's and IE-KD's networks, values and gradients, against the convolutions written out (a 1x1 map may take
+    a shortcut through the centre tap: it must not change the numbers)."""
+    torch.manual_seed(0)
+    coder = ConvCoder(6, 4, **flags).double().train()
+    x = torch.randn(5, 6, size, size, dtype=torch.double, requires_grad=True)
+    got = coder(x)
+    want = _explicit_coder(coder, x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    params = [x, *coder.parameters()]
+    weights = torch.randn_like(got)
+    g_got = torch.autograd.grad((got * weights).sum(), params)
+    g_want = torch.autograd.grad((want * weights).sum(), params)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-12)
 
 
 def test_ft_defaults_registry_and_cli():

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_distill.methods import Features, FeatureSpec, StepInfo, resolve_objective
+from hf_distill.methods import Features, FeatureSpec, StepInfo, kdsvd, resolve_objective
 from hf_distill.methods.kdsvd import (
     KDSVD,
     align_to_teacher,
@@ -61,25 +61,51 @@ def _np_kdsvd(s_maps, t_maps, k, t_signs):
 
 
 @pytest.mark.parametrize("k", [1, 3])
-def test_fused_relation_gap_equals_the_autograd_chain(k):
+@pytest.mark.parametrize("chunk", [10**9, 40, 70])  # one chunk; one sample per chunk; two, the last one short
+def test_fused_relation_gap_equals_the_autograd_chain(k, chunk, monkeypatch):
+    monkeypatch.setattr(kdsvd, "CPU_CHUNK_ELEMENTS", chunk)
     g = torch.Generator().manual_seed(0)
     a = torch.randn(3, 7, k, generator=g, dtype=torch.double, requires_grad=True)
     b = torch.randn(3, 5, k, generator=g, dtype=torch.double, requires_grad=True)
-    r_t = rbf_relation(
-        torch.randn(3, 7, k, generator=g, dtype=torch.double), torch.randn(3, 5, k, generator=g)
+    a_t, b_t = (
+        torch.randn(3, 7, k, generator=g, dtype=torch.double),
+        torch.randn(3, 5, k, generator=g).double(),
     )
-    got = relation_gap(a, b, r_t)
+    r_t = rbf_relation(a_t, b_t)
+    got = relation_gap(a, b, a_t, b_t)
     want = (rbf_relation(a, b) - r_t).pow(2).sum()
     assert got.item() == pytest.approx(want.item(), rel=1e-12)
     ga, gb = torch.autograd.grad(got, (a, b))
     wa, wb = torch.autograd.grad(want, (a, b))
     torch.testing.assert_close((ga, gb), (wa, wb), rtol=1e-10, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda x, y: relation_gap(x, y, r_t), (a, b))
+    assert torch.autograd.gradcheck(lambda x, y: relation_gap(x, y, a_t, b_t), (a, b))
     # a NaN element counts 0 in the value, as the reference's zeroing of non-finite elements
     nan_a = a.detach().clone()
     nan_a[0, 0, 0] = float("nan")
     finite = (rbf_relation(nan_a, b) - r_t).pow(2)
-    assert relation_gap(nan_a, b.detach(), r_t).item() == pytest.approx(finite.nansum().item(), rel=1e-12)
+    assert relation_gap(nan_a, b.detach(), a_t, b_t).item() == pytest.approx(
+        finite.nansum().item(), rel=1e-12
+    )
+    # the teacher's side gets no gradient
+    a_t.requires_grad_(True)
+    relation_gap(a, b, a_t, b_t).backward()
+    assert a_t.grad is None
+
+
+def test_chunked_relation_gap_equals_the_whole_batch_in_float32(monkeypatch):
+    """Chunks change only the order the loss is summed in: float32 values agree to rounding, gradients exactly."""
+    g = torch.Generator().manual_seed(1)
+    a, b, a_t, b_t = (torch.randn(6, c, 1, generator=g) * 0.5 for c in (32, 16, 32, 16))
+    results = []
+    for chunk in (10**9, 32 * 16 * 2):
+        monkeypatch.setattr(kdsvd, "CPU_CHUNK_ELEMENTS", chunk)
+        x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
+        loss = relation_gap(x, y, a_t, b_t)
+        loss.backward()
+        results.append((loss.detach(), x.grad, y.grad))
+    (l1, ga1, gb1), (l2, ga2, gb2) = results
+    torch.testing.assert_close(l1, l2, rtol=1e-6, atol=0)
+    assert torch.equal(ga1, ga2) and torch.equal(gb1, gb2)
 
 
 def test_singular_vectors_match_numpy():
