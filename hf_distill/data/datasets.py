@@ -298,11 +298,15 @@ def label_tensor(ds: datasets.Dataset, label_column: str) -> torch.Tensor:
     return torch.as_tensor(ds.with_format(None)[label_column], dtype=torch.long)
 
 
-def _mix(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed that depends only on (seed, epoch, row): augmentation independent of the global RNG."""
+def row_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed that depends only on (seed, epoch, row): augmentation independent of the global RNG (a streamed
+    row's ``index`` is its identity, :func:`hf_distill.data.streaming.row_identity`)."""
     h = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) & (2**64 - 1)
     h ^= h >> 31
     return h & (2**63 - 1)
+
+
+_mix = row_seed  # its earlier private name, still imported by tests/data/test_transforms.py
 
 
 class ImageClassificationDataset(torch.utils.data.Dataset):
@@ -384,7 +388,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         return str(getattr(self.transform, "description", type(self.transform).__name__))
 
     def _pixels(self, image, index: int) -> torch.Tensor:
-        seed = _mix(self.seed, self.epoch, index) if self.train else None
+        seed = row_seed(self.seed, self.epoch, index) if self.train else None
         return self.transform(image.convert("RGB"), seed)
 
     def _decoded_row(self, index: int) -> tuple[Any, int, int]:

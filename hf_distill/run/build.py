@@ -17,12 +17,13 @@ from ..data.datasets import (
     prepare_split,
     resolve_columns,
 )
+from ..data.streaming import load_eval_split, load_image_stream, prepare_stream, stream_class_names
 from ..data.transforms import model_pipeline
 from ..methods import DistillationObjective, resolve_objective
 from ..models.loading import load_model, zoo_architecture
 from ..models.normalization import InputSpec
 from ..training.mutual import PeerEvaluation, mutual_method, prepare_peers
-from ..training.trainer import DistillationTrainer
+from ..training.trainer import DistillationTrainer, check_streaming_objective
 from .config import DataArguments, DistillArguments, ModelArguments
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,54 @@ def load_teacher(name: str, weights: str | None, num_labels: int, allow_untraine
     return load_model(name, num_labels=num_labels, weights=weights, role="teacher")
 
 
+def check_streaming_run(
+    data_args: DataArguments,
+    distill_args: DistillArguments,
+    training_args: TrainingArguments,
+    objective: DistillationObjective,
+) -> None:
+    """Refuse, before anything loads, what a streamed training split cannot do.
+
+    Raises:
+        ValueError: no ``--max_steps``, ``--teacher_cache``, ``--max_train_samples``, or a method that needs the
+            dataset's length or row numbers (one line each, naming the fix).
+    """
+    if training_args.max_steps <= 0:
+        raise ValueError(
+            "--streaming needs --max_steps N: a stream has no length, so --num_train_epochs cannot say when to stop "
+            "(one epoch is about rows / (per_device_train_batch_size x processes x gradient_accumulation_steps) steps)."
+        )
+    if distill_args.teacher_cache:
+        raise ValueError(
+            "--teacher_cache stores the teacher's outputs per row of a map-style training set and cannot follow a "
+            "stream: drop --teacher_cache or --streaming."
+        )
+    if data_args.max_train_samples is not None:
+        raise ValueError(
+            "--max_train_samples selects rows of a map-style split, which a stream does not number: drop it and "
+            "bound the run with --max_steps."
+        )
+    check_streaming_objective(objective, distill_args.milestones())
+
+
+def _open_stream(data_args: DataArguments):
+    return load_image_stream(data_args.dataset, data_args.train_split)
+
+
+def _stream_eval_split(data_args: DataArguments):
+    """The evaluation split beside a stream (map-style, that split's files only), or None with a warning."""
+    if not data_args.eval_split:
+        return None
+    raw_eval = load_eval_split(data_args.dataset, data_args.eval_split)
+    if raw_eval is None:
+        logger.warning(
+            "The dataset has no %r split, and a stream cannot be carved into a validation split: nothing is "
+            "evaluated. Pass --eval_split with an existing split (or --eval_split '' to silence this).",
+            data_args.eval_split,
+        )
+    return raw_eval
+
+
 def build_run(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -94,22 +143,28 @@ def build_run(
             "Pass --num_train_epochs N or --max_steps N with N > 0."
         )
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
-    raw_train, raw_eval, carved = load_train_and_eval(
-        data_args.dataset,
-        data_args.train_split,
-        data_args.eval_split,
-        data_args.label_column,
-        data_args.validation_split_size,
-        seed,
-    )
+    if data_args.streaming:
+        check_streaming_run(data_args, distill_args, training_args, objective)
+        raw_train, raw_eval, carved = _open_stream(data_args), _stream_eval_split(data_args), None
+    else:
+        raw_train, raw_eval, carved = load_train_and_eval(
+            data_args.dataset,
+            data_args.train_split,
+            data_args.eval_split,
+            data_args.label_column,
+            data_args.validation_split_size,
+            seed,
+        )
     # Detect the columns and class names before building the student, whose head must match them.
     img_col, lab_col = resolve_columns(raw_train, data_args.image_column, data_args.label_column)
-    names = class_names(raw_train, lab_col)
+    names = (stream_class_names if data_args.streaming else class_names)(raw_train, lab_col)
     id2label = dict(enumerate(names))
 
     teacher = None
-    if objective.needs_teacher or model_args.teacher is not None:
-        if model_args.teacher is None:
+    # ``--teacher ''`` names no teacher: the recipe's default teacher switched off, to train a model alone
+    # (``--method none``), e.g. the teacher of a later run.
+    if objective.needs_teacher or model_args.teachers():
+        if not model_args.teachers():
             raise ValueError(f"Method {distill_args.method!r} needs a teacher: pass --teacher.")
         # The head size only matters for a teacher built here (zoo/timm name); the trainer compares the label
         # spaces of teachers, student and dataset (counts and names) in one place.
@@ -128,19 +183,33 @@ def build_run(
     transforms = model_pipeline(student, data_args.train_transform, data_args.image_size, data_args.crop_pct)
     s_in = InputSpec(transforms.mean, transforms.std, transforms.image_size)
     strict = data_args.strict_images
-    train = prepare_split(
-        raw_train,
-        s_in.mean,
-        s_in.std,
-        s_in.image_size,
-        True,
-        img_col,
-        lab_col,
-        data_args.max_train_samples,
-        seed=seed,
-        strict_images=strict,
-        transform=transforms.train,
-    )
+    if data_args.streaming:
+        train = prepare_stream(
+            raw_train,
+            s_in.mean,
+            s_in.std,
+            s_in.image_size,
+            img_col,
+            lab_col,
+            seed=seed,
+            shuffle_buffer=data_args.streaming_shuffle_buffer,
+            strict_images=strict,
+            transform=transforms.train,
+        )
+    else:
+        train = prepare_split(
+            raw_train,
+            s_in.mean,
+            s_in.std,
+            s_in.image_size,
+            True,
+            img_col,
+            lab_col,
+            data_args.max_train_samples,
+            seed=seed,
+            strict_images=strict,
+            transform=transforms.train,
+        )
     evals = None
     if raw_eval is not None:
         evals = prepare_split(
@@ -174,6 +243,7 @@ def build_run(
         channels_last=distill_args.channels_last,
         teacher_precision=distill_args.teacher_precision,
         teacher_cache=distill_args.teacher_cache,
+        teacher_cache_topk=distill_args.teacher_cache_topk,
         ensemble_weights=model_args.ensemble_weight_list(),
         ensemble_mode=model_args.ensemble_mode,
     )

@@ -20,6 +20,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from ..data.streaming import is_stream
 from ..data.transforms import preserved_rng
 from ..training.checkpoints import latest_complete_checkpoint
 from ..training.non_finite import NonFiniteLossError
@@ -128,9 +129,10 @@ def _train_and_save(
     signature = run_signature(model_args, data_args, distill_args, training_args, objective)
     previous = check_resume(resume, signature, distill_args.resume_ignore_changes) if resume else []
     trainer.log_objective()
-    warn_if_teacher_at_chance(
-        trainer, run.eval.dataset if run.eval is not None else run.train.dataset, run.train.num_classes
-    )
+    checked = run.eval.dataset if run.eval is not None else run.train.dataset
+    if is_stream(checked):  # a stream has no first rows to evaluate on without moving it
+        checked = None
+    warn_if_teacher_at_chance(trainer, checked, run.train.num_classes)
     t0 = time.time()
     record = RunRecordCallback(trainer, signature, previous, t0)
     trainer.add_callback(record)

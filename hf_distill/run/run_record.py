@@ -94,6 +94,17 @@ def run_signature(
         "optim": str(getattr(t.optim, "value", t.optim)),
         "optim_args": t.optim_args,
         "weight_decay": t.weight_decay,
+        # a top-k teacher cache trains on other (reconstructed) logits; absent when off, so that the checkpoints
+        # written before the flag existed still resume
+        **(
+            {"teacher_cache_topk": distill_args.teacher_cache_topk} if distill_args.teacher_cache_topk else {}
+        ),
+        # a stream trains on other batches than the loaded split; absent when off, as above
+        **(
+            {"streaming": True, "streaming_shuffle_buffer": data_args.streaming_shuffle_buffer}
+            if getattr(data_args, "streaming", False)
+            else {}
+        ),
     }
 
 

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import datasets
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -27,6 +28,7 @@ from transformers import ProgressCallback, Trainer, TrainingArguments
 from transformers.trainer_utils import HubStrategy, TrainOutput
 
 from ..data.datasets import IndexedRows, class_names_of, collate
+from ..data.streaming import StreamPosition, is_stream, stream_loader
 from ..features import LOGITS_ONLY, FeatureNeeds, Features
 from ..methods import DataInfo, DistillationObjective, StepInfo
 from ..models.normalization import InputSpec, TeacherInput, input_spec
@@ -84,6 +86,9 @@ class DistillationTrainer(Trainer):
             bit-equal to float32 ones).
         teacher_cache: a directory where the teacher's training outputs are stored and read back by later runs
             with the same teacher, data, augmentation and seed (exact; see :mod:`hf_distill.training.teacher_cache`).
+        teacher_cache_topk: with ``teacher_cache``, store only the k largest teacher logits of each row (and one
+            logit for the rest); every run, cold or warm, then trains on the reconstructed logits. Logit methods
+            only; off (``None``, exact) by default. See ``docs/teacher_cache.md``.
         ensemble_weights, ensemble_mode: with a list of teachers, their weights and how logit methods combine them
             (:class:`~hf_distill.training.ensemble.TeacherEnsemble`).
         **kwargs: passed to ``transformers.Trainer`` (callbacks, processing_class, ...).
@@ -108,6 +113,7 @@ class DistillationTrainer(Trainer):
         channels_last: bool = False,
         teacher_precision: str = "same",
         teacher_cache: str | None = None,
+        teacher_cache_topk: int | None = None,
         ensemble_weights: Sequence[float] | None = None,
         ensemble_mode: str = "distribution",
         **kwargs: Any,
@@ -141,6 +147,10 @@ class DistillationTrainer(Trainer):
         teacher = as_teacher(teacher, ensemble_weights, ensemble_mode)
         self.ensemble = teacher if isinstance(teacher, TeacherEnsemble) else None
         needs = objective.needs()
+        # the methods' dry run and the label check read real rows: a stream (no length) gives its first two
+        build_data, data_info = _streaming_build_data(
+            train_dataset, objective, lr_milestones, teacher_cache, data_info
+        )
         if needs.teacher.anything and teacher is None:
             raise ValueError(
                 f"The methods {', '.join(objective.methods)} need a teacher: pass `teacher=` (or use --method none)."
@@ -168,7 +178,7 @@ class DistillationTrainer(Trainer):
             if teacher is not None:
                 teacher.to(memory_format=torch.channels_last)
         self.student_input = student_input or _trained_size(
-            input_spec(model, kwargs.get("processing_class")), train_dataset, data_collator
+            input_spec(model, kwargs.get("processing_class")), build_data, data_collator
         )
         single = teacher is not None and self.ensemble is None
         self.teacher_input = teacher_input or (input_spec(teacher) if single else None)
@@ -176,11 +186,11 @@ class DistillationTrainer(Trainer):
         torch.manual_seed(args.seed)  # the methods' lazily built parts are initialized from the run's seed
         if self.ensemble is not None:
             built = build_ensemble_distillation(
-                model, teacher, objective, train_dataset, data_collator, data_info, self.student_input
+                model, teacher, objective, build_data, data_collator, data_info, self.student_input
             )
         else:
             built = build_distillation_model(
-                model, teacher, objective, train_dataset, data_collator, data_info, self.teacher_adapter
+                model, teacher, objective, build_data, data_collator, data_info, self.teacher_adapter
             )
         self.data_info = built.data_info
         container = built.container
@@ -215,6 +225,8 @@ class DistillationTrainer(Trainer):
             **kwargs,
         )
         self.add_callback(EpochToDataset(train_dataset))
+        if is_stream(train_dataset):  # each process's place in the stream, in every checkpoint
+            self.add_callback(StreamPosition(train_dataset))
         self.add_callback(StopOnNonFiniteGradient(container))
         destroy_process_group_at_exit()  # a live gloo group can abort the process at shutdown
         objective.check_batch_size(self.args.per_device_train_batch_size, self.accelerator.num_processes)
@@ -231,7 +243,11 @@ class DistillationTrainer(Trainer):
             if self.teacher_label_order is not None:
                 logger.info("The teacher names the classes in another order: its logits are remapped.")
                 self.teacher_label_order = self.teacher_label_order.to(self.args.device)
-        self.teacher_cache = TeacherCache.for_trainer(teacher_cache, self) if teacher_cache else None
+        if teacher_cache_topk is not None and not teacher_cache:
+            raise ValueError("--teacher_cache_topk needs --teacher_cache DIR (the cache it applies to).")
+        self.teacher_cache = (
+            TeacherCache.for_trainer(teacher_cache, self, topk=teacher_cache_topk) if teacher_cache else None
+        )
 
     def log_objective(self) -> None:
         """Log the resolved objective (methods, weights, hyperparameters, feature layers) once, on the main process."""
@@ -513,6 +529,10 @@ class DistillationTrainer(Trainer):
                     self.state.max_steps,
                 )
                 return TrainOutput(self.state.global_step, _last_train_loss(self.state.log_history), {})
+        if is_stream(self.train_dataset):
+            self.train_dataset.begin(
+                self.args.process_index, self.args.world_size, resume_from_checkpoint, self.args
+            )
         container: DistillationModel = self.model
         if (
             container.objective.init_stage_methods()
@@ -521,6 +541,21 @@ class DistillationTrainer(Trainer):
         ):
             self.run_init_stage()
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def get_train_dataloader(self):
+        """Upstream's loader, except for a stream: its own (this process's shards, rows in order, full batches),
+        placed on the device by Accelerate but not split again across processes."""
+        if not is_stream(self.train_dataset):
+            return super().get_train_dataloader()
+        return stream_loader(self.train_dataset, self.args, self.data_collator, self.accelerator)
+
+    def get_resumed_dataloader(self, dataloader, num_batches: int):
+        """Upstream skips the batches already trained by reading them; a stream moves to its saved position
+        instead (replaying its current pass without decoding images)."""
+        if not is_stream(self.train_dataset):
+            return super().get_resumed_dataloader(dataloader, num_batches)
+        self.train_dataset.seek(num_batches * self.args.train_batch_size)
+        return dataloader
 
     def run_init_stage(self) -> dict[str, float]:
         """The methods' initialization stage (see :func:`hf_distill.training.init_stage.run_init_stage`)."""
@@ -537,6 +572,56 @@ class DistillationTrainer(Trainer):
     def teacher_metrics(self) -> dict[str, float] | None:
         """The teacher's evaluation metrics (accuracy, top-5), once :meth:`evaluate` has measured them."""
         return self._teacher_metrics
+
+
+def check_streaming_objective(
+    objective: DistillationObjective, lr_milestones: Sequence[float] | None
+) -> None:
+    """Refuse what a stream (no length, no row numbers) cannot train.
+
+    Raises:
+        ValueError: a method with a state per row (CRD's memory bank) or an initialization stage counted in epochs,
+            or ``lr_milestones`` (epochs); one line naming it.
+    """
+    per_row = [name for name, m in objective.methods.items() if m.needs().index]
+    if per_row:
+        raise ValueError(
+            f"--method {','.join(per_row)} keeps a state per training row (a memory bank sized by the dataset), "
+            "which a stream does not number: drop --streaming or choose a method without per-row state."
+        )
+    staged = objective.init_stage_methods()
+    if staged:
+        raise ValueError(
+            f"--method {','.join(staged)} starts with an initialization stage counted in epochs, which a stream "
+            "does not have: drop --streaming or choose a method without one."
+        )
+    if lr_milestones:
+        raise ValueError(
+            "--lr_milestones counts epochs, which a stream does not have: use --lr_scheduler_type (e.g. cosine) "
+            "over --max_steps, or drop --streaming."
+        )
+
+
+def _streaming_build_data(train_dataset, objective, lr_milestones, teacher_cache, data_info):
+    """What the model is built from: the training set itself, or a stream's first two rows and its class count.
+
+    Raises:
+        ValueError: a ``datasets.IterableDataset`` not wrapped for training, or a stream with what it cannot train.
+    """
+    if isinstance(train_dataset, datasets.IterableDataset):
+        raise ValueError(
+            "A datasets.IterableDataset needs its transform and per-process reading: wrap it with "
+            "hf_distill.data.streaming.prepare_stream(...) and pass the result's .dataset."
+        )
+    if not is_stream(train_dataset):
+        return train_dataset, data_info
+    check_streaming_objective(objective, lr_milestones)
+    if teacher_cache:
+        raise ValueError(
+            "teacher_cache stores the teacher's outputs per row of a map-style training set and cannot follow a "
+            "stream: drop teacher_cache (--teacher_cache) or the stream."
+        )
+    return train_dataset.head(2), data_info or DataInfo(num_samples=0, num_classes=train_dataset.num_classes)
 
 
 def _trained_size(spec: InputSpec, train_dataset, collator: Callable) -> InputSpec:
