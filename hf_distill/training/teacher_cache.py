@@ -30,8 +30,20 @@ prefixed by a public id of that key (``<signer>``). On read, a shard of this key
 corrupted, or edited by anyone without the key) is refused with one warning line, removed, and its rows are computed
 (and stored) again; shards of other keys (another user's) are never read, nor removed. Verifying costs one HMAC over
 each shard when its epoch is loaded, what the SHA-256 of the name cost before. Shards store every output in the precision the teacher
-produced it (float32 unless the run uses bf16/fp16 autocast), intermediate maps included: there is no lossy mode, so
-map-consuming methods are cached too, at their full size (reported in the logs and by :meth:`TeacherCache.report`).
+produced it (float32 unless the run uses bf16/fp16 autocast), intermediate maps included: map-consuming methods are
+cached too, at their full size (reported in the logs and by :meth:`TeacherCache.report`).
+
+The top-k mode (``topk=k``, ``--teacher_cache_topk K``; off by default) is the one lossy mode, for logits at ImageNet
+size (1.28M rows x 1000 classes x 4 bytes = 5.1 GB an epoch exact): a row keeps its k largest logits, their class
+indices and one *tail logit*, the log-mean-exp of the other classes' logits (:func:`topk_compress`). The methods
+receive the logits :func:`topk_reconstruct` rebuilds: the k logits in place and the tail logit for every other class,
+so ``softmax(reconstructed)`` is the teacher's softmax on the top k and spreads the rest of its mass uniformly over
+the other classes (FKD's and ReLabel's stored soft labels). It stores logits rather than probabilities because the
+reconstructed logits are then the teacher's own on the top k, not shifted by the log-partition: methods that read
+logit values (logit standardization, a logit MSE) see the same top-k numbers. A top-k run receives the reconstructed
+logits whether its rows are read or computed, so it trains the same student on a cold cache as on a warm one. The
+key holds k: top-k and exact caches (and two values of k) never serve each other. Only logits are kept: methods that
+read the teacher's embedding or maps are refused in one line (:func:`topk_refusal`). See ``docs/teacher_cache.md``.
 
 An ensemble of teachers gets one cache per teacher (:class:`EnsembleTeacherCache`), each under the key a run of that
 teacher alone would use: single-teacher runs and ensembles of the same teachers share what they stored.
@@ -47,6 +59,7 @@ import hmac
 import itertools
 import json
 import logging
+import math
 import os
 import secrets
 import struct
@@ -58,6 +71,7 @@ from typing import Any
 import safetensors.torch
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from ..methods import Features
@@ -73,6 +87,15 @@ SHARD_SUFFIX = ".safetensors"
 MAP_PREFIX = "map."
 DIGEST = "input_digest"
 INDEX = "index"
+#: a top-k row: the k largest logits (largest first), their classes, the log-mean-exp of the other classes' logits
+TOPK_VALUES = "topk.values"
+TOPK_INDICES = "topk.indices"
+TAIL_LOGIT = "topk.tail"
+#: the shard metadata that says which mode wrote it (absent: exact) and, for top-k, over how many classes
+TOPK_META = "topk"
+CLASSES_META = "classes"
+#: a bar is drawn only for an epoch load that lasts longer than this (a CIFAR epoch loads in milliseconds)
+PROGRESS_DELAY_S = 2.0
 
 
 # -- fingerprints -----------------------------------------------------------------------------------------------
@@ -236,9 +259,11 @@ def write_shard(folder: str, tensors: dict[str, Tensor], metadata: dict[str, str
     return len(data)
 
 
-def read_shard(path: str, key_hash: str, epoch: int, key: bytes) -> dict[str, Tensor] | None:
-    """The tensors of a shard, or ``None`` when its name is not its signature under ``key`` (truncated, corrupted
-    or forged) or it belongs to another cache key or epoch."""
+def read_shard(
+    path: str, key_hash: str, epoch: int, key: bytes, topk: int | None = None
+) -> tuple[dict[str, Tensor], dict[str, str]] | None:
+    """The tensors and metadata of a shard, or ``None`` when its name is not its signature under ``key``
+    (truncated, corrupted or forged) or it belongs to another cache key, epoch or mode (exact, top-k)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -250,10 +275,18 @@ def read_shard(path: str, key_hash: str, epoch: int, key: bytes) -> dict[str, Te
         return None
     if meta.get("key") != key_hash or meta.get("epoch") != str(epoch) or meta.get("format") != CACHE_FORMAT:
         return None
+    if meta.get(TOPK_META) != (None if topk is None else str(topk)):
+        return None  # the key already holds k: this is a second lock, not the first
+    if topk is not None and not (
+        meta.get(CLASSES_META, "").isdigit()
+        and int(meta[CLASSES_META]) > topk
+        and {TOPK_VALUES, TOPK_INDICES, TAIL_LOGIT} <= set(tensors)
+    ):
+        return None
     rows = len(tensors.get(INDEX, ()))
     if DIGEST not in tensors or any(len(t) != rows for t in tensors.values()):
         return None
-    return tensors
+    return tensors, meta
 
 
 def features_to_tensors(f: Features) -> dict[str, Tensor]:
@@ -278,6 +311,70 @@ def teacher_key(
     }
 
 
+# -- top-k rows -------------------------------------------------------------------------------------------------
+def index_dtype(num_classes: int) -> torch.dtype:
+    """The smallest integer type that holds a class index (int16 up to 32,768 classes: ImageNet-21k fits)."""
+    return torch.int16 if num_classes <= 2**15 else torch.int32
+
+
+def check_topk(topk: int | None, num_classes: int | None = None) -> None:
+    """Raises:
+    ValueError: ``topk`` is not a positive integer, or not below the number of classes (then the exact cache is
+        what the user wants)."""
+    if topk is None:
+        return
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise ValueError(f"--teacher_cache_topk must be a positive integer, got {topk!r}.")
+    if num_classes is not None and topk >= num_classes:
+        raise ValueError(
+            f"--teacher_cache_topk {topk} keeps every one of the {num_classes} classes: use a k below "
+            f"{num_classes}, or drop --teacher_cache_topk for the exact cache."
+        )
+
+
+def topk_compress(logits: Tensor, k: int) -> dict[str, Tensor]:
+    """A (B, C) logit tensor as top-k rows: the k largest logits (largest first) in the logits' dtype, their class
+    indices (:func:`index_dtype`) and the tail logit ``log(mean(exp(z_j)))`` over the other classes ``j``, computed
+    in float32 and stored in the logits' dtype. The tail logit gives each other class the mean of their
+    probabilities, so the mass outside the top k is kept whole and spread uniformly."""
+    check_topk(k, logits.shape[-1])
+    values, indices = logits.topk(k, dim=-1)
+    others = logits.float().scatter(-1, indices, float("-inf"))
+    tail = torch.logsumexp(others, dim=-1) - math.log(logits.shape[-1] - k)
+    return {
+        TOPK_VALUES: values,
+        TOPK_INDICES: indices.to(index_dtype(logits.shape[-1])),
+        TAIL_LOGIT: tail.to(logits.dtype),
+    }
+
+
+def topk_reconstruct(values: Tensor, indices: Tensor, tail: Tensor, num_classes: int) -> Tensor:
+    """The (B, num_classes) logits of top-k rows: the stored logits at their classes, the tail logit elsewhere.
+    ``softmax`` of them is the teacher's softmax on the top k (the log-partition is unchanged) and
+    ``(1 - top-k mass) / (num_classes - k)`` on every other class."""
+    out = tail.unsqueeze(-1).expand(len(tail), num_classes).clone()
+    return out.scatter_(-1, indices.long(), values.to(out.dtype))
+
+
+def topk_refusal(needs_by_method: dict[str, Any]) -> str | None:
+    """The one-line refusal of ``--teacher_cache_topk`` for methods that read more of the teacher than its logits
+    (``needs_by_method``: method name -> its :class:`~hf_distill.features.FeatureNeeds` of the teacher), or
+    ``None`` when every method reads logits alone."""
+    reads = []
+    for name, needs in needs_by_method.items():
+        what = [
+            w for w, asked in (("embedding", needs.embedding), ("feature maps", bool(needs.maps))) if asked
+        ]
+        if what:
+            reads.append(f"{name} reads the teacher's {' and '.join(what)}")
+    if not reads:
+        return None
+    return (
+        f"--teacher_cache_topk stores the teacher's logits only, but {'; '.join(reads)}: drop "
+        "--teacher_cache_topk (the exact cache stores every output) or use logit methods only (kd, dkd, dist, ...)."
+    )
+
+
 # -- the cache --------------------------------------------------------------------------------------------------
 class TeacherCache:
     """Teacher outputs of one key (teacher, request, data, transform, seed), per epoch and row, on disk.
@@ -289,6 +386,13 @@ class TeacherCache:
         channels_last: return 4-d maps in channels-last memory format, as the teacher produces them then.
         flush_rows: write a shard once this many computed rows are waiting.
         is_main: log the summaries (one process of a multi-process run).
+        topk: store only the k largest logits of each row and serve the logits :func:`topk_reconstruct` rebuilds
+            (see the module docstring); ``None`` (the default): exact. Part of the key (``key["topk"]``).
+        progress: draw a progress bar while an epoch's shards are read and verified, when that takes more than
+            :data:`PROGRESS_DELAY_S` seconds.
+
+    Raises:
+        ValueError: ``topk`` is not a positive integer.
     """
 
     def __init__(
@@ -299,8 +403,13 @@ class TeacherCache:
         channels_last: bool = False,
         flush_rows: int = 8192,
         is_main: bool = True,
+        topk: int | None = None,
+        progress: bool = False,
     ) -> None:
-        self.key = dict(key)
+        check_topk(topk)
+        self.topk = topk
+        # an exact key stays as it was (caches already on disk keep serving); a top-k key holds k
+        self.key = dict(key) if topk is None else {**key, TOPK_META: str(topk)}
         self.key_hash = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()
         self.dir = os.path.join(root, self.key_hash[:24])
         self.dataset = dataset
@@ -308,6 +417,9 @@ class TeacherCache:
         self.channels_last = channels_last
         self.flush_rows = flush_rows
         self.is_main = is_main
+        self.progress = progress
+        #: the classes of the stored top-k rows (from the shards or the first computed batch)
+        self.num_classes: int | None = None
         self.signing_key = signing_key()
         self.signer = signer_id(self.signing_key)
         self.read_rows = self.computed_rows = self.written_bytes = self.rejected_shards = 0
@@ -320,15 +432,28 @@ class TeacherCache:
         self._write_key_file()
 
     @classmethod
-    def for_trainer(cls, root: str, trainer) -> TeacherCache | EnsembleTeacherCache | None:
+    def for_trainer(
+        cls, root: str, trainer, topk: int | None = None
+    ) -> TeacherCache | EnsembleTeacherCache | None:
         """The cache of a :class:`~hf_distill.training.trainer.DistillationTrainer`'s teacher and training set, with its
         callback (flush at epoch ends, checkpoints and the end of training) added; ``None`` when the run never
         runs the teacher in training (no teacher, or ``--method none``). An ensemble gets one cache per teacher
-        (:class:`EnsembleTeacherCache`), each under the key a run of that teacher alone would use."""
+        (:class:`EnsembleTeacherCache`), each under the key a run of that teacher alone would use. ``topk``: the
+        top-k mode (see the module docstring).
+
+        Raises:
+            ValueError: ``topk`` is not a positive integer below the number of classes, or a method reads more of
+                the teacher than its logits (:func:`topk_refusal`).
+        """
         objective = trainer.model.objective
         if trainer.teacher is None or not objective.needs_teacher:
             logger.info("--teacher_cache %s is unused: this run never runs a teacher in training.", root)
             return None
+        if topk is not None:
+            check_topk(topk, trainer.data_info.num_classes or None)
+            refusal = topk_refusal({k: m.needs().teacher for k, m in objective.methods.items()})
+            if refusal:
+                raise ValueError(refusal)
         args = trainer.args
         run_key = {
             "format": CACHE_FORMAT,
@@ -352,6 +477,8 @@ class TeacherCache:
             teachers = list(
                 zip(ensemble.teachers, ensemble.adapters, ensemble.requests, ensemble.label_orders)
             )
+        # the bar follows the Trainer's: off with --disable_tqdm, under --log_level error, and on replicas
+        quiet = args.disable_tqdm or args.get_process_log_level() > logging.WARNING
         caches = []
         for teacher, adapter, request, label_order in teachers:
             key = {
@@ -364,6 +491,8 @@ class TeacherCache:
                 trainer.train_dataset,
                 trainer.channels_last,
                 is_main=trainer.is_world_process_zero(),
+                topk=topk,
+                progress=trainer.is_world_process_zero() and not quiet,
             )
             if cache.is_main:
                 logger.info("Teacher cache %s (%s)", cache.dir, cache.size_summary())
@@ -383,6 +512,11 @@ class TeacherCache:
     def epoch_dir(self, epoch: int) -> str:
         return os.path.join(self.dir, f"epoch-{epoch:05d}")
 
+    @property
+    def mode(self) -> str:
+        """``exact`` or ``top-<k>``: what this cache stores."""
+        return "exact" if self.topk is None else f"top-{self.topk}"
+
     # -- reading -----------------------------------------------------------------------------------------------
     def _load_epoch(self, epoch: int) -> None:
         """Index every valid shard of ``epoch``; remove the invalid ones (their rows will be computed again)."""
@@ -394,36 +528,57 @@ class TeacherCache:
         shards = [n for n in names if n.endswith(SHARD_SUFFIX) and not n.startswith(".")]
         ours = [n for n in shards if n.startswith(self.signer + "-")]
         self.foreign_shards += len(shards) - len(ours)
-        for name in ours:
-            path = os.path.join(folder, name)
-            tensors = read_shard(path, self.key_hash, epoch, self.signing_key)
-            if tensors is not None and self._fits(tensors, parts[0] if parts else None):
-                parts.append(tensors)
-                continue
-            self.rejected_shards += 1
-            logger.warning(
-                "Teacher cache: refusing and removing the shard %s: it is not a valid shard signed with your key %s "
-                "(damaged, or edited by someone without the key); its rows will be computed again.",
-                path,
-                signing_key_path(),
-            )
-            try:
-                os.remove(path)
-            except OSError:
-                pass
+        sizes = {n: _size(os.path.join(folder, n)) for n in ours}
+        with tqdm(
+            total=sum(sizes.values()),
+            unit="B",
+            unit_scale=True,
+            desc=f"Teacher cache: reading epoch {epoch}",
+            disable=not self.progress or not ours,
+            delay=PROGRESS_DELAY_S,
+            leave=False,
+        ) as bar:
+            for name in ours:
+                path = os.path.join(folder, name)
+                shard = read_shard(path, self.key_hash, epoch, self.signing_key, self.topk)
+                bar.update(sizes[name])
+                if shard is not None and self._fits(*shard, parts[0] if parts else None):
+                    parts.append(shard[0])
+                    continue
+                self.rejected_shards += 1
+                logger.warning(
+                    "Teacher cache: refusing and removing the shard %s: it is not a valid shard signed with your key "
+                    "%s (damaged, or edited by someone without the key); its rows will be computed again.",
+                    path,
+                    signing_key_path(),
+                )
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
         self._stored = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
         if parts:
             self._pos[self._stored[INDEX]] = torch.arange(len(self._stored[INDEX]))
 
-    def _fits(self, tensors: dict[str, Tensor], first: dict[str, Tensor] | None) -> bool:
-        """A shard holds rows of this training set and the same outputs as the epoch's other shards."""
+    def _fits(
+        self, tensors: dict[str, Tensor], meta: dict[str, str], first: dict[str, Tensor] | None
+    ) -> bool:
+        """A shard holds rows of this training set and the same outputs as the epoch's other shards (top-k: over
+        the same classes)."""
         index = tensors[INDEX]
         in_range = len(index) > 0 and int(index.min()) >= 0 and int(index.max()) < self.num_rows
-        return in_range and (first is None or set(tensors) == set(first))
+        if not in_range or (first is not None and set(tensors) != set(first)):
+            return False
+        if self.topk is not None:
+            classes = int(meta[CLASSES_META])
+            if self.num_classes not in (None, classes) or int(tensors[TOPK_INDICES].max()) >= classes:
+                return False
+            self.num_classes = classes
+        return True
 
     def lookup(self, epoch: int, index: Tensor, digests: Tensor) -> Features | None:
-        """The stored outputs of these rows of ``epoch``, or ``None`` unless every row is stored with the same
-        input digest."""
+        """The stored outputs of these rows of ``epoch`` (top-k: the reconstructed logits), or ``None`` unless
+        every row is stored with the same input digest."""
         if epoch != self._epoch:
             self.flush()
             self._load_epoch(epoch)
@@ -432,17 +587,48 @@ class TeacherCache:
         pos = self._pos[index]
         if bool((pos < 0).any()) or not torch.equal(self._stored[DIGEST][pos], digests):
             return None
-        got = {k: v[pos] for k, v in self._stored.items() if k not in (INDEX, DIGEST)}
+        return self._features_of({k: v[pos] for k, v in self._stored.items() if k not in (INDEX, DIGEST)})
+
+    def _features_of(self, rows: dict[str, Tensor]) -> Features:
+        """What the methods receive from stored rows (on the CPU)."""
+        if self.topk is not None:
+            logits = topk_reconstruct(
+                rows[TOPK_VALUES], rows[TOPK_INDICES], rows[TAIL_LOGIT], self.num_classes
+            )
+            return Features(logits=logits)
         if self.channels_last:
-            got = {
+            rows = {
                 k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
-                for k, v in got.items()
+                for k, v in rows.items()
             }
         return Features(
-            logits=got.get("logits"),
-            embedding=got.get("embedding"),
-            maps={k[len(MAP_PREFIX) :]: v for k, v in got.items() if k.startswith(MAP_PREFIX)},
+            logits=rows.get("logits"),
+            embedding=rows.get("embedding"),
+            maps={k[len(MAP_PREFIX) :]: v for k, v in rows.items() if k.startswith(MAP_PREFIX)},
         )
+
+    def _rows_of(self, feats: Features) -> dict[str, Tensor]:
+        """What is stored of computed outputs: all of them, or (top-k) the top-k rows of the logits.
+
+        Raises:
+            ValueError: top-k outputs other than logits (a caller that bypassed :meth:`for_trainer`'s check).
+        """
+        if self.topk is None:
+            return features_to_tensors(feats)
+        if feats.logits is None or feats.embedding is not None or feats.maps:
+            raise ValueError(
+                "--teacher_cache_topk stores the teacher's logits only, but it was given "
+                f"{'an embedding' if feats.embedding is not None else 'feature maps' if feats.maps else 'no logits'}"
+                ": drop --teacher_cache_topk (the exact cache stores every output)."
+            )
+        logits = feats.logits.detach().cpu()
+        if self.num_classes not in (None, logits.shape[-1]):
+            raise ValueError(
+                f"The teacher gave {logits.shape[-1]} classes, but the top-k cache {self.dir} stores "
+                f"{self.num_classes}: use another --teacher_cache directory."
+            )
+        self.num_classes = logits.shape[-1]
+        return topk_compress(logits, self.topk)
 
     def features(
         self,
@@ -454,25 +640,22 @@ class TeacherCache:
         """The teacher's outputs for a training batch: read from the cache when every row is stored, else
         ``compute()`` (the teacher's forward) and store its outputs. ``digests``: the batch's
         :func:`input_digests`, when the caller already has them (each ensemble member's cache sees the same
-        batch)."""
+        batch). A top-k cache returns the reconstructed logits in both cases: a run's result does not depend on
+        whether the cache was warm."""
         epoch = int(self.dataset.epoch)
         index = index.detach().cpu().long()
         digests = input_digests(pixel_values) if digests is None else digests
         cached = self.lookup(epoch, index, digests)
         if cached is not None:
             self.read_rows += len(index)
-            device = pixel_values.device
-            return Features(
-                logits=None if cached.logits is None else cached.logits.to(device),
-                embedding=None if cached.embedding is None else cached.embedding.to(device),
-                maps={k: v.to(device) for k, v in cached.maps.items()},
-            )
+            return _on(cached, pixel_values.device)
         feats = compute()
         self.computed_rows += len(index)
-        self._pending.append((epoch, {INDEX: index, DIGEST: digests, **features_to_tensors(feats)}))
+        rows = self._rows_of(feats)
+        self._pending.append((epoch, {INDEX: index, DIGEST: digests, **rows}))
         if sum(len(p[INDEX]) for _, p in self._pending) >= self.flush_rows:
             self.flush()
-        return feats
+        return feats if self.topk is None else _on(self._features_of(rows), pixel_values.device)
 
     # -- writing -----------------------------------------------------------------------------------------------
     def flush(self) -> None:
@@ -487,6 +670,8 @@ class TeacherCache:
                 "epoch": str(epoch),
                 "rows": str(len(tensors[INDEX])),
             }
+            if self.topk is not None:
+                meta |= {TOPK_META: str(self.topk), CLASSES_META: str(self.num_classes)}
             self.written_bytes += write_shard(self.epoch_dir(epoch), tensors, meta, self.signing_key)
 
     # -- reporting ---------------------------------------------------------------------------------------------
@@ -504,13 +689,17 @@ class TeacherCache:
         usage = self.disk_usage()
         total = sum(usage.values())
         per = total / len(usage) if usage else 0
-        return f"{len(usage)} epochs stored, {total / 2**20:.2f} MiB on disk, {per / 2**20:.2f} MiB per epoch"
+        return (
+            f"{self.mode}, {len(usage)} epochs stored, {total / 2**20:.2f} MiB on disk, "
+            f"{per / 2**20:.2f} MiB per epoch"
+        )
 
     def report(self) -> dict[str, Any]:
         """What this process read and computed, and the key's disk use (for logs and ``distill_results.json``)."""
         usage = self.disk_usage()
         return {
             "teacher_cache_dir": self.dir,
+            "teacher_cache_mode": self.mode,
             "teacher_cache_read_rows": self.read_rows,
             "teacher_cache_computed_rows": self.computed_rows,
             "teacher_cache_written_bytes": self.written_bytes,
@@ -519,6 +708,21 @@ class TeacherCache:
             "teacher_cache_bytes": sum(usage.values()),
             "teacher_cache_bytes_per_epoch": round(sum(usage.values()) / len(usage)) if usage else 0,
         }
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:  # removed meanwhile (another process rejected it): read_shard refuses it
+        return 0
+
+
+def _on(f: Features, device: torch.device) -> Features:
+    return Features(
+        logits=None if f.logits is None else f.logits.to(device),
+        embedding=None if f.embedding is None else f.embedding.to(device),
+        maps={k: v.to(device) for k, v in f.maps.items()},
+    )
 
 
 class EnsembleTeacherCache:
@@ -540,8 +744,10 @@ class EnsembleTeacherCache:
     def report(self) -> dict[str, Any]:
         """The members' reports added up; the directories listed, the epochs stored by every member."""
         reports = [m.report() for m in self.members]
-        out = {k: sum(r[k] for r in reports) for k in reports[0] if k != "teacher_cache_dir"}
+        listed = ("teacher_cache_dir", "teacher_cache_mode")
+        out = {k: sum(r[k] for r in reports) for k in reports[0] if k not in listed}
         out["teacher_cache_dir"] = [r["teacher_cache_dir"] for r in reports]
+        out["teacher_cache_mode"] = reports[0]["teacher_cache_mode"]  # one mode for the whole run
         out["teacher_cache_epochs_stored"] = min(r["teacher_cache_epochs_stored"] for r in reports)
         return out
 
@@ -585,4 +791,7 @@ __all__ = [
     "module_fingerprint",
     "signing_key",
     "teacher_key",
+    "topk_compress",
+    "topk_reconstruct",
+    "topk_refusal",
 ]
