@@ -60,6 +60,14 @@ class EvaluateArguments:
     output_json: str | None = field(
         default=None, metadata={"help": "Also write the results to this JSON file."}
     )
+    log_level: str = field(
+        default="warning",
+        metadata={
+            "help": "Log level: debug, info, warning, error or critical; error also hides the progress bar.",
+            "choices": ["debug", "info", "warning", "error", "critical"],
+        },
+    )
+    disable_tqdm: bool = field(default=False, metadata={"help": "No progress bar over the batches."})
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -67,7 +75,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from hf_distill.hub.recipe_args import exit_on_bad_input, parse_recipe_args
 
     args = parse_recipe_args(EvaluateArguments, argv)
+    from hf_distill.console import setup_logging
     from hf_distill.hub.evaluation import evaluate_model, update_model_card
+
+    setup_logging(args.log_level)  # as recipes/distill.py: --log_level error leaves errors only, and no bar
     from hf_distill.hub.privacy import looks_local
 
     with exit_on_bad_input(ValueError):
@@ -92,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             revision=args.revision,
             token=args.token,
             device=args.device,
+            progress=False if args.disable_tqdm else None,  # None: shown unless --log_level error/critical
         )
         print(result.table())
         if args.update_card:

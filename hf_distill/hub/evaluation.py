@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,7 +232,7 @@ def _is_local(dataset: Any) -> bool:
 
 @torch.no_grad()
 def predict_logits(
-    model: Any, dataset: Any, batch_size: int = 64, device: str | None = None
+    model: Any, dataset: Any, batch_size: int = 64, device: str | None = None, progress: bool | None = None
 ) -> tuple[Any, Any]:
     """Logits and labels of a prepared split (see :func:`hf_distill.data.datasets.prepare_split`).
 
@@ -240,10 +241,13 @@ def predict_logits(
         dataset: a prepared dataset yielding ``pixel_values`` and ``labels``.
         batch_size: evaluation batch size.
         device: device to run on (default: the model's).
+        progress: a progress bar over the batches on stderr (None: unless hf_distill logs above WARNING).
 
     Returns:
         (logits (N, C) float tensor, labels (N,) long tensor), on the CPU.
     """
+    from tqdm.auto import tqdm
+
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     p = next(model.parameters(), None)
     dev = torch.device(device) if device is not None else (p.device if p is not None else torch.device("cpu"))
@@ -251,7 +255,10 @@ def predict_logits(
     model.eval()
     logits, labels = [], []
     try:
-        for batch in loader:
+        quiet = logging.getLogger("hf_distill").getEffectiveLevel() > logging.WARNING
+        for batch in tqdm(
+            loader, desc="Evaluating", unit="batch", disable=quiet if progress is None else not progress
+        ):
             out = model(pixel_values=batch["pixel_values"].to(dev))
             lg = out.logits if hasattr(out, "logits") else out[0]
             logits.append(lg.float().cpu())
@@ -276,6 +283,7 @@ def evaluate_classifier(
     dataset_ref: str | None = None,
     device: str | None = None,
     dataset_id: str | None = None,
+    progress: bool | None = None,
 ) -> EvaluationResult:
     """Top-1 and top-5 accuracy of a classifier on one split, with the shipped ``evaluate`` metric scripts.
 
@@ -290,6 +298,7 @@ def evaluate_classifier(
         model_ref, dataset_ref: names for the result and messages.
         device: where to run.
         dataset_id: for a local dataset, the Hub dataset id its user states it holds the same data as.
+        progress: draw a progress bar over the batches (None: unless hf_distill logs above WARNING).
 
     Returns:
         The :class:`EvaluationResult`.
@@ -305,7 +314,7 @@ def evaluate_classifier(
     check_label_names(label_names(model.config.id2label), class_names(ds, lab_col), model_ref, dataset_ref)
     spec = model_input_spec(model, processor)
     prepared = prepare_split(ds, spec.mean, spec.std, spec.image_size, False, img_col, lab_col, max_samples)
-    logits, labels = predict_logits(model, prepared.dataset, batch_size, device)
+    logits, labels = predict_logits(model, prepared.dataset, batch_size, device, progress)
     refs = labels.tolist()
     acc = load_metric("accuracy").compute(predictions=logits.argmax(-1).tolist(), references=refs)["accuracy"]
     top5 = None
@@ -429,6 +438,7 @@ def evaluate_model(
     token: str | None = None,
     endpoint: str | None = None,
     device: str | None = None,
+    progress: bool | None = None,
 ) -> EvaluationResult:
     """Load ``model`` (folder or Hub id), evaluate it on ``dataset``/``split``, optionally update its card.
 
@@ -444,6 +454,7 @@ def evaluate_model(
         trust_remote_code: for custom models other than the CIFAR zoo.
         revision, token, endpoint: Hub access.
         device: where to run.
+        progress: draw a progress bar over the batches (None: unless hf_distill logs above WARNING).
 
     Returns:
         The :class:`EvaluationResult`.
@@ -461,6 +472,7 @@ def evaluate_model(
         model_ref=model,
         device=device,
         dataset_id=dataset_id,
+        progress=progress,
     )
     if update_card:
         update_model_card(model, result, token=token, endpoint=endpoint)

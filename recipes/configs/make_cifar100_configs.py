@@ -1,14 +1,14 @@
 #!/usr/bin/env python
-"""Write recipes/configs/cifar100/: one config per (method, teacher->student pair) of the CIFAR-100 benchmarks of
-CRD (Tian et al. 2020, RepDistiller) and DKD (mdistiller), plus one config per teacher to train it first.
+"""Write the CIFAR-100 benchmark configs as YAML files: one per (method, teacher->student pair) of the benchmarks of
+CRD (RepDistiller) and DKD (mdistiller), plus one per teacher to train it first.
 
-    python recipes/configs/make_cifar100_configs.py          # rewrite the folder
-    python recipes/configs/make_cifar100_configs.py --check  # exit 1 if the committed files differ
+    python recipes/configs/make_cifar100_configs.py               # write recipes/configs/cifar100/ (not committed)
+    python recipes/configs/make_cifar100_configs.py --out DIR     # write them under DIR instead
+    python recipes/configs/make_cifar100_configs.py --check       # exit 1 if the files there differ
 
-The schedule is the benchmarks': 240 epochs, SGD momentum 0.9, weight decay 5e-4, batch 64, lr 0.05 (0.01 for
-MobileNetV2/ShuffleNet students), x0.1 at epochs 150/180/210. Published top-1 numbers are quoted in each file's
-header (RepDistiller README / CRD paper, mdistiller README, the DKD paper, Sun et al.'s README, the DIST authors'
-README) so a run can be compared with them.
+The files are not needed to run one: ``recipes/distill.py --config recipes/configs/cifar100/<method>/<pair>.yaml``
+builds a missing one in memory. What they hold (pairs, schedule, published numbers, per-pair hyperparameters) lives
+in the package, ``hf_distill.run.benchmark_configs``; write the files to read or edit them.
 """
 
 from __future__ import annotations
@@ -17,247 +17,40 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
+from hf_distill.run.benchmark_configs import BENCHMARK, benchmark_files  # noqa: E402
 
-OUT = Path(__file__).resolve().parent / "cifar100"
-
-# (teacher, student); ResNet50 (the ImageNet-style CIFAR ResNet-50 of RepDistiller) is not in the zoo, so its
-# pairs (ResNet50->MobileNetV2, ResNet50->vgg8) are left out.
-SAME = [
-    ("resnet56", "resnet20"),
-    ("resnet110", "resnet20"),
-    ("resnet110", "resnet32"),
-    ("resnet32x4", "resnet8x4"),
-    ("wrn_40_2", "wrn_16_2"),
-    ("wrn_40_2", "wrn_40_1"),
-    ("vgg13", "vgg8"),
-]
-CROSS = [
-    ("vgg13", "mobilenetv2"),
-    ("resnet32x4", "shufflenetv1"),
-    ("resnet32x4", "shufflenetv2"),
-    ("wrn_40_2", "shufflenetv1"),
-]
-TEACHER_TOP1 = {"wrn_40_2": 75.61, "resnet56": 72.34, "resnet110": 74.31, "resnet32x4": 79.42, "vgg13": 74.64}
-
-# Published CIFAR-100 top-1 (RepDistiller README / CRD paper; DKD from mdistiller; ICD from the authors' README).
-PUBLISHED: dict[str, dict[tuple[str, str], float]] = {
-    "none": {("resnet56", "resnet20"): 69.06, ("resnet110", "resnet20"): 69.06, ("resnet110", "resnet32"): 71.14,
-             ("resnet32x4", "resnet8x4"): 72.50, ("wrn_40_2", "wrn_16_2"): 73.26, ("wrn_40_2", "wrn_40_1"): 71.98,
-             ("vgg13", "vgg8"): 70.36, ("vgg13", "mobilenetv2"): 64.60, ("resnet32x4", "shufflenetv1"): 70.50,
-             ("resnet32x4", "shufflenetv2"): 71.82, ("wrn_40_2", "shufflenetv1"): 70.50},
-    "kd": {("resnet56", "resnet20"): 70.66, ("resnet110", "resnet20"): 70.67, ("resnet110", "resnet32"): 73.08,
-           ("resnet32x4", "resnet8x4"): 73.33, ("wrn_40_2", "wrn_16_2"): 74.92, ("wrn_40_2", "wrn_40_1"): 73.54,
-           ("vgg13", "vgg8"): 72.98, ("vgg13", "mobilenetv2"): 67.37, ("resnet32x4", "shufflenetv1"): 74.07,
-           ("resnet32x4", "shufflenetv2"): 74.45, ("wrn_40_2", "shufflenetv1"): 74.83},
-    "crd": {("resnet56", "resnet20"): 71.16, ("resnet110", "resnet20"): 71.46, ("resnet110", "resnet32"): 73.48,
-            ("resnet32x4", "resnet8x4"): 75.51, ("wrn_40_2", "wrn_16_2"): 75.48, ("wrn_40_2", "wrn_40_1"): 74.14,
-            ("vgg13", "vgg8"): 73.94, ("vgg13", "mobilenetv2"): 69.73, ("resnet32x4", "shufflenetv1"): 75.11,
-            ("resnet32x4", "shufflenetv2"): 75.65, ("wrn_40_2", "shufflenetv1"): 76.05},
-    "crd_kd": {("resnet56", "resnet20"): 71.63, ("resnet110", "resnet20"): 71.56, ("resnet110", "resnet32"): 73.75,
-               ("resnet32x4", "resnet8x4"): 75.46, ("wrn_40_2", "wrn_16_2"): 75.64, ("wrn_40_2", "wrn_40_1"): 74.38,
-               ("vgg13", "vgg8"): 74.29, ("vgg13", "mobilenetv2"): 69.94, ("resnet32x4", "shufflenetv1"): 75.12,
-               ("resnet32x4", "shufflenetv2"): 76.05, ("wrn_40_2", "shufflenetv1"): 76.27},
-    "dkd": {("resnet56", "resnet20"): 71.97, ("resnet110", "resnet32"): 74.11, ("resnet32x4", "resnet8x4"): 76.32,
-            ("wrn_40_2", "wrn_16_2"): 76.23, ("wrn_40_2", "wrn_40_1"): 74.81, ("vgg13", "vgg8"): 74.68,
-            ("resnet32x4", "shufflenetv1"): 76.45, ("wrn_40_2", "shufflenetv1"): 76.70,
-            ("vgg13", "mobilenetv2"): 69.71, ("resnet32x4", "shufflenetv2"): 77.07},
-    "icd": {("wrn_40_2", "wrn_16_2"): 74.99, ("wrn_40_2", "wrn_40_1"): 73.69, ("resnet56", "resnet20"): 71.18,
-            ("resnet110", "resnet20"): 71.00, ("resnet110", "resnet32"): 73.12, ("resnet32x4", "resnet8x4"): 74.23,
-            ("vgg13", "vgg8"): 73.22, ("vgg13", "mobilenetv2"): 68.35, ("resnet32x4", "shufflenetv1"): 74.26,
-            ("resnet32x4", "shufflenetv2"): 75.26, ("wrn_40_2", "shufflenetv1"): 74.98},
-    "icd_kd": {("wrn_40_2", "wrn_16_2"): 76.06, ("wrn_40_2", "wrn_40_1"): 74.76, ("resnet56", "resnet20"): 71.81,
-               ("resnet110", "resnet20"): 72.03, ("resnet110", "resnet32"): 73.62, ("resnet32x4", "resnet8x4"): 75.09,
-               ("vgg13", "vgg8"): 73.95, ("vgg13", "mobilenetv2"): 69.55, ("resnet32x4", "shufflenetv1"): 75.27,
-               ("resnet32x4", "shufflenetv2"): 76.58, ("wrn_40_2", "shufflenetv1"): 76.51},
-}  # fmt: skip
-# RepDistiller's table for the other 11 benchmark methods, same-architecture pairs in SAME order, then CROSS.
-_TABLE = {
-    "fitnet": [69.21, 68.99, 71.06, 73.50, 73.58, 72.24, 71.02, 64.14, 73.59, 73.54, 73.73],
-    "at": [70.55, 70.22, 72.31, 73.44, 74.08, 72.77, 71.43, 59.40, 71.73, 72.73, 73.32],
-    "sp": [69.67, 70.04, 72.69, 72.94, 73.83, 72.43, 72.68, 66.30, 73.48, 74.56, 74.52],
-    "cc": [69.63, 69.48, 71.48, 72.97, 73.56, 72.21, 70.71, 64.86, 71.14, 71.29, 71.38],
-    "vid": [70.38, 70.16, 72.61, 73.09, 74.11, 73.30, 71.23, 65.56, 73.38, 73.40, 73.61],
-    "rkd": [69.61, 69.25, 71.82, 71.90, 73.35, 72.22, 71.48, 64.52, 72.28, 73.21, 72.21],
-    "pkt": [70.34, 70.25, 72.61, 73.64, 74.54, 73.45, 72.88, 67.13, 74.10, 74.69, 73.89],
-    "ab": [69.47, 69.53, 70.98, 73.17, 72.50, 72.38, 70.94, 66.06, 73.55, 74.31, 73.34],
-    "ft": [69.84, 70.22, 72.37, 72.86, 73.25, 71.59, 70.58, 61.78, 71.75, 72.50, 72.03],
-    "fsp": [69.95, 70.11, 71.89, 72.62, 72.91, None, 70.23, None, None, None, None],
-    "nst": [69.60, 69.53, 71.96, 73.30, 73.68, 72.24, 71.53, 58.16, 74.12, 74.68, 74.89],
-}
-# ReviewKD and OFD from the ReviewKD paper's CIFAR-100 tables (Chen et al., CVPR 2021, Tables 1-2, OFD re-run
-# there: OFD's own paper has none of these pairs), the figures the DKD paper repeats (Zhao et al., CVPR 2022,
-# Tables 1-2; mdistiller's README has only its KD and DKD rows); neither paper has resnet110->resnet20. KD with
-# logit standardization ("KD+Ours") from Sun et al.'s README (CVPR 2024), which has neither ShuffleV1 pair.
-# KDSVD has no published CIFAR-100 top-1 for these pairs (not in RepDistiller's or the DKD paper's tables).
-_TABLE |= {
-    "ofd": [70.98, None, 73.23, 74.95, 75.24, 74.33, 73.95, 69.48, 75.98, 76.82, 75.85],
-    "reviewkd": [71.89, None, 73.89, 75.63, 76.12, 75.09, 74.84, 70.37, 77.45, 77.78, 77.14],
-    "kd_ls": [71.43, 71.48, 74.17, 76.62, 76.11, 74.37, 74.36, 68.61, None, 75.56, None],
-}
-for _m, _vals in _TABLE.items():
-    PUBLISHED[_m] = {pair: v for pair, v in zip(SAME + CROSS, _vals) if v is not None}
-# DIST from the authors' README (hunto/DIST_KD, CIFAR-100 table, mean of their runs; their own recipe, configs/
-# strategies/distill/dist_cifar.yaml, which may differ from this schedule). Its other pair, ResNet50 -> MobileNetV2,
-# is not in the zoo. OFA-KD publishes no CIFAR-100 figure for these pairs (its CIFAR-100 table is heterogeneous
-# ImageNet-style pairs), so its configs say "not published".
-PUBLISHED["dist"] = {
-    ("wrn_40_2", "wrn_40_1"): 74.43,
-    ("resnet56", "resnet20"): 71.75,
-    ("resnet32x4", "resnet8x4"): 76.31,
-    ("resnet32x4", "shufflenetv1"): 76.34,
-    ("resnet32x4", "shufflenetv2"): 77.35,
-}
-
-# mdistiller's per-pair DKD beta (CFG.DKD.BETA overrides); the others keep 8.0.
-DKD_BETA = {
-    ("resnet56", "resnet20"): 2.0,
-    ("resnet110", "resnet32"): 2.0,
-    ("wrn_40_2", "wrn_16_2"): 6.0,
-    ("wrn_40_2", "wrn_40_1"): 6.0,
-    ("vgg13", "vgg8"): 6.0,
-    ("vgg13", "mobilenetv2"): 6.0,
-}
-# mdistiller's ReviewKD loss weight on its one CIFAR-100 config (configs/cifar100/reviewkd.yaml); default 1.0.
-REVIEWKD_WEIGHT = {("resnet32x4", "resnet8x4"): 5.0}
-# Sun et al.'s base temperature and KD weight where their logged run ("kd,<teacher>,<student>,<T>,<weight>.txt",
-# linked from the published number) is not the preset's 2 and 9.
-KD_LS_TEMPERATURE = {("vgg13", "vgg8"): 3.0, ("vgg13", "mobilenetv2"): 3.0, ("resnet110", "resnet20"): 4.0}
-KD_LS_WEIGHT = {("resnet110", "resnet20"): 12.0}
-SMALL_LR_STUDENTS = {"mobilenetv2", "shufflenetv1", "shufflenetv2"}
-# FSP pairs layers of equal channel counts only: not applicable to these pairs (N/A in the benchmark table).
-FSP_NA = {("wrn_40_2", "wrn_40_1")} | set(CROSS)
-# Mutual learning (hf_distill.training.mutual.MUTUAL) trains the student with peers, not from these teachers: no config.
+OUT = Path(__file__).resolve().parent / BENCHMARK
 
 
-def methods() -> list[str]:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from hf_distill.methods import METHODS, PRESETS
-    from hf_distill.methods.registry import BASELINE
-    from hf_distill.training.mutual import MUTUAL
+def write_or_check(files: dict[str, str], out: Path, description: str, argv: list[str] | None = None) -> int:
+    """The generators' command line: write ``files`` (relative path -> text) under ``out`` (or ``--out``), or with
+    ``--check`` only compare them with the files there (exit status 1 listing what is out of date or left over).
 
-    return sorted(m for m in list(METHODS) + list(PRESETS) if m not in MUTUAL) + [BASELINE]
-
-
-def schedule(student: str) -> dict:
-    return {
-        "num_train_epochs": 240,
-        "per_device_train_batch_size": 64,
-        "per_device_eval_batch_size": 256,
-        "learning_rate": 0.01 if student in SMALL_LR_STUDENTS else 0.05,
-        "optim": "sgd",
-        "optim_args": "momentum=0.9",
-        "weight_decay": 5e-4,
-        "lr_scheduler_type": "constant",
-        "lr_milestones": "150,180,210",
-        "lr_decay_rate": 0.1,
-        "eval_strategy": "epoch",
-        "save_strategy": "epoch",
-        "save_total_limit": 2,
-        "logging_steps": 100,
-        "dataloader_num_workers": 8,
-        "report_to": "none",
-        "seed": 0,
-    }
-
-
-def dataset() -> dict:
-    return {
-        "dataset": "uoft-cs/cifar100",
-        "label_column": "fine_label",
-        "train_split": "train",
-        "eval_split": "test",
-    }
-
-
-def teacher_config(arch: str) -> tuple[str, dict]:
-    header = (
-        f"Train the CIFAR-100 teacher cifar_{arch} with cross-entropy only (the benchmarks' teachers: "
-        f"published top-1 {TEACHER_TOP1.get(arch, 'n/a')}).\n"
-        f"accelerate launch recipes/distill.py --config recipes/configs/cifar100/teachers/{arch}.yaml"
-    )
-    cfg = {
-        **dataset(),
-        "student": f"cifar_{arch}",
-        "method": "none",
-        **schedule(arch),
-        "output_dir": f"outputs/cifar100/teachers/{arch}",
-    }
-    return header, cfg
-
-
-def distill_config(method: str, teacher: str, student: str) -> tuple[str, dict]:
-    pub = PUBLISHED.get(method, {}).get((teacher, student))
-    base = PUBLISHED["none"].get((teacher, student))
-    header = (
-        f"{method}: cifar_{teacher} -> cifar_{student} on CIFAR-100, the benchmark schedule.\n"
-        f"Published top-1: {pub if pub is not None else 'not published for this pair'} "
-        f"(teacher {TEACHER_TOP1.get(teacher)}, student trained alone {base}).\n"
-        f"First train the teacher: recipes/configs/cifar100/teachers/{teacher}.yaml\n"
-        f"accelerate launch recipes/distill.py --config recipes/configs/cifar100/{method}/{teacher}_{student}.yaml"
-    )
-    if method == "none":  # the student trained alone: the baseline every method is compared with
-        header = header.replace(
-            f"First train the teacher: recipes/configs/cifar100/teachers/{teacher}.yaml\n", ""
-        )
-    cfg: dict = {**dataset()}
-    if method != "none":
-        cfg["teacher"] = f"outputs/cifar100/teachers/{teacher}"
-    cfg.update({"student": f"cifar_{student}", "method": method})
-    if method == "dkd" and (teacher, student) in DKD_BETA:
-        cfg["method_args"] = {"dkd": {"beta": DKD_BETA[(teacher, student)]}}
-    if method == "reviewkd" and (teacher, student) in REVIEWKD_WEIGHT:
-        cfg["method_weights"] = str(REVIEWKD_WEIGHT[(teacher, student)])
-    if method == "kd_ls" and (teacher, student) in KD_LS_TEMPERATURE:
-        cfg["method_args"] = {"kd": {"temperature": KD_LS_TEMPERATURE[(teacher, student)]}}
-    if method == "kd_ls" and (teacher, student) in KD_LS_WEIGHT:
-        cfg["method_weights"] = str(KD_LS_WEIGHT[(teacher, student)])
-    cfg.update(schedule(student))
-    cfg["output_dir"] = f"outputs/cifar100/{method}/{teacher}_{student}"
-    return header, cfg
-
-
-def render(header: str, cfg: dict) -> str:
-    lines = "".join(f"# {h}\n" for h in header.splitlines())
-    return lines + yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)
-
-
-def all_files() -> dict[Path, str]:
-    files: dict[Path, str] = {}
-    for arch in sorted({t for t, _ in SAME + CROSS}):
-        files[OUT / "teachers" / f"{arch}.yaml"] = render(*teacher_config(arch))
-    for method in methods():
-        for teacher, student in SAME + CROSS:
-            if method == "fsp" and (teacher, student) in FSP_NA:
-                continue
-            files[OUT / method / f"{teacher}_{student}.yaml"] = render(
-                *distill_config(method, teacher, student)
-            )
-    return files
-
-
-def write_or_check(files: dict[Path, str], out: Path, description: str) -> None:
-    """The generators' command line: write ``files`` under ``out``, or with ``--check`` only compare them with the
-    files on disk (exit status 1 listing what is out of date or left over)."""
+    Returns:
+        The exit status.
+    """
     ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--check", action="store_true", help="only compare with the committed files")
-    args = ap.parse_args()
+    ap.add_argument("--out", type=Path, default=out, help=f"the folder to write (default: {out})")
+    ap.add_argument("--check", action="store_true", help="only compare with the files in the folder")
+    args = ap.parse_args(argv)
+    wanted = {args.out / rel: text for rel, text in files.items()}
     if args.check:
-        on_disk = set(out.rglob("*.yaml"))
-        bad = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
-        extra = sorted(on_disk - set(files))
-        for p in bad + extra:
-            print(f"out of date: {p.relative_to(out.parent)}")
-        raise SystemExit(1 if bad or extra else 0)
-    for path, text in files.items():
+        stale = [p for p, text in wanted.items() if not p.is_file() or p.read_text() != text]
+        extra = sorted(set(args.out.rglob("*.yaml")) - set(wanted))
+        for p in stale + extra:
+            print(f"out of date: {p.relative_to(args.out)}")
+        return 1 if stale or extra else 0
+    for path, text in wanted.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    print(f"wrote {len(files)} configs under {out}")
+    print(f"wrote {len(wanted)} configs under {args.out}")
+    return 0
 
 
-def main() -> None:
-    write_or_check(all_files(), OUT, __doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    return write_or_check(benchmark_files(), OUT, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -18,7 +18,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import make_cifar100_configs as cifar100  # noqa: E402  (the same format: header comment + YAML)
+from make_cifar100_configs import write_or_check  # noqa: E402  (the same command line)
+
+from hf_distill.run.benchmark_configs import render  # noqa: E402  (the same format: header comment + YAML)
+from hf_distill.run.benchmark_configs import schedule as cifar100_schedule  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "imagenet"
 
@@ -72,7 +75,7 @@ def method_settings(method: str, pair: tuple[str, str]) -> dict:
 def schedule() -> dict:
     """The CIFAR-100 benchmark schedule's settings (evaluation, saving, logging, SGD) with ImageNet's numbers."""
     return {
-        **cifar100.schedule("resnet18"),
+        **cifar100_schedule("resnet18"),
         "num_train_epochs": 100,
         "per_device_train_batch_size": 256,
         "learning_rate": 0.1,
@@ -122,17 +125,17 @@ def distill_config(method: str, teacher: str, student: str) -> tuple[str, dict]:
     return header, cfg
 
 
-def all_files() -> dict[Path, str]:
+def all_files() -> dict[str, str]:
     return {
-        OUT / method / f"{teacher}_{student}.yaml": cifar100.render(*distill_config(method, teacher, student))
+        f"{method}/{teacher}_{student}.yaml": render(*distill_config(method, teacher, student))
         for method in METHODS
         for teacher, student in PAIRS
     }
 
 
-def main() -> None:
-    cifar100.write_or_check(all_files(), OUT, __doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    return write_or_check(all_files(), OUT, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

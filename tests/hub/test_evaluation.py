@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import datasets
 import pytest
 
@@ -133,3 +135,33 @@ def test_update_card_on_a_local_folder(student_copy, recipe, capsys):
         )
     assert "malformed" in error_line(capsys)
     assert (student_copy / "README.md").read_text() == bad
+
+
+@pytest.fixture
+def log_levels():
+    """Put back the log levels the recipe's ``--log_level`` sets (root and hf_distill) after the test."""
+    loggers = [logging.getLogger(), logging.getLogger("hf_distill")]
+    before = [lg.level for lg in loggers]
+    yield
+    for lg, level in zip(loggers, before):
+        lg.setLevel(level)
+
+
+def test_recipe_shows_a_progress_bar_that_log_level_error_hides(trained, recipe, capsys, log_levels):
+    argv = [
+        "--model",
+        str(trained.folder),
+        "--dataset",
+        str(SUBSET),
+        "--max_samples",
+        "16",
+        "--batch_size",
+        "4",
+    ]
+    recipe.main(argv)
+    err = capsys.readouterr().err.replace("\r", "\n")
+    assert [ln for ln in err.splitlines() if ln.startswith("Evaluating") and "4/4" in ln]
+    for quiet in (["--log_level", "error"], ["--disable_tqdm", "true"]):
+        recipe.main(argv + quiet)
+        out = capsys.readouterr()
+        assert "Evaluating" not in out.err and "accuracy" in out.out.lower(), quiet
