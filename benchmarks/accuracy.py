@@ -4,6 +4,7 @@
     python benchmarks/accuracy.py                                  # CIFAR-10 CPU protocol, the README's run order
     python benchmarks/accuracy.py --methods none,kd --seeds 0,1,2  # some methods and seeds
     python benchmarks/accuracy.py --epoch_curve 10,20,30,40        # the baseline vs the epoch budget (protocol choice)
+    python benchmarks/accuracy.py --student cifar_mobilenetv2      # another student (a heterogeneous pair)
     python benchmarks/accuracy.py --report                         # docs/results.md table + bar chart, from the file
     python benchmarks/accuracy.py --mode cifar100 --dataset uoft-cs/cifar100 --teacher outputs/cifar100/teachers/resnet56
 
@@ -14,9 +15,11 @@ weight decay 5e-4, cosine schedule, batch 64, :data:`CIFAR10_EPOCHS` epochs (the
 plateaued, measured with ``--epoch_curve``: see the README's Results section). Every method and preset runs at its
 default weights and hyperparameters, except the epoch-valued ones (initialization stages, warm-ups), which are given
 in the papers for 240 epochs and are scaled to the same fraction of this budget (``x epochs / 240``). The student is
-evaluated once, after training, on the 10,000 test images (top-1 and top-5).
+evaluated once, after training, on the 10,000 test images (top-1 and top-5). ``--student`` (a CIFAR-zoo or timm name,
+or a model folder) and ``--teacher`` (a model folder) replace the pair; both are protocol fields, so such rows get their
+own protocol hash and never mix with the ``cifar_resnet20`` rows.
 
-CIFAR-100 mode (``--mode cifar100``, for a GPU): each method's ``recipes/configs/cifar100/<method>/<pair>.yaml``
+CIFAR-100 mode (``--mode cifar100``, for a GPU): each method's ``recipes/configs/cifar100/<method>/<pair>.yaml`` (built in memory when absent)
 (methods without a config: the ``none`` config with ``--method`` and the ``kd`` config's teacher), same reporting.
 
 Each finished run appends one JSON line to the results file, keyed by (method, seed, protocol hash, code version,
@@ -53,6 +56,7 @@ import hf_distill  # noqa: E402
 from hf_distill.console import LOG_FORMAT, exit_on_bad_input  # noqa: E402
 from hf_distill.methods import METHODS, PRESETS, resolve_objective  # noqa: E402
 from hf_distill.run.baseline import build_baseline, train_and_evaluate  # noqa: E402
+from hf_distill.run.benchmark_configs import BENCHMARK, benchmark_config, benchmark_names, render  # noqa: E402
 from hf_distill.run.build import build_run  # noqa: E402
 from hf_distill.run.config import parse_args  # noqa: E402
 from hf_distill.training.teacher_cache import TeacherCache  # noqa: E402
@@ -213,20 +217,23 @@ class Cifar100Protocol:
     name: str = "cifar100-configs"
 
     def config(self, method: str) -> tuple[Path, list[str]]:
-        root = REPO / "recipes" / "configs" / "cifar100"
-        path = root / method / f"{self.pair}.yaml"
-        if path.exists():
-            return path, []
-        if not (root / BASELINE / f"{self.pair}.yaml").exists():
-            raise ValueError(f"No CIFAR-100 config for the pair {self.pair!r}: see {root}/kd/ for the pairs.")
-        import yaml
-
-        teacher = yaml.safe_load((root / "kd" / f"{self.pair}.yaml").read_text())["teacher"]
+        """The config path (a file there if the user wrote one, else built in memory by ``--config``) and the
+        flags that adapt the ``none`` config to a method that has none of its own."""
+        root = REPO / "recipes" / "configs" / BENCHMARK
+        names = benchmark_names()
+        if f"{method}/{self.pair}" in names:
+            return root / method / f"{self.pair}.yaml", []
+        if f"{BASELINE}/{self.pair}" not in names:
+            raise ValueError(
+                f"No CIFAR-100 config for the pair {self.pair!r}: see hf_distill.run.benchmark_configs.PAIRS."
+            )
+        teacher = benchmark_config("kd", self.pair)[1]["teacher"]
         return root / BASELINE / f"{self.pair}.yaml", ["--method", method, "--teacher", teacher]
 
     def definition(self) -> dict[str, Any]:
         cfg = self.config(BASELINE)[0]
-        return {**dataclasses.asdict(self), "config_sha": _sha(cfg)}
+        text = cfg.read_bytes() if cfg.is_file() else render(*benchmark_config(BASELINE, self.pair)).encode()
+        return {**dataclasses.asdict(self), "config_sha": hashlib.sha256(text).hexdigest()[:16]}
 
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(self.definition(), sort_keys=True).encode()).hexdigest()[:12]
@@ -521,7 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "--curve_methods) at each, to choose the protocol's budget.")  # fmt: skip
     p.add_argument("--curve_methods", default="none", help="Methods of --epoch_curve.")
     p.add_argument("--pair", default="resnet56_resnet20", help="CIFAR-100 teacher_student pair.")
-    p.add_argument("--teacher", default=None, help="CIFAR-100: the trained teacher's folder.")
+    p.add_argument("--student", default=None, help="CIFAR-10: the student (default cifar_resnet20; another "
+                   "protocol hash): a CIFAR-zoo name (cifar_mobilenetv2), a timm name or a model folder.")  # fmt: skip
+    p.add_argument("--teacher", default=None, help="The trained teacher's folder (CIFAR-10 default "
+                   "assets/teachers/cifar10-resnet56-jpeg; another protocol hash).")  # fmt: skip
     p.add_argument("--cache_dir", default=str(Path.home() / ".cache" / "hf_distill" / "benchmarks"))
     p.add_argument("--work_dir", default=None, help="Where runs write their (unused) output folders.")
     p.add_argument("--teacher_cache", default=None, help="Teacher-output cache shared by the runs (default "
@@ -539,6 +549,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def checked_student(name: str) -> str:
+    """``name`` if it builds a student here without the network: a CIFAR-zoo name, a timm architecture, a folder.
+
+    Raises:
+        ValueError: anything else (a Hub id would only fail inside every run, one traceback each).
+    """
+    import timm
+
+    from hf_distill.models.loading import zoo_architecture
+
+    if zoo_architecture(name) or os.path.isdir(name) or timm.is_model(name):
+        return name
+    raise ValueError(
+        f"--student {name!r} is neither a CIFAR-zoo name (cifar_resnet20, cifar_mobilenetv2, ...: "
+        "`timm.list_models('cifar_*')`), a timm architecture nor a model folder: pass one of those."
+    )
+
+
+def checked_teacher(path: str) -> str:
+    """The teacher folder as the protocol records it: relative to the repository when inside it (so that the hash
+    does not depend on where the checkout lies), else absolute.
+
+    Raises:
+        ValueError: not a model folder.
+    """
+    folder = Path(path).resolve()
+    if not (folder / "config.json").is_file():
+        raise ValueError(
+            f"--teacher {path} is not a model folder (no config.json): pass a trained teacher's folder."
+        )
+    return str(folder.relative_to(REPO)) if folder.is_relative_to(REPO) else str(folder)
+
+
 def make_job(a: argparse.Namespace) -> Job:
     """The job of the parsed arguments (data subset prepared for CIFAR-10)."""
     work = Path(a.work_dir) if a.work_dir else Path(tempfile.gettempdir()) / "hf_distill_bench"
@@ -547,11 +590,15 @@ def make_job(a: argparse.Namespace) -> Job:
         None if a.teacher_cache == "none" else a.teacher_cache or str(Path(a.cache_dir) / "teacher-outputs")
     )
     if a.mode == "cifar100":
+        if a.student is not None:
+            raise ValueError("--student is for --mode cifar10: in CIFAR-100 mode --pair names the student.")
         return Job(Cifar100Protocol(a.pair, a.teacher, a.dataset), a.dataset, results, a.threads, work, cache)
     source = Path(a.dataset) if a.dataset else REPO.parent / "shared" / "data" / "cifar10"
     protocol = Cifar10Protocol(
         epochs=CIFAR10_EPOCHS if a.epochs is None else a.epochs,
         per_class=500 if a.per_class is None else a.per_class,
+        student=Cifar10Protocol.student if a.student is None else checked_student(a.student),
+        teacher=Cifar10Protocol.teacher if a.teacher is None else checked_teacher(a.teacher),
     )
     if not (source / "train.parquet").exists() or not (source / "test.parquet").exists():
         raise ValueError(

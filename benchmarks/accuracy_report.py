@@ -6,6 +6,7 @@ Only rows of the current protocol (hash) and code version enter the table; the o
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import statistics
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.accuracy import BASELINE, REPO, TEACHER, code_version, read_rows
+from benchmarks.accuracy import BASELINE, REPO, TEACHER, Cifar10Protocol, code_version, read_rows
+from hf_distill.run.benchmark_configs import benchmark_config
 
 START = "<!-- results-table:start -->\n"
 END = "<!-- results-table:end -->"
@@ -44,11 +46,12 @@ class MethodStats:
 
 
 def published_top1(method: str, pair: str = "resnet56_resnet20") -> str:
-    """The published CIFAR-100 top-1 of ``method`` for ``pair``, read from the header of its benchmark config."""
-    path = REPO / "recipes" / "configs" / "cifar100" / method / f"{pair}.yaml"
-    if not path.exists():
+    """The published CIFAR-100 top-1 of ``method`` for ``pair``, from the header of its benchmark config."""
+    try:
+        header = benchmark_config(method, pair)[0]
+    except ValueError:  # no benchmark config for it (mutual learning, an unknown name)
         return "–"
-    m = re.search(r"Published top-1: ([0-9.]+)", path.read_text(encoding="utf-8"))
+    m = re.search(r"Published top-1: ([0-9.]+)", header)
     return m.group(1) if m else "–"
 
 
@@ -105,22 +108,33 @@ def _pct(v: float | None, digits: int = 2) -> str:
     return "–" if v is None or math.isnan(v) else f"{100 * v:.{digits}f}"
 
 
-def render_table(rows: list[dict[str, Any]], protocol_hash: str, version: str, bad_lines: int = 0) -> str:
-    """The markdown table of one protocol and code version (the block between the ``results-table`` markers)."""
+def render_table(
+    rows: list[dict[str, Any]],
+    protocol_hash: str,
+    version: str,
+    bad_lines: int = 0,
+    published_pair: str | None = "resnet56_resnet20",
+) -> str:
+    """The markdown table of one protocol and code version (the block between the ``results-table`` markers), with
+    the published CIFAR-100 top-1 of ``published_pair``'s configs as the last column (None: no such column, for a
+    pair the papers did not run)."""
     mine, other = select(rows, protocol_hash, version)
     stats = method_stats(mine)
     base = stats.get(BASELINE)
     teacher = [r for r in mine if r["method"] == TEACHER and r["top1"] is not None]
+    published = (
+        "" if published_pair is None else f" published CIFAR-100 top-1 ({published_pair.replace('_', '→')}) |"
+    )
     lines = [
         f"Protocol `{protocol_hash}`, code version `{version}`: {len(mine)} runs.",
         "",
         "| method | seeds | top-1 % (mean ± std) | gain vs baseline (points) | verdict | top-5 % | train min | "
-        "init stage min | published CIFAR-100 top-1 (resnet56→resnet20) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "init stage min |" + published,
+        "|---|---|---|---|---|---|---|---|" + ("---|" if published else ""),
     ]
     if teacher:
         lines.append(f"| teacher (resnet56) | – | {_pct(teacher[0]['top1'])} | – | – | {_pct(teacher[0].get('top5'))} "
-                     "| – | – | 72.34 |")  # fmt: skip
+                     "| – | – |" + (" 72.34 |" if published else ""))  # fmt: skip
     order = sorted(stats.values(), key=lambda s: (s.method != BASELINE, -s.mean, s.method))
     for s in order:
         std = f" ± {100 * s.std:.2f}" if s.std is not None else ""
@@ -129,8 +143,8 @@ def render_table(rows: list[dict[str, Any]], protocol_hash: str, version: str, b
         init = statistics.fmean(s.init_stage_seconds) / 60
         lines.append(
             f"| {name} | {s.n} | {_pct(s.mean)}{std} | {gain} | {'' if s is base else verdict(s, base)} | "
-            f"{_pct(statistics.fmean(s.top5))} | {statistics.fmean(s.train_seconds) / 60:.1f} | "
-            f"{init:.1f} | {published_top1(s.method)} |"
+            f"{_pct(statistics.fmean(s.top5))} | {statistics.fmean(s.train_seconds) / 60:.1f} | {init:.1f} |"
+            + (f" {published_top1(s.method, published_pair)} |" if published else "")
         )
     verdicts: dict[str, list[str]] = defaultdict(list)
     for s in order:
@@ -211,6 +225,33 @@ def results_block(results: Path, protocol: Any) -> str:
         + "\nBaseline accuracy against the epoch budget (seed 0):\n\n"
         + render_curve(rows, protocol.definition(), version)
     )
+
+
+def hetero_block(results: Path, protocol: Cifar10Protocol, reference: Path) -> str:
+    """The table of another pair than the protocol's default (``docs/results.md``, heterogeneous pair), then, for
+    comparison, the rows of ``reference`` with the same protocol but the default student.
+
+    No published column: the papers did not run these pairs on this data.
+    """
+    rows, bad = read_rows(results)
+    version = code_version()
+    out = render_table(rows, protocol.hash(), version, bad, published_pair=None)
+    same = dataclasses.replace(protocol, student=Cifar10Protocol.student)
+    ref_rows, _ = read_rows(reference)
+    ref = method_stats(select(ref_rows, same.hash(), version)[0])
+    shown = method_stats(select(rows, protocol.hash(), version)[0])
+    cells = [_stats_cell(ref[m]) for m in sorted(ref, key=lambda m: (m != BASELINE, m)) if m in shown]
+    if cells:
+        where = reference.relative_to(REPO) if reference.is_relative_to(REPO) else reference
+        out += (f"\nThe same protocol with the default student `{same.student}` (protocol `{same.hash()}`, rows of "
+                f"`{where}`): " + ", ".join(cells) + ".\n")  # fmt: skip
+    return out
+
+
+def _stats_cell(s: MethodStats) -> str:
+    """``'`kd` 45.49 ± 2.33% (3 seeds)'``: mean ± std over seeds."""
+    std = f" ± {100 * s.std:.2f}" if s.std is not None else ""
+    return f"`{s.method}` {_pct(s.mean)}{std}% ({s.n} seed{'s' if s.n > 1 else ''})"
 
 
 def default_run_table(results: Path) -> str:

@@ -213,3 +213,71 @@ def test_default_run_figures_are_the_committed_short_runs():
         ]
         cells.append(f"{statistics.mean(gains):+.2f} ± {statistics.stdev(gains):.2f} points")
         assert all(c in doc for c in cells), cells
+
+
+def test_student_and_teacher_are_protocol_fields(tmp_path):
+    """--student and --teacher replace the pair in CIFAR-10 mode; both enter the protocol hash (rows of another pair
+    never mix with the default one's) and reach the run's arguments."""
+
+    def job(*extra):
+        argv = [
+            "--per_class",
+            "2",
+            "--dataset",
+            str(REPO / "assets" / "cifar10-subset"),
+            "--cache_dir",
+            str(tmp_path),
+        ]
+        return accuracy.make_job(accuracy.build_parser().parse_args(argv + list(extra)))
+
+    default = job().protocol
+    assert default == accuracy.Cifar10Protocol(per_class=2)
+    hetero = job("--student", "cifar_mobilenetv2").protocol
+    assert hetero.student == "cifar_mobilenetv2" and hetero.hash() != default.hash()
+    assert hetero.definition()["student"] == "cifar_mobilenetv2"
+    model_args = parse_args(hetero.argv("kd", 0, "d", "o"), {})[0]
+    assert model_args.student == "cifar_mobilenetv2" and model_args.teacher == str(REPO / default.teacher)
+    other = job("--teacher", str(REPO / "assets" / "teachers" / "cifar10-resnet56")).protocol
+    assert (
+        other.teacher == "assets/teachers/cifar10-resnet56"
+    )  # repository-relative: the hash is the checkout's
+    assert other.hash() not in (default.hash(), hetero.hash())
+    assert other.definition()["teacher_weights"] != default.definition()["teacher_weights"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--student", "nosuch"], "--student 'nosuch' is neither a CIFAR-zoo name"),
+        (["--teacher", "/nonexistent"], "--teacher /nonexistent is not a model folder"),
+        (["--mode", "cifar100", "--student", "cifar_mobilenetv2"], "--student is for --mode cifar10"),
+    ],
+)
+def test_bad_pair_is_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        accuracy.main(["--methods", "none", "--dataset", "/nonexistent", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_hetero_table_shows_its_pair_only_and_the_default_student_beside_it(tmp_path):
+    from benchmarks.accuracy_report import hetero_block
+
+    hetero = accuracy.Cifar10Protocol(epochs=30, per_class=100, student="cifar_mobilenetv2")
+    same = accuracy.Cifar10Protocol(epochs=30, per_class=100)
+    rows = [_row("none", 0, 0.40, protocol=hetero.hash()), _row("kd", 0, 0.45, protocol=hetero.hash()),
+            _row("kd", 0, 0.77, protocol=same.hash())]  # fmt: skip
+    reference = [_row("none", s, 0.43 + 0.01 * s, protocol=same.hash()) for s in range(2)]
+    reference += [_row("dist", 0, 0.5, protocol=same.hash()), _row("kd", 0, 0.88, protocol=hetero.hash())]
+    path, ref = tmp_path / "hetero.jsonl", tmp_path / "ref.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ref.write_text("".join(json.dumps(r) + "\n" for r in reference))
+    block = hetero_block(path, hetero, ref)
+    assert f"Protocol `{hetero.hash()}`" in block and "published" not in block
+    assert "| `kd` | 1 | 45.00 | +5.00 |" in block and "77.00" not in block  # the resnet20 row is kept apart
+    assert "1 rows of other protocols" in block
+    assert f"student `cifar_resnet20` (protocol `{same.hash()}`, rows of `{ref}`)" in block
+    assert (
+        "`none` 43.50 ± 0.71% (2 seeds)." in block
+    )  # dist: not run with the hetero student; kd: another pair
