@@ -1,5 +1,6 @@
-"""The README's three Python examples run as written, and what each saves loads and predicts in a process that has
-no hf_distill: a CIFAR-zoo pair, a timm pair on a user's own ``datasets`` transform, a transformers ViT student."""
+"""The Python examples of the README and docs/python_api.md run as written, and what each saves loads and predicts
+in a process that has no hf_distill: a CIFAR-zoo pair, a timm pair on a user's own ``datasets`` transform, a
+transformers ViT student."""
 
 import json
 import subprocess
@@ -10,7 +11,8 @@ import torch
 
 from tests.conftest import REPO
 
-README = (REPO / "README.md").read_text()
+#: where the examples are written: the README's one and docs/python_api.md's two
+EXAMPLE_FILES = ("README.md", "docs/python_api.md")
 
 #: run in a fresh interpreter where ``import hf_distill`` fails: what a user who only downloads the folder has
 RELOAD = """
@@ -36,8 +38,10 @@ print(json.dumps(out))
 
 def _example(name: str) -> str:
     marker = f"<!-- example:{name} -->\n```python\n"
-    start = README.index(marker) + len(marker)
-    return README[start : README.index("```\n", start)]
+    found = [text for f in EXAMPLE_FILES if marker in (text := (REPO / f).read_text())]
+    assert len(found) == 1, f"example {name!r} must be written in exactly one of {EXAMPLE_FILES}"
+    start = found[0].index(marker) + len(marker)
+    return found[0][start : found[0].index("```\n", start)]
 
 
 def _run_example(name: str, tmp_path, monkeypatch) -> dict:
@@ -45,7 +49,7 @@ def _run_example(name: str, tmp_path, monkeypatch) -> dict:
     (tmp_path / "assets").symlink_to(REPO / "assets")
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(compile(_example(name), f"README.md:{name}", "exec"), scope)  # noqa: S102 - the documented example
+    exec(compile(_example(name), f"example:{name}", "exec"), scope)  # noqa: S102 - the documented example
     return scope
 
 

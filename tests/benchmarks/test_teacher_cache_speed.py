@@ -17,7 +17,9 @@ def _ratio_tolerance(r: dict, num: str, den: str, ratio_rounding: float) -> floa
 
 
 def test_cache_benchmark_reports_speedup_ceiling_and_warm_over_alone(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("cache_bench", REPO / "benchmarks" / "teacher_cache_speed.py")
+    spec = importlib.util.spec_from_file_location(
+        "cache_bench", REPO / "benchmarks" / "teacher_cache_speed.py"
+    )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "c.json"

@@ -8,7 +8,7 @@ import sys
 import datasets
 import pytest
 
-from tests.conftest import REPO, SHARED, SUBSET, TEACHER_DIR
+from tests.conftest import REPO, SUBSET, TEACHER_DIR
 from tests.helpers import recipe_error_line as _fails
 
 TINY = [
@@ -43,6 +43,20 @@ def test_default_run_on_a_tiny_slice(recipe, tmp_path):
     saved = json.loads((tmp_path / "all_results.json").read_text())
     assert saved["objective"]["methods"]["kd"]["temperature"] == 4.0
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
+
+
+def test_an_empty_teacher_trains_the_student_alone(recipe, tmp_path):
+    """``--teacher ''`` switches the default teacher off: ``--method none`` trains a model alone (e.g. the teacher of
+    a later run), without loading or evaluating any teacher; a method that needs one says so in one line."""
+    res = recipe.main(["--teacher", "", "--method", "none", "--max_steps", "1"] + TINY + _out(tmp_path))
+    assert "eval_teacher_accuracy" not in res and 0.0 <= res["eval_accuracy"] <= 1.0
+    saved = json.loads((tmp_path / "out" / "all_results.json").read_text())
+    assert saved["objective"]["methods"] == {}
+
+
+def test_an_empty_teacher_with_a_method_that_needs_one(recipe, capsys, tmp_path):
+    line = _fails(recipe, capsys, ["--teacher", "", "--method", "kd"] + TINY + _out(tmp_path))
+    assert "needs a teacher: pass --teacher" in line
 
 
 def test_method_flags_and_config_file(recipe, tmp_path):
@@ -103,11 +117,10 @@ def test_teacher_checkpoint_of_another_architecture(recipe, capsys, tmp_path):
     assert "does not match the teacher architecture" in line
 
 
-@pytest.mark.skipif(
-    not (SHARED / "teachers").exists(), reason="../shared with the original akamaster files is absent"
-)
 def test_akamaster_checkpoint_of_another_depth(recipe, capsys, tmp_path):
-    weights = str(SHARED / "teachers" / "cifar10-resnet-akamaster" / "resnet56-4bfd9763.th")
+    from tests.models.test_convert_akamaster import write_akamaster_checkpoint
+
+    weights = str(write_akamaster_checkpoint(TEACHER_DIR, tmp_path / "akamaster" / "resnet56-4bfd9763.th"))
     line = _fails(
         recipe, capsys, ["--teacher", "cifar_resnet20_a", "--teacher_weights", weights, *_out(tmp_path)]
     )
