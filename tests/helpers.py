@@ -134,3 +134,15 @@ def recipe_error_line(recipe, capsys, argv) -> str:
     errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and "Traceback" not in err, err  # one line, no traceback
     return errors[0]
+
+
+class CacheRows:
+    """The smallest training set a teacher cache accepts: a size and the current epoch."""
+
+    epoch, seed = 0, 0
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n

@@ -33,7 +33,7 @@ from hf_distill.training.teacher_cache import (
     signing_key_path,
 )
 from tests.conftest import REPO
-from tests.helpers import CIFAR_SPEC, timm_model, trainer_args
+from tests.helpers import CIFAR_SPEC, CacheRows, timm_model, trainer_args
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -358,7 +358,7 @@ def _forked_child() -> None:
 def _write_rows(root: str, worker: int) -> None:
     """40 batches of 64 rows, a shard each; the rows of half the batches are written by both workers."""
     _forked_child()
-    cache = TeacherCache(root, {"k": "shared"}, _Rows(4096), flush_rows=64)
+    cache = TeacherCache(root, {"k": "shared"}, CacheRows(4096), flush_rows=64)
     for step in range(40):
         index = torch.arange(64) + 64 * ((step + worker * 20) % 64)
         cache.features(_pixels(index), index, lambda index=index: Features(logits=_logits(index)))
@@ -368,7 +368,7 @@ def _write_rows(root: str, worker: int) -> None:
 def _read_until(root: str, done, seen) -> None:
     """Load the epoch again and again while the writers run; record the shards it had to reject."""
     _forked_child()
-    cache = TeacherCache(root, {"k": "shared"}, _Rows(4096))
+    cache = TeacherCache(root, {"k": "shared"}, CacheRows(4096))
     loads = 0
     while not done.is_set():
         cache._load_epoch(0)
@@ -408,27 +408,15 @@ def test_two_writers_at_once_never_corrupt_the_cache(tmp_path):
                 p.kill()
     assert all(w.exitcode == 0 for w in writers) and reader.exitcode == 0
     assert rejected == 0 and loads > 1  # a reader running meanwhile never saw a partial shard
-    cache = TeacherCache(str(tmp_path), {"k": "shared"}, _Rows(4096))
+    cache = TeacherCache(str(tmp_path), {"k": "shared"}, CacheRows(4096))
     index = torch.arange(60 * 64)  # every row either worker wrote
     got = cache.features(_pixels(index), index, pytest.fail)
     assert torch.equal(got.logits, _logits(index)) and cache.rejected_shards == 0
 
 
-class _Rows:
-    """The smallest training set a cache accepts: a size and the current epoch."""
-
-    epoch, seed = 0, 0
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-
 def test_every_stored_row_reads_back_after_concurrent_writes(tmp_path):
     """The same check without processes: shards written by two caches of one key interleave safely."""
-    a, b = (TeacherCache(str(tmp_path), {"k": "shared"}, _Rows(256), flush_rows=32) for _ in range(2))
+    a, b = (TeacherCache(str(tmp_path), {"k": "shared"}, CacheRows(256), flush_rows=32) for _ in range(2))
     for step in range(8):
         for w, cache in enumerate((a, b)):
             index = torch.arange(32) + 32 * ((step + 4 * w) % 8)
@@ -436,7 +424,7 @@ def test_every_stored_row_reads_back_after_concurrent_writes(tmp_path):
             cache.features(
                 x, index, lambda index=index: Features(logits=index.float().view(-1, 1).repeat(1, 3))
             )
-    reader = TeacherCache(str(tmp_path), {"k": "shared"}, _Rows(256))
+    reader = TeacherCache(str(tmp_path), {"k": "shared"}, CacheRows(256))
     index = torch.arange(256)
     x = index.float().view(-1, 1, 1, 1).expand(256, 3, 2, 2)
     got = reader.features(x, index, pytest.fail)

@@ -26,19 +26,7 @@ from hf_distill.training.teacher_cache import (
     write_shard,
 )
 from tests.conftest import REPO
-from tests.helpers import CIFAR_SPEC, timm_model, trainer_args
-
-
-class _Rows:
-    """The smallest training set a cache accepts: a size and the current epoch."""
-
-    epoch, seed = 0, 0
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
+from tests.helpers import CIFAR_SPEC, CacheRows, timm_model, trainer_args
 
 
 def _batch(n: int = 8, classes: int = 10, seed: int = 0):
@@ -84,14 +72,14 @@ def test_the_reconstruction_in_half_precision_and_with_a_masked_class():
 
 def test_round_trip_cold_and_warm_give_the_same_logits(tmp_path):
     x, index, logits = _batch()
-    cold = TeacherCache(str(tmp_path), {"k": "v"}, _Rows(8), topk=3)
+    cold = TeacherCache(str(tmp_path), {"k": "v"}, CacheRows(8), topk=3)
     got = cold.features(x, index, lambda: Features(logits=logits))
     assert cold.computed_rows == 8 and not torch.equal(
         got.logits, logits
     )  # the lossy logits, even when computed
     assert torch.allclose(got.logits.double().softmax(-1), _stands_for(logits, 3), atol=1e-6)
     cold.flush()
-    warm = TeacherCache(str(tmp_path), {"k": "v"}, _Rows(8), topk=3)
+    warm = TeacherCache(str(tmp_path), {"k": "v"}, CacheRows(8), topk=3)
     read = warm.features(x, index, pytest.fail)
     assert warm.read_rows == 8 and torch.equal(read.logits, got.logits)
     assert read.embedding is None and read.maps == {}
@@ -100,11 +88,11 @@ def test_round_trip_cold_and_warm_give_the_same_logits(tmp_path):
 
 def test_exact_and_top_k_caches_never_serve_each_other(tmp_path):
     x, index, logits = _batch()
-    exact = TeacherCache(str(tmp_path), {"k": "v"}, _Rows(8))
+    exact = TeacherCache(str(tmp_path), {"k": "v"}, CacheRows(8))
     exact.features(x, index, lambda: Features(logits=logits))
     exact.flush()
-    top3 = TeacherCache(str(tmp_path), {"k": "v"}, _Rows(8), topk=3)
-    top5 = TeacherCache(str(tmp_path), {"k": "v"}, _Rows(8), topk=5)
+    top3 = TeacherCache(str(tmp_path), {"k": "v"}, CacheRows(8), topk=3)
+    top5 = TeacherCache(str(tmp_path), {"k": "v"}, CacheRows(8), topk=5)
     assert len({exact.dir, top3.dir, top5.dir}) == 3 and top3.key["topk"] == "3" and "topk" not in exact.key
     computed = []
     for cache in (top3, top5):
@@ -112,7 +100,7 @@ def test_exact_and_top_k_caches_never_serve_each_other(tmp_path):
         cache.flush()
     assert computed == [1, 1]
     # and the exact cache, read again, still gives the exact logits
-    again = TeacherCache(str(tmp_path), {"k": "v"}, _Rows(8))
+    again = TeacherCache(str(tmp_path), {"k": "v"}, CacheRows(8))
     assert torch.equal(again.features(x, index, pytest.fail).logits, logits)
 
 
@@ -144,10 +132,10 @@ def test_a_shard_of_another_mode_is_refused_even_under_the_same_key(tmp_path):
 def test_bad_k_is_one_line(tmp_path, topk, classes, match):
     with pytest.raises(ValueError, match=match) as err:
         if classes is None:
-            TeacherCache(str(tmp_path), {"k": "v"}, _Rows(4), topk=topk)
+            TeacherCache(str(tmp_path), {"k": "v"}, CacheRows(4), topk=topk)
         else:
             x, index, logits = _batch(4, classes)
-            TeacherCache(str(tmp_path), {"k": "v"}, _Rows(4), topk=topk).features(
+            TeacherCache(str(tmp_path), {"k": "v"}, CacheRows(4), topk=topk).features(
                 x, index, lambda: Features(logits=logits)
             )
     assert "\n" not in str(err.value) and "--teacher_cache_topk" in str(err.value)
@@ -165,7 +153,7 @@ def test_methods_reading_more_than_logits_are_refused_by_name(tmp_path):
     assert "kd " not in line.split(":")[0] and "\n" not in line
     assert topk_refusal({"kd": FeatureNeeds(logits=True), "dkd": FeatureNeeds(logits=True)}) is None
     # a direct user of the cache who hands it more than logits gets the same kind of line
-    cache = TeacherCache(str(tmp_path), {"k": "v"}, _Rows(8), topk=3)
+    cache = TeacherCache(str(tmp_path), {"k": "v"}, CacheRows(8), topk=3)
     x, index, logits = _batch()
     with pytest.raises(ValueError, match="logits only, but it was given an embedding"):
         cache.features(x, index, lambda: Features(logits=logits, embedding=torch.zeros(8, 4)))
@@ -178,7 +166,7 @@ def test_disk_per_row(tmp_path, k):
     rows = 1024
     per_row = {}
     for mode in (None, k):
-        cache = TeacherCache(str(tmp_path), {"k": "size"}, _Rows(rows), flush_rows=rows, topk=mode)
+        cache = TeacherCache(str(tmp_path), {"k": "size"}, CacheRows(rows), flush_rows=rows, topk=mode)
         x, index, logits = _batch(rows, 1000)
         cache.features(x, index, lambda logits=logits: Features(logits=logits))
         cache.flush()
@@ -196,13 +184,15 @@ def test_reading_an_epoch_shows_a_bar_only_when_asked(tmp_path, monkeypatch, cap
         teacher_cache, "PROGRESS_DELAY_S", 0.0
     )  # a real epoch read is long enough; this one not
     x, index, logits = _batch()
-    first = TeacherCache(str(tmp_path), {"k": "v"}, _Rows(8), topk=3)
+    first = TeacherCache(str(tmp_path), {"k": "v"}, CacheRows(8), topk=3)
     first.features(x, index, lambda: Features(logits=logits))
     first.flush()
     capfd.readouterr()
-    TeacherCache(str(tmp_path), {"k": "v"}, _Rows(8), topk=3).features(x, index, pytest.fail)
+    TeacherCache(str(tmp_path), {"k": "v"}, CacheRows(8), topk=3).features(x, index, pytest.fail)
     assert "Teacher cache: reading epoch 0" not in capfd.readouterr().err
-    TeacherCache(str(tmp_path), {"k": "v"}, _Rows(8), topk=3, progress=True).features(x, index, pytest.fail)
+    TeacherCache(str(tmp_path), {"k": "v"}, CacheRows(8), topk=3, progress=True).features(
+        x, index, pytest.fail
+    )
     assert "Teacher cache: reading epoch 0" in capfd.readouterr().err
 
 
