@@ -82,3 +82,40 @@ def test_the_random_teacher_gets_batchnorm_statistics_of_its_data():
         assert teacher(images[:64]).logits.abs().max() > 100
         bench.calibrate_batchnorm(teacher, images)
         assert teacher.eval()(images[:64]).logits.abs().max() < 20
+
+
+@pytest.mark.parametrize(
+    "script,argv",
+    [
+        ("crd_reference.py", []),
+        ("ft_reference.py", ["--method", "ft"]),
+        ("ft_reference.py", ["--method", "iekd"]),
+        ("kdsvd_reference.py", []),
+    ],
+)
+def test_reference_scripts_time_three_steps_on_the_same_batches(tmp_path, script, argv):
+    """Each reference script times the limit, the reference's step and the trainer's in turn and reports their
+    ratios (a dry run: 2 steps on a CIFAR pair; the figures come from the full runs)."""
+    _bench()  # the scripts import benchmarks.throughput, whose dataclasses need their module registered
+    spec = importlib.util.spec_from_file_location(script[:-3], REPO / "benchmarks" / script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "r.json"
+    small = [
+        "--pair",
+        "resnet56-resnet20",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--batch_size",
+        "8",
+        "--rows",
+        "300",
+    ]
+    result = mod.main(argv + small + ["--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert min(result["limit_s"], result["reference_s"]) > 0
+    assert result["reference_over_limit"] == pytest.approx(
+        result["reference_s"] / result["limit_s"], rel=0.01
+    )
