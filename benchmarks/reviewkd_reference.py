@@ -19,14 +19,8 @@ reviewkd``; reported: the median of each and the ratios trainer / reference and 
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import statistics
 import sys
-import time
 from pathlib import Path
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -82,15 +76,14 @@ def levels(maps: dict[str, Tensor], embedding: Tensor) -> list[Tensor]:
     return [v for k, v in maps.items() if k != "stem"] + [embedding[:, :, None, None]]
 
 
-class Timed(throughput.Limit):
-    """The limit step, then the reference step, each timed (the benchmark's ``Limit`` while it runs)."""
+class ReviewKDReference:
+    """The reference's training step beside a limit's networks: its own copy of the student and its fusion modules."""
 
-    last: Timed | None = None
-
-    def __init__(self, teacher, student, options, device) -> None:
-        super().__init__(teacher, student, options, device)
-        self.ref_student = type(self.student)(self.student.config).to(device).train()
-        self.ref_student.load_state_dict(self.student.state_dict())
+    def __init__(self, limit: throughput.Limit) -> None:
+        device = next(limit.student.parameters()).device
+        self.teacher, self.adapter = limit.teacher, limit.adapter
+        self.ref_student = type(limit.student)(limit.student.config).to(device).train()
+        self.ref_student.load_state_dict(limit.student.state_dict())
         x = torch.zeros(2, 3, 32, 32, device=device)
         s_levels, t_levels = self.features(x)
         mid = min(512, s_levels[-1].shape[1])
@@ -101,9 +94,6 @@ class Timed(throughput.Limit):
         self.out_sizes = [tuple(t.shape[-2:]) for t in t_levels]
         params = [*self.ref_student.parameters(), *self.fusions.parameters()]
         self.ref_opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
-        self.limit_times: list[float] = []
-        self.reference_times: list[float] = []
-        Timed.last = self
 
     def features(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         maps, embedding, _ = self.ref_student.forward_taps(x)
@@ -111,7 +101,7 @@ class Timed(throughput.Limit):
             t_maps, t_embedding, _ = self.teacher.forward_taps(self.adapter(x), preact=True)
         return levels(maps, embedding), levels(t_maps, t_embedding)
 
-    def reference_step(self, batch: dict[str, Tensor]) -> None:
+    def __call__(self, batch: dict[str, Tensor]) -> None:
         x, y = batch["pixel_values"], batch["labels"]
         maps, embedding, logits = self.ref_student.forward_taps(x)
         with torch.no_grad():
@@ -125,54 +115,14 @@ class Timed(throughput.Limit):
         self.ref_opt.step()
         self.ref_opt.zero_grad(set_to_none=True)
 
-    def step(self, batch: dict[str, Tensor]) -> None:
-        for fn, times in ((super().step, self.limit_times), (self.reference_step, self.reference_times)):
-            throughput._sync(batch["pixel_values"].device)
-            t = time.perf_counter()
-            fn(batch)
-            throughput._sync(batch["pixel_values"].device)
-            times.append(time.perf_counter() - t)
-
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pair", default="resnet32x4-resnet8x4", help="a pair of benchmarks/throughput.py")
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--batch_size", type=int, default=64)
-    ap.add_argument(
-        "--threads", type=int, default=None, help="torch threads (1 is steadier on a shared machine)"
-    )
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    run = argparse.Namespace(steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, rows=2_000)
-    load_before = os.getloadavg()[0]
-    with mock.patch.object(throughput, "Limit", Timed):
-        row = throughput.run_method(args.pair, "reviewkd", run, throughput.Options(), device)
-    timed = Timed.last
-    limit = statistics.median(timed.limit_times[args.warmup :])
-    reference = statistics.median(timed.reference_times[args.warmup :])
-    trainer = args.batch_size / row.trainer_img_s
-    result = {
-        "pair": args.pair,
-        "batch_size": args.batch_size,
-        "steps": args.steps,
-        "device": throughput.environment(device)["device"],
-        "load": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "limit_s": round(limit, 4),
-        "reference_s": round(reference, 4),
-        "trainer_s": round(trainer, 4),
-        "trainer_over_reference": round(trainer / reference, 3),
-        "reference_over_limit": round(reference / limit, 3),
-        "trainer_over_limit": round(trainer / limit, 3),
-    }
-    print(json.dumps(result, indent=1))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if (
+        "--pair" not in argv
+    ):  # ReviewKD reads pre-activation maps: a CIFAR-zoo pair (the timm student has none)
+        argv += ["--pair", "resnet32x4-resnet8x4"]
+    return throughput.reference_main("reviewkd", lambda limit, args: ReviewKDReference(limit), __doc__, argv)
 
 
 if __name__ == "__main__":

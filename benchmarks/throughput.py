@@ -505,6 +505,25 @@ def reference_main(
 TARGETS = {"logit": 1.05, "feature": 1.25, "preset": 1.25}
 
 
+def reference_markdown(results: dict) -> str:
+    """The reference-step comparisons (``benchmarks/<method>_reference.py --out``, collected under ``"runs"``) as one
+    table: each method's trainer step and a reference implementation's step, both against the same limit."""
+    lines = [
+        "| method | pair | limit s | reference s | ours s | reference / limit | ours / limit | ours / reference "
+        "| spread (limit / ref. / ours) | load |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["runs"]:
+        spread = " / ".join(f"{r['spread'][k]:.0%}" for k in ("limit", "reference", "trainer"))
+        load = "-".join(f"{v:.1f}" for v in r["load"])
+        lines.append(
+            f"| {r['method']} | {r['pair']} | {r['limit_s']:.3f} | {r['reference_s']:.3f} | {r['trainer_s']:.3f} | "
+            f"{r['reference_over_limit']:.2f}x | {r['trainer_over_limit']:.2f}x | {r['trainer_over_reference']:.2f}x "
+            f"| {spread} | {load} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def markdown(result: dict) -> str:
     """The results as one markdown table per pair, with the run's conditions above."""
     env = result["environment"]

@@ -91,6 +91,7 @@ def test_the_random_teacher_gets_batchnorm_statistics_of_its_data():
         ("ft_reference.py", ["--method", "ft"]),
         ("ft_reference.py", ["--method", "iekd"]),
         ("kdsvd_reference.py", []),
+        ("reviewkd_reference.py", []),
     ],
 )
 def test_reference_scripts_time_three_steps_on_the_same_batches(tmp_path, script, argv):
