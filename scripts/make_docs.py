@@ -64,6 +64,12 @@ def throughput_table() -> str:
     return markdown(json.loads((RESULTS / "throughput.json").read_text()))
 
 
+def reference_table() -> str:
+    from benchmarks.throughput import reference_markdown
+
+    return reference_markdown(json.loads((RESULTS / "reference_steps.json").read_text()))
+
+
 def speed_options_table() -> str:
     from benchmarks.speed_options import markdown
 
@@ -90,6 +96,12 @@ def teacher_cache_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def beyond_cifar_table() -> str:
+    from benchmarks.beyond_cifar import markdown
+
+    return markdown(json.loads((RESULTS / "beyond_cifar.json").read_text()))
+
+
 @dataclass(frozen=True)
 class Block:
     """One generated part: the file that holds it, the marker name, and what renders it."""
@@ -112,10 +124,12 @@ BLOCKS = (
     Block("docs/results.md", "results-table", results_table, "benchmarks/results/cifar10.jsonl"),
     Block("docs/results.md", "hetero-table", hetero_table, "benchmarks/results/cifar10-hetero.jsonl"),
     Block("docs/speed.md", "speed-table", throughput_table, "benchmarks/results/throughput.json"),
+    Block("docs/speed.md", "reference-table", reference_table, "benchmarks/results/reference_steps.json"),
     Block("docs/speed.md", "speed-options", speed_options_table, "benchmarks/results/speed_options.json"),
     Block(
         "docs/speed.md", "teacher-cache-table", teacher_cache_table, "benchmarks/results/teacher_cache.json"
     ),
+    Block("docs/beyond_cifar.md", "beyond-cifar", beyond_cifar_table, "benchmarks/results/beyond_cifar.json"),
 )
 
 
