@@ -31,7 +31,7 @@ import torch
 import torchvision.transforms.functional as TF
 from torch import Tensor, nn
 
-from ..models.normalization import input_spec
+from ..models.normalization import input_spec, timm_pretrained_cfg
 
 logger = logging.getLogger(__name__)
 
@@ -339,7 +339,8 @@ def _timm_pipeline(model: nn.Module, image_size: int | None, crop_pct: float | N
 
     timm_module = _timm_module(model)
     if timm_module is not None:
-        config = resolve_data_config({}, model=timm_module)
+        # the config a saved wrapper recorded (its trained size), else the timm module's (timm_pretrained_cfg)
+        config = resolve_data_config({}, pretrained_cfg=timm_pretrained_cfg(model), model=timm_module)
     else:  # another model through timm's pipeline: its own statistics and size, timm's defaults otherwise
         spec = input_spec(model)
         config = resolve_data_config(

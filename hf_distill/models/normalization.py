@@ -9,6 +9,7 @@ does, instead of silently feeding it the wrong statistics.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,21 @@ def _size(v) -> int | None:
     return int(v[-1])
 
 
+def timm_pretrained_cfg(model: nn.Module) -> dict[str, Any] | None:
+    """The timm data config a model declares: for a transformers ``TimmWrapper`` its config's ``pretrained_cfg``
+    (what a saved model recorded, e.g. the 96 px it was trained at), else the timm module's own.
+
+    A wrapper loaded from a folder rebuilds its timm module from timm's registry, whose ``pretrained_cfg`` is the
+    architecture's default (resnet10t: 176 px); the saved one is only in the wrapper's config.
+    """
+    core = getattr(model, "module", model)
+    saved = getattr(getattr(core, "config", None), "pretrained_cfg", None)
+    if isinstance(saved, dict) and saved:
+        return saved
+    own = getattr(getattr(core, "timm_model", core), "pretrained_cfg", None)
+    return own if isinstance(own, dict) and own else None
+
+
 def input_spec(model: nn.Module, processor=None) -> InputSpec:
     """Read the expected normalization and input size of ``model``.
 
@@ -60,7 +76,7 @@ def input_spec(model: nn.Module, processor=None) -> InputSpec:
             tuple(cfg.image_mean), tuple(cfg.image_std), _size(getattr(cfg, "image_size", 32)) or 32
         )
     tm = getattr(core, "timm_model", core)
-    pc = getattr(tm, "pretrained_cfg", None)
+    pc = timm_pretrained_cfg(model)
     if pc:
         size = int(pc.get("input_size", (3, 224, 224))[-1])
         # a ViT created with img_size=... keeps its pretrained_cfg's size: its patch embedding knows the real one

@@ -116,6 +116,24 @@ def test_timm_pipeline_follows_the_models_data_config():
     assert pipe.eval(image).shape == (3, 40, 40) and torch.equal(pipe.eval(image), pipe.eval(image))
 
 
+def test_a_saved_timm_model_keeps_the_size_it_was_trained_at(tmp_path):
+    """A timm-format folder records its trained size in config.json's pretrained_cfg, but transformers rebuilds the
+    timm module with its architecture's default data config: the library reads the saved one (as a teacher at 96 px,
+    it must not be fed the architecture's 176 px)."""
+    from hf_distill.hub.timm_export import save_timm_folder
+    from hf_distill.models.normalization import InputSpec
+
+    model = load_model("resnet10t", num_labels=10)
+    assert input_spec(model).image_size == 176  # the architecture's default
+    save_timm_folder(model, tmp_path, InputSpec((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 96))
+    reloaded = load_model(str(tmp_path), role="teacher")
+    assert reloaded.timm_model.pretrained_cfg["input_size"][-1] == 176  # what transformers rebuilt
+    assert input_spec(reloaded) == InputSpec((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 96)
+    pipe = model_pipeline(reloaded)
+    assert pipe.image_size == 96 and pipe.mean == (0.5, 0.5, 0.5)
+    assert pipe.eval(_images(1)[0]["image"]).shape == (3, 96, 96)
+
+
 @pytest.mark.parametrize("kind", ["cifar", "timm"])
 def test_augmentation_depends_only_on_seed_epoch_and_row(kind):
     ds = _images(8)
