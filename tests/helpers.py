@@ -146,3 +146,15 @@ class CacheRows:
 
     def __len__(self) -> int:
         return self.n
+
+
+def load_recipe(module_name: str = "distill_recipe"):
+    """``recipes/distill.py`` imported as a module (the recipe is a script, not part of the package)."""
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location(module_name, REPO / "recipes" / "distill.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

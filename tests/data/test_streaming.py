@@ -2,7 +2,6 @@
 pass, shuffling and augmentation are seeded (per pass and row identity), the loader's batches do not depend on its
 workers, a resumed run continues at the exact row (also after kill -9), and what a stream cannot do is one line."""
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -26,7 +25,7 @@ from hf_distill.data.streaming import (
 )
 from hf_distill.data.transforms import DataError
 from tests.conftest import REPO, SUBSET, TEACHER_DIR
-from tests.helpers import CIFAR_SPEC, recipe_error_line, timm_model
+from tests.helpers import CIFAR_SPEC, load_recipe, recipe_error_line, timm_model
 
 
 def write_shards(folder, rows: int, shards: int, test_rows: int = 0) -> str:
@@ -222,10 +221,7 @@ def test_the_python_api_refuses_what_a_stream_cannot_train(shards, tmp_path):
 # -- the recipe: bad input in one line, nothing written ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def recipe():
-    spec = importlib.util.spec_from_file_location("distill_recipe_stream", REPO / "recipes" / "distill.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_recipe("distill_recipe_stream")
 
 
 def _recipe_args(folder, out, *extra):

@@ -1,6 +1,5 @@
 """recipes/distill.py: the embedded default on a tiny slice, and every bad input giving one clear line."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,6 +8,7 @@ import datasets
 import pytest
 
 from tests.conftest import REPO, SUBSET, TEACHER_DIR
+from tests.helpers import load_recipe
 from tests.helpers import recipe_error_line as _fails
 
 TINY = [
@@ -30,10 +30,7 @@ def _out(tmp_path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def recipe():
-    spec = importlib.util.spec_from_file_location("distill_recipe", REPO / "recipes" / "distill.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_recipe("distill_recipe")
 
 
 def test_default_run_on_a_tiny_slice(recipe, tmp_path):

@@ -2,7 +2,6 @@
 a finished run resumed is the same run, an interrupted save is recognised, a diverged run is not saved, and Ctrl-C,
 damaged checkpoint files and impossible output paths each end in one line."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -12,7 +11,7 @@ import safetensors.torch
 import torch
 
 from hf_distill.training.checkpoints import saved_model_problem
-from tests.conftest import REPO
+from tests.helpers import load_recipe
 from tests.helpers import recipe_error_line as _fails
 
 #: the probes' short run: 24 steps of 16 rows from 256 (16 steps an epoch), a checkpoint every 8 steps
@@ -25,10 +24,7 @@ TR = [
 
 @pytest.fixture(scope="module")
 def recipe():
-    spec = importlib.util.spec_from_file_location("distill_recipe_run", REPO / "recipes" / "distill.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_recipe("distill_recipe_run")
 
 
 @pytest.fixture(scope="module")
