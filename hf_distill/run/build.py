@@ -85,17 +85,12 @@ def check_streaming_run(
             "--streaming needs --max_steps N: a stream has no length, so --num_train_epochs cannot say when to stop "
             "(one epoch is about rows / (per_device_train_batch_size x processes x gradient_accumulation_steps) steps)."
         )
-    if distill_args.teacher_cache:
-        raise ValueError(
-            "--teacher_cache stores the teacher's outputs per row of a map-style training set and cannot follow a "
-            "stream: drop --teacher_cache or --streaming."
-        )
     if data_args.max_train_samples is not None:
         raise ValueError(
             "--max_train_samples selects rows of a map-style split, which a stream does not number: drop it and "
             "bound the run with --max_steps."
         )
-    check_streaming_objective(objective, distill_args.milestones())
+    check_streaming_objective(objective, distill_args.milestones(), distill_args.teacher_cache)
 
 
 def _open_stream(data_args: DataArguments):

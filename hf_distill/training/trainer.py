@@ -575,14 +575,19 @@ class DistillationTrainer(Trainer):
 
 
 def check_streaming_objective(
-    objective: DistillationObjective, lr_milestones: Sequence[float] | None
+    objective: DistillationObjective, lr_milestones: Sequence[float] | None, teacher_cache: str | None = None
 ) -> None:
     """Refuse what a stream (no length, no row numbers) cannot train.
 
     Raises:
         ValueError: a method with a state per row (CRD's memory bank) or an initialization stage counted in epochs,
-            or ``lr_milestones`` (epochs); one line naming it.
+            ``lr_milestones`` (epochs), or a teacher cache (kept per row); one line naming it.
     """
+    if teacher_cache:
+        raise ValueError(
+            "--teacher_cache stores the teacher's outputs per row of a map-style training set and cannot follow a "
+            "stream: drop --teacher_cache (teacher_cache=) or --streaming."
+        )
     per_row = [name for name, m in objective.methods.items() if m.needs().index]
     if per_row:
         raise ValueError(
@@ -615,12 +620,7 @@ def _streaming_build_data(train_dataset, objective, lr_milestones, teacher_cache
         )
     if not is_stream(train_dataset):
         return train_dataset, data_info
-    check_streaming_objective(objective, lr_milestones)
-    if teacher_cache:
-        raise ValueError(
-            "teacher_cache stores the teacher's outputs per row of a map-style training set and cannot follow a "
-            "stream: drop teacher_cache (--teacher_cache) or the stream."
-        )
+    check_streaming_objective(objective, lr_milestones, teacher_cache)
     return train_dataset.head(2), data_info or DataInfo(num_samples=0, num_classes=train_dataset.num_classes)
 
 
