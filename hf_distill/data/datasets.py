@@ -520,12 +520,22 @@ def check_transform_output(dataset: ImageClassificationDataset) -> None:
     Raises:
         DataError: not a float tensor of shape (3, image_size, image_size).
     """
-    x = dataset[0]["pixel_values"]
-    want = (3, dataset.image_size, dataset.image_size)
+    check_pixel_values(
+        dataset[0]["pixel_values"], dataset.image_size, dataset.transform_description, dataset.train
+    )
+
+
+def check_pixel_values(x: Any, image_size: int, transform_description: str, train: bool) -> None:
+    """Check one transformed row's ``pixel_values`` (a map-style split's or a stream's first row).
+
+    Raises:
+        DataError: not a float tensor of shape (3, image_size, image_size).
+    """
+    want = (3, image_size, image_size)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or tuple(x.shape) != want:
         got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise DataError(
-            f"The {'training' if dataset.train else 'evaluation'} transform ({dataset.transform_description}) "
+            f"The {'training' if train else 'evaluation'} transform ({transform_description}) "
             f"returns {got}, not a float tensor of shape {want}: pass --image_size (and --crop_pct) to resize and "
             "center-crop to a square, or choose another --train_transform."
         )

@@ -42,7 +42,14 @@ import pyarrow
 import torch
 from transformers import TrainerCallback
 
-from .datasets import IMAGE_DECODE_ERRORS, PreparedSplit, collate, resolve_columns, row_seed
+from .datasets import (
+    IMAGE_DECODE_ERRORS,
+    PreparedSplit,
+    check_pixel_values,
+    collate,
+    resolve_columns,
+    row_seed,
+)
 from .transforms import CifarTransform, DataError
 
 logger = logging.getLogger(__name__)
@@ -585,13 +592,9 @@ def prepare_stream(
     wrapped = StreamingImageDataset(
         stream, image_column, label_column, names, transform, seed, shuffle_buffer, strict_images
     )
-    x = wrapped.head(1)[0]["pixel_values"]
-    want = (3, wrapped.image_size, wrapped.image_size)
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or tuple(x.shape) != want:
-        raise DataError(
-            f"The training transform ({wrapped.transform_description}) returns {tuple(getattr(x, 'shape', ()))}, "
-            f"not a float tensor of shape {want}: pass --image_size (and --crop_pct) or another --train_transform."
-        )
+    check_pixel_values(
+        wrapped.head(1)[0]["pixel_values"], wrapped.image_size, wrapped.transform_description, train=True
+    )
     return PreparedSplit(wrapped, image_column, label_column, names, torch.empty(0, dtype=torch.long))
 
 

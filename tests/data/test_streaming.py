@@ -23,7 +23,7 @@ from hf_distill.data.streaming import (
     prepare_stream,
     row_identity,
 )
-from hf_distill.data.transforms import DataError
+from hf_distill.data.transforms import CifarTransform, DataError
 from tests.conftest import REPO, SUBSET, TEACHER_DIR
 from tests.helpers import CIFAR_SPEC, load_recipe, recipe_error_line, timm_model
 
@@ -175,6 +175,20 @@ def _api_args(tmp_path, **kw):
         report_to="none", save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True,
     )  # fmt: skip
     return TrainingArguments(**{**base, **kw})
+
+
+def test_a_transform_of_the_wrong_shape_is_refused_on_the_first_row(shards):
+    """The stream's first row is checked as a map-style split's is (hf_distill.data.datasets.check_pixel_values)."""
+
+    class Cropped(CifarTransform):
+        def __call__(self, image, seed=None):
+            return super().__call__(image, seed)[:, :30]
+
+    cropped = Cropped(CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, train=True)
+    with pytest.raises(
+        DataError, match=r"returns \(3, 30, 32\) torch.float32, not a float tensor of shape \(3, 32"
+    ):
+        prepare_stream(load_image_stream(shards), CIFAR_SPEC.mean, CIFAR_SPEC.std, 32, transform=cropped)
 
 
 def test_a_stream_trains_through_the_python_api(shards, tmp_path):
