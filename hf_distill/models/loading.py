@@ -159,6 +159,21 @@ def _is_akamaster(sd: dict[str, torch.Tensor]) -> bool:
     return "linear.weight" in sd and "layer1.0.conv1.weight" in sd and "conv1.weight" in sd
 
 
+def _timm_filtered(module: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``sd`` through the ``checkpoint_filter_fn`` of ``module``'s timm file, as timm converts the checkpoints of
+    older timm versions when it loads pretrained weights (Swin's of timm < 0.9: downsample at the end of a stage,
+    ``head.`` for ``head.fc.``); ``sd`` unchanged where there is none or it fails (the strict check then reports)."""
+    import sys
+
+    convert = getattr(sys.modules.get(type(module).__module__), "checkpoint_filter_fn", None)
+    if convert is None:
+        return sd
+    try:
+        return dict(convert(dict(sd), module))
+    except Exception:  # noqa: BLE001 - a foreign state dict: the strict check below names the mismatch
+        return sd
+
+
 def load_weights(model: PreTrainedModel, path: str, role: str = "model") -> PreTrainedModel:
     """Load a checkpoint file into ``model`` strictly, with one readable error when it does not fit."""
     from .convert_akamaster import blocks_per_stage, load_akamaster_checkpoint
@@ -178,6 +193,13 @@ def load_weights(model: PreTrainedModel, path: str, role: str = "model") -> PreT
             raise ModelLoadError(f"The {role} checkpoint does not match: {e}") from e
     target: nn.Module = model
     keys = set(target.state_dict())
+    if not keys & set(sd) and hasattr(model, "timm_model"):
+        target = (
+            model.timm_model
+        )  # a timm model's own state dict (timm's checkpoints), without the wrapper's prefix
+        keys = set(target.state_dict())
+        if keys != set(sd):
+            sd = _timm_filtered(target, sd)
     if not keys & set(sd) and hasattr(model, "model"):
         target = model.model  # a bare backbone state dict for a zoo model
         keys = set(target.state_dict())
