@@ -79,7 +79,7 @@ def pytest_runtest_call(item):
 def teacher_cache_key(tmp_path_factory):
     """The teacher cache's signing key of the session, in a temporary folder (inherited by the runs the tests launch),
     never the user's own ``~/.cache/hf_distill/cache.key``."""
-    from hf_distill.training.teacher_cache import KEY_ENV
+    from hf_distill.training.teacher_cache_shards import KEY_ENV
 
     before = os.environ.get(KEY_ENV)
     path = tmp_path_factory.mktemp("teacher-cache-key") / "cache.key"

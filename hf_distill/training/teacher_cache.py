@@ -1,7 +1,9 @@
 """An exact cache of the teacher's outputs on disk (``--teacher_cache DIR``), in the spirit of FKD's stored soft
 labels (Shen & Xing, ECCV 2022), but exact: a run that reads it trains the same student as a run that does not. The
-file is longer than 500 lines because it is one on-disk format: the key, the signed shards and the reader and writer
-must change together.
+file is longer than 500 lines because :class:`TeacherCache` is one class of about 330 lines: the key, the epoch held
+in memory, the reads and the writes share its state. The signed shards it reads and writes live in
+:mod:`~hf_distill.training.teacher_cache_shards`, the rows of its top-k mode in
+:mod:`~hf_distill.training.teacher_cache_topk`.
 
 A teacher's outputs are a function of the teacher and of its input, and the training input is a function of the
 image and its augmentation, which :class:`~hf_distill.data.datasets.ImageClassificationDataset` seeds by (seed, epoch, row).
@@ -22,28 +24,17 @@ one shard per flush of one process (every ``flush_rows`` computed rows, at each 
 training). A shard is written under a temporary name and renamed; two runs writing the same cache at once only ever
 add whole shards.
 
-Shards are authenticated, not merely checksummed: a cache directory may be shared (a cluster file system), and a
-checksum in the name catches damage but not a deliberate edit whose writer re-hashes the file. Every shard is named by
-its HMAC-SHA256 tag under a per-user secret key kept outside the cache (:func:`signing_key`:
-``~/.cache/hf_distill/cache.key`` or ``$HF_DISTILL_CACHE_KEY``, 32 random bytes created with mode 0600 on first use),
-prefixed by a public id of that key (``<signer>``). On read, a shard of this key whose tag does not verify (truncated,
-corrupted, or edited by anyone without the key) is refused with one warning line, removed, and its rows are computed
-(and stored) again; shards of other keys (another user's) are never read, nor removed. Verifying costs one HMAC over
-each shard when its epoch is loaded, what the SHA-256 of the name cost before. Shards store every output in the precision the teacher
-produced it (float32 unless the run uses bf16/fp16 autocast), intermediate maps included: map-consuming methods are
-cached too, at their full size (reported in the logs and by :meth:`TeacherCache.report`).
+Shards are signed with a per-user key kept outside the cache: a shard that does not verify is refused, removed and
+its rows computed again, and other users' shards are never read (:mod:`~hf_distill.training.teacher_cache_shards`).
+Shards store every output in the precision the teacher produced it (float32 unless the run uses bf16/fp16 autocast),
+intermediate maps included: map-consuming methods are cached too, at their full size (reported in the logs and by
+:meth:`TeacherCache.report`).
 
-The top-k mode (``topk=k``, ``--teacher_cache_topk K``; off by default) is the one lossy mode, for logits at ImageNet
-size (1.28M rows x 1000 classes x 4 bytes = 5.1 GB an epoch exact): a row keeps its k largest logits, their class
-indices and one *tail logit*, the log-mean-exp of the other classes' logits (:func:`topk_compress`). The methods
-receive the logits :func:`topk_reconstruct` rebuilds: the k logits in place and the tail logit for every other class,
-so ``softmax(reconstructed)`` is the teacher's softmax on the top k and spreads the rest of its mass uniformly over
-the other classes (FKD's and ReLabel's stored soft labels). It stores logits rather than probabilities because the
-reconstructed logits are then the teacher's own on the top k, not shifted by the log-partition: methods that read
-logit values (logit standardization, a logit MSE) see the same top-k numbers. A top-k run receives the reconstructed
-logits whether its rows are read or computed, so it trains the same student on a cold cache as on a warm one. The
-key holds k: top-k and exact caches (and two values of k) never serve each other. Only logits are kept: methods that
-read the teacher's embedding or maps are refused in one line (:func:`topk_refusal`). See ``docs/teacher_cache.md``.
+The top-k mode (``topk=k``, ``--teacher_cache_topk K``; off by default) is the one lossy mode, for logits: a row
+keeps its k largest logits and one tail logit, and the methods receive the logits rebuilt from them
+(:mod:`~hf_distill.training.teacher_cache_topk`). A top-k run receives the reconstructed logits whether its rows are
+read or computed, so it trains the same student on a cold cache as on a warm one. The key holds k: top-k and exact
+caches (and two values of k) never serve each other. See ``docs/teacher_cache.md``.
 
 An ensemble of teachers gets one cache per teacher (:class:`EnsembleTeacherCache`), each under the key a run of that
 teacher alone would use: single-teacher runs and ensembles of the same teachers share what they stored.
@@ -55,45 +46,48 @@ maps take much more). Evaluation never uses the cache, and a run without a teach
 from __future__ import annotations
 
 import hashlib
-import hmac
 import itertools
 import json
 import logging
-import math
 import os
-import secrets
-import struct
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-import safetensors.torch
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from ..methods import Features
+from .teacher_cache_shards import (
+    CACHE_FORMAT,
+    CLASSES_META,
+    DIGEST,
+    INDEX,
+    SHARD_SUFFIX,
+    TOPK_META,
+    read_shard,
+    signer_id,
+    signing_key,
+    signing_key_path,
+    write_shard,
+)
+from .teacher_cache_topk import (
+    TAIL_LOGIT,
+    TOPK_INDICES,
+    TOPK_VALUES,
+    check_topk,
+    topk_compress,
+    topk_reconstruct,
+    topk_refusal,
+)
 
 logger = logging.getLogger(__name__)
 
-#: bumped whenever the shard layout changes: caches written by another layout are misses (2: signed shards)
-CACHE_FORMAT = "2"
-#: the environment variable that names the signing key's file (default: ``~/.cache/hf_distill/cache.key``)
-KEY_ENV = "HF_DISTILL_CACHE_KEY"
-KEY_BYTES = 32
-SHARD_SUFFIX = ".safetensors"
+#: a feature map's column in a shard is its name under this prefix (``map.<name>``)
 MAP_PREFIX = "map."
-DIGEST = "input_digest"
-INDEX = "index"
-#: a top-k row: the k largest logits (largest first), their classes, the log-mean-exp of the other classes' logits
-TOPK_VALUES = "topk.values"
-TOPK_INDICES = "topk.indices"
-TAIL_LOGIT = "topk.tail"
-#: the shard metadata that says which mode wrote it (absent: exact) and, for top-k, over how many classes
-TOPK_META = "topk"
-CLASSES_META = "classes"
 #: a bar is drawn only for an epoch load that lasts longer than this (a CIFAR epoch loads in milliseconds)
 PROGRESS_DELAY_S = 2.0
 
@@ -164,131 +158,6 @@ def precision_of(args, teacher_precision: str = "same") -> str:
     return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
 
 
-# -- the signing key ----------------------------------------------------------------------------------------------
-class CacheKeyError(ValueError):
-    """The teacher cache's signing key cannot be used; the message says how to fix it."""
-
-
-def signing_key_path() -> str:
-    """Where the signing key lives: ``$HF_DISTILL_CACHE_KEY``, else ``hf_distill/cache.key`` under
-    ``$XDG_CACHE_HOME`` (default ``~/.cache``): in the user's own files, never in a (possibly shared) cache dir."""
-    if os.environ.get(KEY_ENV):
-        return os.environ[KEY_ENV]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "hf_distill", "cache.key")
-
-
-def _create_key(path: str) -> None:
-    """Write a new random key, mode 0600, atomically: processes starting together all end up with the first one."""
-    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(KEY_BYTES))
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)  # fails if another process made it first: keep theirs
-        except FileExistsError:
-            pass
-    finally:
-        os.unlink(tmp)
-
-
-def signing_key(path: str | None = None) -> bytes:
-    """The secret that signs this user's teacher-cache shards (created on first use; see the module docstring).
-
-    Raises:
-        CacheKeyError: the key file is another user's, can be read or written by other users, or is not a key.
-    """
-    path = path or signing_key_path()
-    if not os.path.exists(path):
-        _create_key(path)
-    st = os.stat(path)
-    if (hasattr(os, "getuid") and st.st_uid != os.getuid()) or st.st_mode & 0o077:
-        raise CacheKeyError(
-            f"The teacher-cache key {path} is not private (owner uid {st.st_uid}, mode {st.st_mode & 0o777:o}): "
-            f"anyone who can read it can forge cache shards. Make it yours with mode 600 (chmod 600 {path}), or "
-            "delete it to get a new one (shards signed with the old key are then computed again)."
-        )
-    with open(path, "rb") as f:
-        key = f.read()
-    if len(key) < KEY_BYTES:
-        raise CacheKeyError(
-            f"The teacher-cache key {path} holds {len(key)} bytes, not a key of {KEY_BYTES}: delete it to get a "
-            "new one (shards signed with the old key are then computed again)."
-        )
-    return key
-
-
-def signer_id(key: bytes) -> str:
-    """A public name of a signing key (the prefix of its shards); says nothing about the key itself."""
-    return hashlib.sha256(b"hf_distill teacher cache signer|" + key).hexdigest()[:16]
-
-
-def shard_tag(key: bytes, data: bytes) -> str:
-    """The HMAC-SHA256 of a shard's bytes under ``key``, in hex."""
-    return hmac.new(key, data, hashlib.sha256).hexdigest()
-
-
-# -- shards -----------------------------------------------------------------------------------------------------
-def shard_metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file held in memory."""
-    (n,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8 : 8 + n]).get("__metadata__", {})
-
-
-def shard_name(key: bytes, data: bytes) -> str:
-    """``<signer>-<tag>.safetensors``: who signed the shard, and its HMAC under that signer's key."""
-    return f"{signer_id(key)}-{shard_tag(key, data)}{SHARD_SUFFIX}"
-
-
-def write_shard(folder: str, tensors: dict[str, Tensor], metadata: dict[str, str], key: bytes) -> int:
-    """Write one shard atomically, named by its signature under ``key`` (:func:`shard_name`); returns its size in
-    bytes."""
-    data = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
-    os.makedirs(folder, exist_ok=True)
-    final = os.path.join(folder, shard_name(key, data))
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    return len(data)
-
-
-def read_shard(
-    path: str, key_hash: str, epoch: int, key: bytes, topk: int | None = None
-) -> tuple[dict[str, Tensor], dict[str, str]] | None:
-    """The tensors and metadata of a shard, or ``None`` when its name is not its signature under ``key``
-    (truncated, corrupted or forged) or it belongs to another cache key, epoch or mode (exact, top-k)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-        if not hmac.compare_digest(shard_name(key, data), os.path.basename(path)):
-            return None
-        meta = shard_metadata(data)
-        tensors = safetensors.torch.load(data)
-    except (OSError, ValueError, struct.error, safetensors.SafetensorError):
-        return None
-    if meta.get("key") != key_hash or meta.get("epoch") != str(epoch) or meta.get("format") != CACHE_FORMAT:
-        return None
-    if meta.get(TOPK_META) != (None if topk is None else str(topk)):
-        return None  # the key already holds k: this is a second lock, not the first
-    if topk is not None and not (
-        meta.get(CLASSES_META, "").isdigit()
-        and int(meta[CLASSES_META]) > topk
-        and {TOPK_VALUES, TOPK_INDICES, TAIL_LOGIT} <= set(tensors)
-    ):
-        return None
-    rows = len(tensors.get(INDEX, ()))
-    if DIGEST not in tensors or any(len(t) != rows for t in tensors.values()):
-        return None
-    return tensors, meta
-
-
 def features_to_tensors(f: Features) -> dict[str, Tensor]:
     out = {MAP_PREFIX + k: v for k, v in f.maps.items()}
     for name in ("logits", "embedding"):
@@ -311,70 +180,6 @@ def teacher_key(
     }
 
 
-# -- top-k rows -------------------------------------------------------------------------------------------------
-def index_dtype(num_classes: int) -> torch.dtype:
-    """The smallest integer type that holds a class index (int16 up to 32,768 classes: ImageNet-21k fits)."""
-    return torch.int16 if num_classes <= 2**15 else torch.int32
-
-
-def check_topk(topk: int | None, num_classes: int | None = None) -> None:
-    """Raises:
-    ValueError: ``topk`` is not a positive integer, or not below the number of classes (then the exact cache is
-        what the user wants)."""
-    if topk is None:
-        return
-    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-        raise ValueError(f"--teacher_cache_topk must be a positive integer, got {topk!r}.")
-    if num_classes is not None and topk >= num_classes:
-        raise ValueError(
-            f"--teacher_cache_topk {topk} keeps every one of the {num_classes} classes: use a k below "
-            f"{num_classes}, or drop --teacher_cache_topk for the exact cache."
-        )
-
-
-def topk_compress(logits: Tensor, k: int) -> dict[str, Tensor]:
-    """A (B, C) logit tensor as top-k rows: the k largest logits (largest first) in the logits' dtype, their class
-    indices (:func:`index_dtype`) and the tail logit ``log(mean(exp(z_j)))`` over the other classes ``j``, computed
-    in float32 and stored in the logits' dtype. The tail logit gives each other class the mean of their
-    probabilities, so the mass outside the top k is kept whole and spread uniformly."""
-    check_topk(k, logits.shape[-1])
-    values, indices = logits.topk(k, dim=-1)
-    others = logits.float().scatter(-1, indices, float("-inf"))
-    tail = torch.logsumexp(others, dim=-1) - math.log(logits.shape[-1] - k)
-    return {
-        TOPK_VALUES: values,
-        TOPK_INDICES: indices.to(index_dtype(logits.shape[-1])),
-        TAIL_LOGIT: tail.to(logits.dtype),
-    }
-
-
-def topk_reconstruct(values: Tensor, indices: Tensor, tail: Tensor, num_classes: int) -> Tensor:
-    """The (B, num_classes) logits of top-k rows: the stored logits at their classes, the tail logit elsewhere.
-    ``softmax`` of them is the teacher's softmax on the top k (the log-partition is unchanged) and
-    ``(1 - top-k mass) / (num_classes - k)`` on every other class."""
-    out = tail.unsqueeze(-1).expand(len(tail), num_classes).clone()
-    return out.scatter_(-1, indices.long(), values.to(out.dtype))
-
-
-def topk_refusal(needs_by_method: dict[str, Any]) -> str | None:
-    """The one-line refusal of ``--teacher_cache_topk`` for methods that read more of the teacher than its logits
-    (``needs_by_method``: method name -> its :class:`~hf_distill.features.FeatureNeeds` of the teacher), or
-    ``None`` when every method reads logits alone."""
-    reads = []
-    for name, needs in needs_by_method.items():
-        what = [
-            w for w, asked in (("embedding", needs.embedding), ("feature maps", bool(needs.maps))) if asked
-        ]
-        if what:
-            reads.append(f"{name} reads the teacher's {' and '.join(what)}")
-    if not reads:
-        return None
-    return (
-        f"--teacher_cache_topk stores the teacher's logits only, but {'; '.join(reads)}: drop "
-        "--teacher_cache_topk (the exact cache stores every output) or use logit methods only (kd, dkd, dist, ...)."
-    )
-
-
 # -- the cache --------------------------------------------------------------------------------------------------
 class TeacherCache:
     """Teacher outputs of one key (teacher, request, data, transform, seed), per epoch and row, on disk.
@@ -386,8 +191,9 @@ class TeacherCache:
         channels_last: return 4-d maps in channels-last memory format, as the teacher produces them then.
         flush_rows: write a shard once this many computed rows are waiting.
         is_main: log the summaries (one process of a multi-process run).
-        topk: store only the k largest logits of each row and serve the logits :func:`topk_reconstruct` rebuilds
-            (see the module docstring); ``None`` (the default): exact. Part of the key (``key["topk"]``).
+        topk: store only the k largest logits of each row and serve the logits
+            :func:`~hf_distill.training.teacher_cache_topk.topk_reconstruct` rebuilds (see the module docstring);
+            ``None`` (the default): exact. Part of the key (``key["topk"]``).
         progress: draw a progress bar while an epoch's shards are read and verified, when that takes more than
             :data:`PROGRESS_DELAY_S` seconds.
 
@@ -443,7 +249,7 @@ class TeacherCache:
 
         Raises:
             ValueError: ``topk`` is not a positive integer below the number of classes, or a method reads more of
-                the teacher than its logits (:func:`topk_refusal`).
+                the teacher than its logits (:func:`~hf_distill.training.teacher_cache_topk.topk_refusal`).
         """
         objective = trainer.model.objective
         if trainer.teacher is None or not objective.needs_teacher:
@@ -782,16 +588,11 @@ class TeacherCacheCallback(TrainerCallback):
 
 
 __all__ = [
-    "CacheKeyError",
     "EnsembleTeacherCache",
     "TeacherCache",
     "TeacherCacheCallback",
     "dataset_fingerprint",
     "input_digests",
     "module_fingerprint",
-    "signing_key",
     "teacher_key",
-    "topk_compress",
-    "topk_reconstruct",
-    "topk_refusal",
 ]

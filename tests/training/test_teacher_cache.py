@@ -18,13 +18,15 @@ from hf_distill import DistillationTrainer
 from hf_distill.data.datasets import prepare_split
 from hf_distill.methods import Features
 from hf_distill.training.teacher_cache import (
-    KEY_ENV,
-    SHARD_SUFFIX,
-    CacheKeyError,
     TeacherCache,
     dataset_fingerprint,
     input_digests,
     module_fingerprint,
+)
+from hf_distill.training.teacher_cache_shards import (
+    KEY_ENV,
+    SHARD_SUFFIX,
+    CacheKeyError,
     shard_metadata,
     shard_name,
     shard_tag,

@@ -13,18 +13,16 @@ from hf_distill import DistillationTrainer
 from hf_distill.data.datasets import prepare_split
 from hf_distill.features import FeatureNeeds
 from hf_distill.methods import Features
-from hf_distill.training.teacher_cache import (
+from hf_distill.training.teacher_cache import TeacherCache
+from hf_distill.training.teacher_cache_shards import (
     CLASSES_META,
     SHARD_SUFFIX,
     TOPK_META,
-    TeacherCache,
     read_shard,
     signing_key,
-    topk_compress,
-    topk_reconstruct,
-    topk_refusal,
     write_shard,
 )
+from hf_distill.training.teacher_cache_topk import topk_compress, topk_reconstruct, topk_refusal
 from tests.conftest import REPO
 from tests.helpers import CIFAR_SPEC, CacheRows, timm_model, trainer_args
 
