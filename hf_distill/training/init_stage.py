@@ -48,7 +48,9 @@ def init_stage_args(main: TrainingArguments, epochs: float, learning_rate: float
         push_to_hub=False,
         resume_from_checkpoint=None,
         remove_unused_columns=False,
-        ddp_find_unused_parameters=True,  # the parts outside the stage get no gradient
+        # the parts outside the stage get no gradient: the main run's static graph (training/ddp_graph.py) records
+        # that on the stage's first step; without one, DDP searches for them every step
+        ddp_find_unused_parameters=not main.ddp_static_graph,
     )
 
 

@@ -40,6 +40,7 @@ from .checkpoints import (
     load_finished_checkpoint,
     write_student_folder,
 )
+from .ddp_graph import choose_ddp_graph
 from .distillation_model import (
     BuiltDistillation,
     DistillationModel,
@@ -212,6 +213,9 @@ class DistillationTrainer(Trainer):
         #: the sum of the per-step training losses of this ``train()`` call (what ``train_loss`` averages)
         self.train_loss_sum = 0.0
         self._loss_sum: Tensor | None = None
+        ddp_graph = choose_ddp_graph(args, objective)
+        if args.world_size > 1 and args.process_index == 0:
+            logger.info("DDP: %s.", ddp_graph)
         callbacks = list(kwargs.pop("callbacks", None) or [])
         callbacks += [factory() for factory in DEFAULT_EXPORT_CALLBACKS]
         super().__init__(

@@ -72,6 +72,7 @@ def test_two_process_kd_run(tmp_path):
     assert r0["global_step"] == r1["global_step"] == 3
     assert r0["model_wrapped"] == "DistributedDataParallel"
     assert r0["teacher_wrapped"] != "DistributedDataParallel"  # the frozen teacher is never DDP-wrapped
+    assert r0["static_graph"] is True  # training/ddp_graph.py: no per-step search for unused parameters
     assert r0["state"] == r1["state"]  # replicas hold identical weights and buffers after training
     # evaluation is gathered over the full eval set on both processes
     assert r0["metrics"]["eval_accuracy"] == r1["metrics"]["eval_accuracy"]
@@ -103,3 +104,9 @@ def test_the_recipe_runs_under_a_two_process_launch(tmp_path, method, extra):
     assert 0.0 <= results["eval_accuracy"] <= 1.0 and results["eval_teacher_accuracy"] > 0.6
     if method == "ab":
         assert "init_stage_loss" in p.stdout + p.stderr  # the stage ran (and was recorded) under DDP
+    # the DDP graph policy (training/ddp_graph.py) is logged once; a static graph prints no per-rank warning
+    # about a search for unused parameters that found none
+    expected = "unused parameters searched every step" if method == "icd" else "DDP: static graph"
+    assert (p.stdout + p.stderr).count(expected) == 1
+    if method != "icd":
+        assert "did not find any unused parameters" not in p.stderr

@@ -41,6 +41,7 @@ def main() -> None:
                 "global_step": trainer.state.global_step,
                 "teacher_wrapped": type(trainer.teacher).__name__,
                 "model_wrapped": type(trainer.model_wrapped).__name__,
+                "static_graph": getattr(trainer.model_wrapped, "static_graph", None),
                 "state": state,
                 "metrics": metrics,
                 "train_metrics": train_metrics,
