@@ -43,6 +43,13 @@ def write_shards(folder, rows: int, shards: int, test_rows: int = 0) -> str:
     return str(folder)
 
 
+@pytest.fixture(autouse=True)
+def short_pass_end_pause(monkeypatch):
+    """The pause of datasets at the end of every pass over parquet shards, shortened (tests/scripts/short_pass_pause.py
+    says why): these tests read many short passes in one long-lived process."""
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0.1)
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """40 rows in 4 shards (a multiple of 2 processes: each reads its own shards)."""
@@ -280,6 +287,7 @@ def test_bad_streaming_input_is_one_line_and_writes_nothing(recipe, capsys, shar
 def _start(folder, out, extra=()):
     cmd = [
         sys.executable,
+        str(REPO / "tests" / "scripts" / "short_pass_pause.py"),  # the recipe, without the 5 s pause per pass
         str(REPO / "recipes" / "distill.py"),
         *_recipe_args(folder, out, *RESUME_RUN, *extra),
     ]

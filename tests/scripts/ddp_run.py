@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+import short_pass_pause  # noqa: F401  (the scripts folder is on sys.path: a stream's passes end without a 5 s pause)
 import torch
 
 from hf_distill.run.build import build_run
