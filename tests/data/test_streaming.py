@@ -252,6 +252,19 @@ def _recipe_args(folder, out, *extra):
     ]  # fmt: skip
 
 
+def test_a_stream_trains_the_baseline_beside_the_distilled_student(recipe, tmp_path):
+    """``--baseline`` on a stream: the student alone reads the same stream, and its record says it did."""
+    folder = write_shards(tmp_path / "shards", 40, 2, test_rows=16)
+    out = tmp_path / "out"
+    results = recipe.main(
+        _recipe_args(folder, out, "--max_steps", "3", "--student", "cifar_resnet8", "--baseline")
+    )
+    assert 0.0 <= results["baseline_accuracy"] <= 1.0 and 0.0 <= results["eval_accuracy"] <= 1.0
+    record = __import__("json").loads((out / "baseline" / "baseline_results.json").read_text())
+    assert record["signature"]["streaming"] is True and record["signature"]["objective"]["methods"] == {}
+    assert record["signature"]["max_steps"] == 3 and (out / "baseline" / "model.safetensors").exists()
+
+
 def test_bad_streaming_input_is_one_line_and_writes_nothing(recipe, capsys, shards, tmp_path):
     out = tmp_path / "out"
     cases = [
