@@ -218,10 +218,40 @@ class ImagePipeline:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     image_size: int
+    #: the evaluation transform in timm's data-config terms (``input_size``, ``interpolation``, ``crop_pct``,
+    #: ``crop_mode``, ``mean``, ``std``): what a timm student records in its config's ``pretrained_cfg`` so that
+    #: timm and ``AutoImageProcessor`` preprocess as its evaluation did (:func:`record_eval_transform`); None for a
+    #: transformers image processor, which is saved as it is.
+    eval_data_config: dict[str, Any] | None = None
 
     def describe(self) -> dict[str, str]:
         """What the card shows: ``{"pipeline", "train", "eval"}``."""
         return {"pipeline": self.kind, "train": self.train.description, "eval": self.eval.description}
+
+
+#: the keys of timm's data config that describe an evaluation transform
+EVAL_DATA_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
+
+
+def record_eval_transform(model: nn.Module, pipeline: ImagePipeline) -> bool:
+    """Write ``pipeline``'s evaluation transform into a timm student's config (``config.pretrained_cfg``).
+
+    A transformers ``TimmWrapper`` saves that dict as its preprocessing; the timm module inside keeps the
+    architecture's defaults (e.g. 224 px, crop 0.875), which are not what a run with ``--image_size``, ``--crop_pct``
+    or the cifar pipeline evaluated with. Recorded, the saved student reloads (:func:`timm_pretrained_cfg`), exports
+    to timm's format and preprocesses under ``AutoImageProcessor`` as its reported accuracy was measured.
+
+    Returns:
+        Whether anything was recorded (only timm wrappers with an ``eval_data_config`` are).
+    """
+    core = getattr(model, "module", model)
+    config = getattr(core, "config", None)
+    if pipeline.eval_data_config is None or getattr(core, "timm_model", None) is None or config is None:
+        return False
+    saved = dict(getattr(config, "pretrained_cfg", None) or {})
+    saved.update({k: list(v) if isinstance(v, tuple) else v for k, v in pipeline.eval_data_config.items()})
+    config.pretrained_cfg = saved
+    return True
 
 
 def _timm_module(model: nn.Module) -> nn.Module | None:
@@ -321,13 +351,23 @@ def model_pipeline(
             )
         spec = input_spec(model)
         size = int(image_size or spec.image_size)
+        mean, std = tuple(float(v) for v in spec.mean), tuple(float(v) for v in spec.std)
         return ImagePipeline(
             "cifar",
             CifarTransform(spec.mean, spec.std, size, train=True),
             CifarTransform(spec.mean, spec.std, size, train=False),
-            tuple(spec.mean),
-            tuple(spec.std),
+            mean,
+            std,
             size,
+            # its evaluation resizes the whole image to size x size (bilinear): timm's "squash" at crop 1.0
+            {
+                "input_size": (3, size, size),
+                "interpolation": "bilinear",
+                "crop_pct": 1.0,
+                "crop_mode": "squash",
+                "mean": mean,
+                "std": std,
+            },
         )
     if kind == "timm":
         return _timm_pipeline(model, image_size, crop_pct)
@@ -362,6 +402,8 @@ def _timm_pipeline(model: nn.Module, image_size: int | None, crop_pct: float | N
             "--image_size N for square N x N inputs."
         )
     mean, std = tuple(config["mean"]), tuple(config["std"])
+    eval_config = {k: config[k] for k in EVAL_DATA_KEYS if k in config}
+    eval_config.setdefault("crop_mode", "center")  # timm's default when a config does not name one
     return ImagePipeline(
         "timm",
         SeededTransform(create_transform(**config, is_training=True), "timm", mean, std, size, train=True),
@@ -369,6 +411,7 @@ def _timm_pipeline(model: nn.Module, image_size: int | None, crop_pct: float | N
         mean,
         std,
         size,
+        eval_config,
     )
 
 
@@ -421,6 +464,7 @@ def _processor_pipeline(model, processor, image_size: int | None, crop_pct: floa
 
 
 __all__ = [
+    "EVAL_DATA_KEYS",
     "TRANSFORM_KINDS",
     "CifarTransform",
     "DataError",
@@ -430,6 +474,7 @@ __all__ = [
     "find_image_processor",
     "is_zoo_model",
     "model_pipeline",
+    "record_eval_transform",
     "resolve_kind",
     "seeded_rng",
 ]

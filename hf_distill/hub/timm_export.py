@@ -20,21 +20,28 @@ from ..data.labels import label_names
 from ..models.normalization import InputSpec
 
 
-def timm_data_config(spec: InputSpec) -> dict[str, Any]:
-    """timm's data config reproducing hf_distill's evaluation transform: a square resize (no crop), the spec's
-    normalization, bilinear interpolation.
+def timm_data_config(spec: InputSpec, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """timm's data config of the student's evaluation transform, at the size and normalization of ``spec``.
+
+    The interpolation, crop fraction and crop mode come from ``recorded`` (the wrapper config's ``pretrained_cfg``,
+    where the recipe records the evaluation its accuracy was measured with:
+    :func:`hf_distill.data.transforms.record_eval_transform`); without them, the cifar pipeline's evaluation (the
+    whole image resized to the square, bilinear).
 
     Args:
         spec: the student's input spec.
+        recorded: the model config's ``pretrained_cfg``, if any.
 
     Returns:
         A dict for :func:`timm.models.save_for_hf`'s ``data_config``.
     """
+    recorded = recorded or {}
+    known = all(recorded.get(k) is not None for k in ("interpolation", "crop_pct"))
     return {
         "input_size": (3, int(spec.image_size), int(spec.image_size)),
-        "crop_pct": 1.0,
-        "crop_mode": "center",
-        "interpolation": "bilinear",
+        "crop_pct": float(recorded["crop_pct"]) if known else 1.0,
+        "crop_mode": str(recorded.get("crop_mode") or "center") if known else "squash",
+        "interpolation": str(recorded["interpolation"]) if known else "bilinear",
         "mean": tuple(float(v) for v in spec.mean),
         "std": tuple(float(v) for v in spec.std),
     }
@@ -83,7 +90,7 @@ def save_timm_folder(model: Any, folder: str | os.PathLike, spec: InputSpec) -> 
         model_config=model_config,
         model_args=dict(getattr(cfg, "model_args", None) or {}),
         safe_serialization=True,
-        data_config=timm_data_config(spec),
+        data_config=timm_data_config(spec, getattr(cfg, "pretrained_cfg", None)),
     )
     config_path = os.path.join(folder, "config.json")
     with open(config_path, encoding="utf-8") as f:

@@ -18,7 +18,7 @@ from ..data.datasets import (
     resolve_columns,
 )
 from ..data.streaming import load_eval_split, load_image_stream, prepare_stream, stream_class_names
-from ..data.transforms import model_pipeline
+from ..data.transforms import model_pipeline, record_eval_transform
 from ..methods import DistillationObjective, resolve_objective
 from ..models.loading import load_model, zoo_architecture
 from ..models.normalization import InputSpec
@@ -176,6 +176,7 @@ def build_run(
     # The student's own preprocessing (--train_transform, --image_size, --crop_pct); the trainer adapts each batch
     # to the teacher's size and normalization.
     transforms = model_pipeline(student, data_args.train_transform, data_args.image_size, data_args.crop_pct)
+    record_eval_transform(student, transforms)  # a timm student saves the evaluation it was measured with
     s_in = InputSpec(transforms.mean, transforms.std, transforms.image_size)
     strict = data_args.strict_images
     if data_args.streaming:
