@@ -192,10 +192,12 @@ def build_distillation_model(
     info = data_info or _data_info(train_dataset, num_labels_of(student))
     if needs.index and train_dataset is not None and info.num_samples == 0:
         raise ValueError("The training set is empty.")
-    s_spec = network_spec(student, s_tap, s_req, x, needs.student.batchnorm)
+    s_spec = network_spec(student, s_tap, s_req, x, needs.student.batchnorm, role="student")
     t_spec = FeatureSpec(names=())
     if teacher is not None and needs.teacher.anything:
-        t_spec = network_spec(teacher, t_tap, t_req, teacher_adapter(x), needs.teacher.batchnorm)
+        t_spec = network_spec(
+            teacher, t_tap, t_req, teacher_adapter(x), needs.teacher.batchnorm, role="teacher"
+        )
     objective.build(s_spec, t_spec, info)
     pairing = log_pairing(objective.methods.items())
     return BuiltDistillation(
@@ -258,11 +260,25 @@ def probe_input(model: nn.Module, train_dataset=None, collator: Callable = colla
     return torch.zeros(2, 3, size, size)
 
 
+class InputShapeError(ValueError):
+    """A network cannot run on the input the run feeds it (e.g. a ViT on a size that is not a multiple of its
+    patch): found by the dry run at setup, before anything is written."""
+
+
 @torch.no_grad()
 def network_spec(
-    net: nn.Module | None, tap: FeatureTap | None, req: FeatureNeeds, xin: Tensor, batchnorm: bool = False
+    net: nn.Module | None,
+    tap: FeatureTap | None,
+    req: FeatureNeeds,
+    xin: Tensor,
+    batchnorm: bool = False,
+    role: str = "network",
 ) -> FeatureSpec:
-    """Run one network once (eval mode, no grad) on ``xin`` and record the shapes of what ``req`` asks for."""
+    """Run one network once (eval mode, no grad) on ``xin`` and record the shapes of what ``req`` asks for.
+
+    Raises:
+        InputShapeError: the network fails on ``xin``'s shape (its own error, in one line, with the fix).
+    """
     if net is None:
         return FeatureSpec(names=())
     p = next(net.parameters(), None)
@@ -275,6 +291,17 @@ def network_spec(
             f, bns = batchnorm_before_maps(net, lambda: tap(net, xin, req))
         else:
             f = tap(net, xin, req)
+    except (AssertionError, RuntimeError) as e:
+        size = "x".join(str(d) for d in xin.shape[-2:])
+        fix = (
+            "pass an --image_size it accepts (or --train_transform to change the pipeline)"
+            if role == "student"
+            else "check its input size (--teacher and its saved preprocessing)"
+        )
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputShapeError(
+            f"The {role} ({type(net).__name__}) cannot run on {size} px inputs: {reason} Fix: {fix}."
+        ) from e
     finally:
         net.train(was)
     return FeatureSpec(
@@ -313,6 +340,7 @@ def _data_info(train_dataset, num_classes: int | None) -> DataInfo:
 __all__ = [
     "BuiltDistillation",
     "DistillationModel",
+    "InputShapeError",
     "build_distillation_model",
     "log_pairing",
     "network_spec",

@@ -388,12 +388,12 @@ def build_ensemble_distillation(
     if needs.index and train_dataset is not None and info.num_samples == 0:
         raise ValueError("The training set is empty.")
     ensemble.taps, ensemble.requests = taps, requests
-    s_spec = network_spec(student, s_tap, s_req, x, needs.student.batchnorm)
+    s_spec = network_spec(student, s_tap, s_req, x, needs.student.batchnorm, role="student")
     t_specs = [FeatureSpec(names=())] * n
     if needs.teacher.anything:
         with torch.no_grad():
             t_specs = [
-                network_spec(t, tap, req, adapter(x), needs.teacher.batchnorm)
+                network_spec(t, tap, req, adapter(x), needs.teacher.batchnorm, role="teacher")
                 for t, tap, req, adapter in zip(ensemble.teachers, taps, requests, ensemble.adapters)
             ]
     for m in methods.values():
