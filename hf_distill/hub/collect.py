@@ -175,6 +175,8 @@ def training_hyperparameters(
             * world_size
         )
     hp.update(optimizer=optim, weight_decay=args.get("weight_decay"), seed=args.get("seed"))
+    if args.get("label_smoothing_factor"):
+        hp["label_smoothing"] = args["label_smoothing_factor"]  # of the cross-entropy with the labels
     if lr_milestones:
         hp["lr_scheduler"] = f"step decay x{lr_decay_rate} at epochs {list(lr_milestones)}"
     else:

@@ -93,6 +93,9 @@ class DistillationObjective(nn.Module):
         self.methods = nn.ModuleDict(methods)
         self.weights = dict(weights)
         self.ce_weight = float(ce_weight)
+        #: label smoothing of the cross-entropy with the labels (the trainer sets it from TrainingArguments'
+        #: ``label_smoothing_factor``, which the Trainer's own loss would otherwise apply and ours would ignore)
+        self.label_smoothing = 0.0
         #: method name -> batches on which it was skipped for having fewer rows than its ``min_batch_size``
         self.short_batch_skips: dict[str, int] = {}
         #: the configured per-device batch (set by :meth:`check_batch_size`); a smaller one is an epoch's short end
@@ -173,6 +176,8 @@ class DistillationObjective(nn.Module):
             "ce_weight": self.ce_weight,
             "methods": {k: {"weight": self.weights[k], **m.hparams()} for k, m in self.methods.items()},
         }
+        if self.label_smoothing:
+            out["label_smoothing"] = self.label_smoothing
         pairing = {
             k: [p.as_dict() for p in m.pairing]
             for k, m in self.methods.items()
@@ -192,7 +197,7 @@ class DistillationObjective(nn.Module):
         :class:`~hf_distill.methods.base.DistillationMethod` and :meth:`short_of_minimum`.
         """
         terms: dict[str, Tensor] = {}
-        ce = F.cross_entropy(student.logits.float(), step.labels)
+        ce = F.cross_entropy(student.logits.float(), step.labels, label_smoothing=self.label_smoothing)
         terms["ce"] = ce
         total = self.ce_weight * ce
         if teacher is None:

@@ -99,6 +99,10 @@ def run_signature(
         **(
             {"teacher_cache_topk": distill_args.teacher_cache_topk} if distill_args.teacher_cache_topk else {}
         ),
+        # a smoothed cross-entropy and a scheduler's own arguments (cosine_with_min_lr's min_lr) change the run;
+        # absent when unset, as above
+        **({"label_smoothing_factor": t.label_smoothing_factor} if t.label_smoothing_factor else {}),
+        **({"lr_scheduler_kwargs": dict(t.lr_scheduler_kwargs)} if t.lr_scheduler_kwargs else {}),
         # a stream trains on other batches than the loaded split; absent when off, as above
         **(
             {"streaming": True, "streaming_shuffle_buffer": data_args.streaming_shuffle_buffer}

@@ -213,6 +213,8 @@ class DistillationTrainer(Trainer):
         #: the sum of the per-step training losses of this ``train()`` call (what ``train_loss`` averages)
         self.train_loss_sum = 0.0
         self._loss_sum: Tensor | None = None
+        # --label_smoothing_factor: the Trainer's own loss applies it, ours replaces that loss, so the objective does
+        objective.label_smoothing = float(args.label_smoothing_factor)
         ddp_graph = choose_ddp_graph(args, objective)
         if args.world_size > 1 and args.process_index == 0:
             logger.info("DDP: %s.", ddp_graph)

@@ -253,6 +253,7 @@ def test_checkpoints_record_the_run(finished_run):
         (["--kd-temperature", "2"], "objective.methods.kd.temperature: 4.0 -> 2.0"),
         (["--student", "cifar_resnet8"], "student: 'cifar_resnet20' -> 'cifar_resnet8'"),
         (["--per_device_train_batch_size", "32"], "global_train_batch_size: 64 -> 32"),
+        (["--label_smoothing_factor", "0.1"], "label_smoothing_factor"),  # the cross-entropy honours it
     ],
 )
 def test_resume_with_other_defining_arguments_is_refused(recipe, capsys, finished_run, flags, expected):  # noqa: F811
