@@ -219,6 +219,7 @@ def teacher_config(arch: str) -> tuple[str, dict[str, Any]]:
     )
     cfg = {
         **dataset(),
+        "teacher": "",  # none (without the key, the recipe's embedded CIFAR-10 teacher would be loaded)
         "student": f"cifar_{arch}",
         "method": "none",
         **schedule(arch),
@@ -251,8 +252,9 @@ def distill_config(method: str, teacher: str, student: str) -> tuple[str, dict[s
         f"Published top-1: {pub if pub is not None else 'not published for this pair'} "
         f"(teacher {TEACHER_TOP1.get(teacher)}, student trained alone {PUBLISHED['none'].get(pair)}).\n"
     )
-    cfg: dict[str, Any] = {**dataset()}
-    if method != "none":  # the baseline has no teacher to train first
+    # the baseline has no teacher ('': without the key, the recipe's embedded CIFAR-10 teacher would be loaded)
+    cfg: dict[str, Any] = {**dataset(), "teacher": ""}
+    if method != "none":
         header += f"First train the teacher: {_config_path(TEACHERS, teacher)}\n"
         cfg["teacher"] = f"outputs/{BENCHMARK}/{TEACHERS}/{teacher}"
     header += f"accelerate launch recipes/distill.py --config {_config_path(method, name)}"

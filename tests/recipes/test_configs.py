@@ -18,6 +18,7 @@ from hf_distill.run.benchmark_configs import (
 )
 from hf_distill.run.config import parse_args
 from recipes.configs import make_cifar100_configs
+from recipes.distill import DEFAULTS
 from recipes.distill import main as distill_main
 from tests.helpers import PROBES, registered_methods
 
@@ -55,8 +56,10 @@ def test_a_method_registered_later_gets_its_configs_with_no_other_edit(fresh_clo
 
 @pytest.mark.parametrize("name", NAMES)
 def test_config_parses_into_a_valid_run(name, fresh_clone):
+    # with the recipe's defaults, as `recipes/distill.py --config` parses it: a config without a teacher must say
+    # so (teacher ''), or the embedded CIFAR-10 default teacher comes in
     model_args, data_args, distill_args, training_args, kwargs = parse_args(
-        ["--config", DOCUMENTED.format(name)]
+        ["--config", DOCUMENTED.format(name)], DEFAULTS
     )
     assert data_args.dataset == "uoft-cs/cifar100" and data_args.label_column == "fine_label"
     assert training_args.num_train_epochs == 240 and distill_args.milestones() == [150, 180, 210]
@@ -66,7 +69,8 @@ def test_config_parses_into_a_valid_run(name, fresh_clone):
     objective = DistillationObjective.from_names(
         distill_args.method, distill_args.weights(), distill_args.ce_weight, kwargs
     )
-    assert (model_args.teacher is None) == (distill_args.method == "none") == (not objective.needs_teacher)
+    assert (not model_args.teacher) == (distill_args.method == "none") == (not objective.needs_teacher)
+    assert not model_args.teacher or model_args.teacher.startswith("outputs/cifar100/teachers/")
     assert training_args.output_dir.endswith(f"outputs/cifar100/{name}")
 
 
