@@ -223,6 +223,10 @@ class ImagePipeline:
     #: timm and ``AutoImageProcessor`` preprocess as its evaluation did (:func:`record_eval_transform`); None for a
     #: transformers image processor, which is saved as it is.
     eval_data_config: dict[str, Any] | None = None
+    #: the processor pipeline's evaluation as a transformers image processor (the model's own, or one built for
+    #: ``--image_size`` / ``--crop_pct``): its evaluation transform *is* this processor, and the student is saved with
+    #: it (``processing_class``), so that ``AutoImageProcessor`` on the saved folder preprocesses as evaluation did
+    eval_processor: Any = None
 
     def describe(self) -> dict[str, str]:
         """What the card shows: ``{"pipeline", "train", "eval"}``."""
@@ -448,18 +452,38 @@ def _processor_pipeline(model, processor, image_size: int | None, crop_pct: floa
     train = T.Compose(
         [T.RandomResizedCrop(size, interpolation=interpolation), T.RandomHorizontalFlip(), *tail]
     )
-    if image_size is None and crop_pct is None:
-        evaluate: Any = ProcessorEval(processor)
-    else:
+    if image_size is not None or crop_pct is not None:
         resize = int(size / (crop_pct or getattr(processor, "crop_pct", None) or 0.875))
-        evaluate = T.Compose([T.Resize(resize, interpolation=interpolation), T.CenterCrop(size), *tail])
+        processor = resize_then_crop_processor(processor, resize, size, mean, std)
     return ImagePipeline(
         "processor",
         SeededTransform(train, "processor", mean, std, size, train=True),
-        SeededTransform(evaluate, "processor", mean, std, size, train=False),
+        SeededTransform(ProcessorEval(processor), "processor", mean, std, size, train=False),
         mean,
         std,
         size,
+        eval_processor=processor,
+    )
+
+
+def resize_then_crop_processor(processor, resize: int, size: int, mean, std):
+    """A transformers image processor that resizes the shorter side to ``resize`` (the model processor's
+    resampling) and center-crops ``size x size``, then rescales and normalizes: the evaluation of ``--image_size``
+    / ``--crop_pct``, in a form that is saved with the student and reloads with ``AutoImageProcessor``."""
+    from transformers import BitImageProcessor
+
+    return BitImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": int(resize)},
+        resample=getattr(processor, "resample", None) or PIL.Image.Resampling.BILINEAR,
+        do_center_crop=True,
+        crop_size={"height": int(size), "width": int(size)},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[float(v) for v in mean],
+        image_std=[float(v) for v in std],
+        do_convert_rgb=True,
     )
 
 

@@ -242,6 +242,8 @@ def build_run(
         teacher_cache_topk=distill_args.teacher_cache_topk,
         ensemble_weights=model_args.ensemble_weight_list(),
         ensemble_mode=model_args.ensemble_mode,
+        # saved with the student: the processor the evaluation used (processor pipeline only)
+        processing_class=transforms.eval_processor,
     )
     trainer.dataset_id = data_args.dataset  # shown in the model card
     trainer.data_transform = transforms.describe()  # {"pipeline", "train", "eval"}: shown in the model card

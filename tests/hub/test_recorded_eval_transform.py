@@ -1,8 +1,12 @@
-"""A timm student saves the evaluation its accuracy was measured with (data.transforms.record_eval_transform), and
-its timm-format export (hub/timm_export.py) says the same: timm's own transform built from the exported
-``pretrained_cfg`` gives the tensor our evaluation gave, on a non-square image. Before, the export always wrote a
-crop of 1.0 with bilinear interpolation, and the saved folder kept the architecture's defaults (224 px, crop
-0.875), whatever --image_size, --crop_pct or the pipeline had been."""
+"""A student is saved with the evaluation its accuracy was measured with, on a non-square image exactly:
+
+* a timm student records it in its config (data.transforms.record_eval_transform), and its timm-format export
+  (hub/timm_export.py) says the same: timm's own transform from the exported ``pretrained_cfg`` gives our tensor.
+  Before, the export always wrote a crop of 1.0 with bilinear interpolation, and the saved folder kept the
+  architecture's defaults (224 px, crop 0.875), whatever --image_size, --crop_pct or the pipeline had been;
+* a transformers student with an image processor is saved with the processor its evaluation ran
+  (``ImagePipeline.eval_processor``): ``AutoImageProcessor`` on the saved folder gives our tensor. Before, the folder
+  got a generic resize-to-square processor, whatever the model's own processor or --crop_pct said."""
 
 import json
 
@@ -102,3 +106,49 @@ def test_an_image_size_the_student_cannot_take_is_one_line_and_writes_nothing(tm
     )
     assert "divisible by patch size (16)" in line and "--image_size" in line
     assert not out.exists()
+
+
+@pytest.fixture
+def processor_student(tmp_path):
+    """A small transformers ViT saved with its own image processor (a 32 px bicubic square resize)."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=10,
+    )  # fmt: skip
+    folder = tmp_path / "student"
+    ViTForImageClassification(config).save_pretrained(folder)
+    bicubic = PIL.Image.Resampling.BICUBIC  # not the bilinear of the generic processor the folder used to get
+    ViTImageProcessor(
+        size={"height": 32, "width": 32}, resample=bicubic, image_mean=[0.5] * 3, image_std=[0.25] * 3
+    ).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("crop_pct", [None, 0.9])
+def test_a_processor_student_is_saved_with_the_processor_its_evaluation_ran(
+    tmp_path, processor_student, crop_pct
+):
+    from transformers import AutoImageProcessor
+
+    out = tmp_path / "out"
+    argv = [
+        "--dataset", str(SUBSET), "--teacher", str(TEACHER_DIR), "--student", str(processor_student),
+        "--output_dir", str(out), "--max_steps", "1", "--max_train_samples", "16", "--max_eval_samples", "16",
+        "--per_device_train_batch_size", "8", "--disable_tqdm", "true", "--save_strategy", "no",
+    ]  # fmt: skip
+    load_recipe().main(argv + (["--crop_pct", str(crop_pct)] if crop_pct else []))
+    from transformers import AutoModelForImageClassification
+
+    pipeline = model_pipeline(
+        AutoModelForImageClassification.from_pretrained(str(processor_student)), "auto", None, crop_pct
+    )
+    assert pipeline.kind == "processor"
+    saved = AutoImageProcessor.from_pretrained(str(out))
+    image = _image()
+    theirs = saved(images=image, return_tensors="pt")["pixel_values"][0]
+    torch.testing.assert_close(pipeline.eval(image), theirs, atol=1e-6, rtol=0)
+    if crop_pct:  # resize the shorter side to 32 / 0.9, then a center crop: not the model's square resize
+        assert saved.size["shortest_edge"] == 35 and saved.crop_size["height"] == 32
