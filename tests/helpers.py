@@ -158,3 +158,35 @@ def load_recipe(module_name: str = "distill_recipe"):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def write_image_dataset(
+    folder,
+    image_column: str,
+    label_column: str,
+    class_names: list[str],
+    rows: dict[str, int],
+    size: int,
+    fmt: str,
+) -> None:
+    """A dataset folder of random images laid out as a Hub image dataset: one ``<split>.parquet`` per entry of
+    ``rows`` (split -> row count), ``size x size`` images encoded as ``fmt`` (PNG, JPEG), random labels; seeded."""
+    import io
+
+    import datasets
+    import numpy as np
+    import PIL.Image
+
+    rng = np.random.default_rng(0)
+    features = datasets.Features(
+        {image_column: datasets.Image(), label_column: datasets.ClassLabel(names=class_names)}
+    )
+    for split, n in rows.items():
+        images = []
+        for _ in range(n):
+            buf = io.BytesIO()
+            PIL.Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, format=fmt)
+            images.append({"bytes": buf.getvalue(), "path": None})
+        labels = rng.integers(0, len(class_names), n).tolist()
+        ds = datasets.Dataset.from_dict({image_column: images, label_column: labels}, features=features)
+        ds.to_parquet(str(folder / f"{split}.parquet"))

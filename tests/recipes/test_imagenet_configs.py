@@ -1,20 +1,17 @@
 """The ImageNet configs (recipes/configs/imagenet/): generated, and every one trains two steps through the recipe on a
 tiny ImageNet-shaped dataset (1000 classes, 224 px) with a random-weight timm teacher of the config's architecture."""
 
-import io
 import json
 import subprocess
 import sys
 
-import datasets
-import numpy as np
-import PIL.Image
 import pytest
 import torch
 import yaml
 
 from recipes.distill import main
 from tests.conftest import REPO
+from tests.helpers import write_image_dataset
 
 GENERATOR = REPO / "recipes" / "configs" / "make_imagenet_configs.py"
 CONFIGS = sorted((REPO / "recipes" / "configs" / "imagenet").rglob("*.yaml"))
@@ -44,19 +41,8 @@ def imagenet_shaped(tmp_path_factory):
     """A dataset folder laid out as ILSVRC/imagenet-1k (train and validation splits, 1000 classes) with 24 + 4 JPEG
     images of 224 x 224."""
     folder = tmp_path_factory.mktemp("imagenet")
-    rng = np.random.default_rng(0)
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[f"n{i:08d}" for i in range(1000)])}
-    )
-    for split, n in (("train", 24), ("validation", 4)):
-        images = []
-        for _ in range(n):
-            buf = io.BytesIO()
-            PIL.Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(buf, format="JPEG")
-            images.append({"bytes": buf.getvalue(), "path": None})
-        labels = rng.integers(0, 1000, n).tolist()
-        ds = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
-        ds.to_parquet(str(folder / f"{split}.parquet"))
+    names = [f"n{i:08d}" for i in range(1000)]
+    write_image_dataset(folder, "image", "label", names, {"train": 24, "validation": 4}, 224, "JPEG")
     return folder
 
 

@@ -3,14 +3,10 @@ whose teacher checkpoint is missing stops with one line naming the file, and one
 on a tiny CIFAR-100-shaped dataset with a random-weight teacher of the config's architecture, saved as a checkpoint
 file in timm's layout and given as ``--teacher_weights`` (the authors' release is such a file)."""
 
-import io
 import json
 import subprocess
 import sys
 
-import datasets
-import numpy as np
-import PIL.Image
 import pytest
 import timm
 import torch
@@ -19,6 +15,7 @@ import yaml
 from hf_distill.run.config import parse_args
 from recipes.distill import DEFAULTS, main
 from tests.conftest import REPO
+from tests.helpers import write_image_dataset
 
 GENERATOR = REPO / "recipes" / "configs" / "make_ofa_cifar100_configs.py"
 FOLDER = REPO / "recipes" / "configs" / "cifar100_ofa"
@@ -77,20 +74,9 @@ def cifar100_shaped(tmp_path_factory):
     """A dataset folder laid out as uoft-cs/cifar100 (train and test splits, ``img`` and ``fine_label``, 100
     classes) with 8 + 2 PNG images of 32 x 32."""
     folder = tmp_path_factory.mktemp("cifar100")
-    rng = np.random.default_rng(0)
-    features = datasets.Features(
-        {"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=[f"c{i}" for i in range(100)])}
+    write_image_dataset(
+        folder, "img", "fine_label", [f"c{i}" for i in range(100)], {"train": 8, "test": 2}, 32, "PNG"
     )
-    for split, n in (("train", 8), ("test", 2)):
-        images = []
-        for _ in range(n):
-            buf = io.BytesIO()
-            PIL.Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
-            images.append({"bytes": buf.getvalue(), "path": None})
-        ds = datasets.Dataset.from_dict(
-            {"img": images, "fine_label": rng.integers(0, 100, n).tolist()}, features=features
-        )
-        ds.to_parquet(str(folder / f"{split}.parquet"))
     return folder
 
 
