@@ -444,6 +444,29 @@ def save(result: dict, out: str | None) -> None:
         path.write_text(json.dumps(result, indent=1) + "\n")
 
 
+def markdown(result: dict) -> str:
+    """The table of docs/speed.md (block ``mdistiller-reviewkd``) from a saved result."""
+    commit = str(result.get("mdistiller", {}).get("commit", "unknown"))[:7]
+    lines = [
+        f"mdistiller at {commit}, batch {result['batch_size']}, {result['steps']} timed steps after "
+        f"{result['warmup']} warm-up, {result['device']}, torch {result['torch']}.",
+        "",
+        "| pair | limit s | mdistiller s | ours s | mdistiller / limit | ours / limit | ours / mdistiller "
+        "| same computation | spread (limit / mdistiller / ours) | load |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["runs"]:
+        spread = " / ".join(f"{100 * r['spread'][k]:.0f}%" for k in ("limit", "mdistiller", "ours"))
+        same = "yes" if r.get("check", {}).get("same_computation") else "not checked"
+        load = "-".join(f"{v:.1f}" for v in r["load"])
+        lines.append(
+            f"| {r['pair']} | {r['limit_s']:.3f} | {r['mdistiller_s']:.3f} | {r['ours_s']:.3f} "
+            f"| {r['mdistiller_over_limit']:.2f}x | {r['ours_over_limit']:.2f}x | {r['ours_over_mdistiller']:.2f}x "
+            f"| {same} | {spread} | {load} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     try:

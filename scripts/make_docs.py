@@ -70,6 +70,12 @@ def reference_table() -> str:
     return reference_markdown(json.loads((RESULTS / "reference_steps.json").read_text()))
 
 
+def mdistiller_reviewkd_table() -> str:
+    from benchmarks.mdistiller_reviewkd import markdown
+
+    return markdown(json.loads((RESULTS / "reviewkd_mdistiller.json").read_text()))
+
+
 def speed_options_table() -> str:
     from benchmarks.speed_options import markdown
 
@@ -125,6 +131,12 @@ BLOCKS = (
     Block("docs/results.md", "hetero-table", hetero_table, "benchmarks/results/cifar10-hetero.jsonl"),
     Block("docs/speed.md", "speed-table", throughput_table, "benchmarks/results/throughput.json"),
     Block("docs/speed.md", "reference-table", reference_table, "benchmarks/results/reference_steps.json"),
+    Block(
+        "docs/speed.md",
+        "mdistiller-reviewkd",
+        mdistiller_reviewkd_table,
+        "benchmarks/results/reviewkd_mdistiller.json",
+    ),
     Block("docs/speed.md", "speed-options", speed_options_table, "benchmarks/results/speed_options.json"),
     Block(
         "docs/speed.md", "teacher-cache-table", teacher_cache_table, "benchmarks/results/teacher_cache.json"
