@@ -54,18 +54,23 @@ def static_graph_obstacle(args: TrainingArguments, objective: DistillationObject
     return None
 
 
-def choose_ddp_graph(args: TrainingArguments, objective: DistillationObjective) -> str:
-    """Set ``args.ddp_static_graph`` / ``args.ddp_find_unused_parameters`` for a run of ``objective`` unless the
-    user set either; returns the choice in words, for the log."""
+def choose_ddp_graph(
+    args: TrainingArguments, objective: DistillationObjective
+) -> tuple[dict[str, bool | None], str]:
+    """The DDP settings for a run of ``objective`` (``ddp_static_graph``, ``ddp_find_unused_parameters``: the user's
+    when either is set) and the choice in words, for the log. ``args`` is not changed."""
+    user = {
+        "ddp_static_graph": args.ddp_static_graph,
+        "ddp_find_unused_parameters": args.ddp_find_unused_parameters,
+    }
     if args.ddp_static_graph is not None or args.ddp_find_unused_parameters is not None:
-        return "as set (--ddp_static_graph / --ddp_find_unused_parameters)"
+        return user, "as set (--ddp_static_graph / --ddp_find_unused_parameters)"
     obstacle = static_graph_obstacle(args, objective)
     if obstacle is None:
-        args.ddp_static_graph = True
-        args.ddp_find_unused_parameters = False
-        return "static graph (the parameters used are found once, on the first step)"
-    args.ddp_find_unused_parameters = True
-    return f"unused parameters searched every step: {obstacle}"
+        settings = {"ddp_static_graph": True, "ddp_find_unused_parameters": False}
+        return settings, "static graph (the parameters used are found once, on the first step)"
+    settings = {"ddp_static_graph": None, "ddp_find_unused_parameters": True}
+    return settings, f"unused parameters searched every step: {obstacle}"
 
 
 __all__ = ["choose_ddp_graph", "skippable_trainable_methods", "static_graph_obstacle"]

@@ -29,9 +29,12 @@ logger = logging.getLogger(__name__)
 INIT_STAGE_PREFIX = "init_stage"
 
 
-def init_stage_args(main: TrainingArguments, epochs: float, learning_rate: float) -> TrainingArguments:
+def init_stage_args(
+    main: TrainingArguments, epochs: float, learning_rate: float, ddp_static_graph: bool | None = None
+) -> TrainingArguments:
     """The stage's arguments: the main run's (optimizer, batch, accumulation, precision, seed, workers, ...) with
-    the stage's length and a constant learning rate; no checkpoint, evaluation, report, Hub push or resume."""
+    the stage's length and a constant learning rate; no checkpoint, evaluation, report, Hub push or resume.
+    ``ddp_static_graph``: the main run's choice (``DistillationTrainer.ddp_settings``), which the stage follows."""
     return dataclasses.replace(
         main,
         output_dir=os.path.join(main.output_dir, INIT_STAGE_PREFIX),
@@ -50,7 +53,8 @@ def init_stage_args(main: TrainingArguments, epochs: float, learning_rate: float
         remove_unused_columns=False,
         # the parts outside the stage get no gradient: the main run's static graph (training/ddp_graph.py) records
         # that on the stage's first step; without one, DDP searches for them every step
-        ddp_find_unused_parameters=not main.ddp_static_graph,
+        ddp_static_graph=ddp_static_graph,
+        ddp_find_unused_parameters=not ddp_static_graph,
     )
 
 
@@ -80,7 +84,7 @@ def run_init_stage(trainer: DistillationTrainer) -> dict[str, float]:
     stage = InitStageTrainer(
         parent=trainer,
         model=container,
-        args=init_stage_args(trainer.args, epochs, lr),
+        args=init_stage_args(trainer.args, epochs, lr, trainer.ddp_settings["ddp_static_graph"]),
         data_collator=trainer.data_collator,
         train_dataset=trainer.train_dataset,
     )

@@ -215,9 +215,15 @@ class DistillationTrainer(Trainer):
         self._loss_sum: Tensor | None = None
         # --label_smoothing_factor: the Trainer's own loss applies it, ours replaces that loss, so the objective does
         objective.label_smoothing = float(args.label_smoothing_factor)
-        ddp_graph = choose_ddp_graph(args, objective)
+        #: how DDP finds the parameters a step uses (training/ddp_graph.py); the init stage follows it
+        self.ddp_settings, ddp_graph = choose_ddp_graph(args, objective)
         if args.world_size > 1 and args.process_index == 0:
             logger.info("DDP: %s.", ddp_graph)
+        # the Trainer reads them once, when it builds its Accelerator in __init__; the caller's arguments get their
+        # own values back afterwards (they may build another trainer, for another objective)
+        user_ddp = {k: getattr(args, k) for k in self.ddp_settings}
+        for k, v in self.ddp_settings.items():
+            setattr(args, k, v)
         callbacks = list(kwargs.pop("callbacks", None) or [])
         callbacks += [factory() for factory in DEFAULT_EXPORT_CALLBACKS]
         super().__init__(
@@ -230,6 +236,8 @@ class DistillationTrainer(Trainer):
             callbacks=callbacks,
             **kwargs,
         )
+        for k, v in user_ddp.items():
+            setattr(args, k, v)
         self.add_callback(EpochToDataset(train_dataset))
         if is_stream(train_dataset):  # each process's place in the stream, in every checkpoint
             self.add_callback(StreamPosition(train_dataset))
