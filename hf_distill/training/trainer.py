@@ -226,18 +226,20 @@ class DistillationTrainer(Trainer):
             setattr(args, k, v)
         callbacks = list(kwargs.pop("callbacks", None) or [])
         callbacks += [factory() for factory in DEFAULT_EXPORT_CALLBACKS]
-        super().__init__(
-            model=container,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            compute_metrics=compute_metrics or classification_metrics,
-            callbacks=callbacks,
-            **kwargs,
-        )
-        for k, v in user_ddp.items():
-            setattr(args, k, v)
+        try:
+            super().__init__(
+                model=container,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                compute_metrics=compute_metrics or classification_metrics,
+                callbacks=callbacks,
+                **kwargs,
+            )
+        finally:
+            for k, v in user_ddp.items():
+                setattr(args, k, v)
         self.add_callback(EpochToDataset(train_dataset))
         if is_stream(train_dataset):  # each process's place in the stream, in every checkpoint
             self.add_callback(StreamPosition(train_dataset))
