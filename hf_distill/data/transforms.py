@@ -238,16 +238,10 @@ EVAL_DATA_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean"
 
 
 def record_eval_transform(model: nn.Module, pipeline: ImagePipeline) -> bool:
-    """Write ``pipeline``'s evaluation transform into a timm student's config (``config.pretrained_cfg``).
-
-    A transformers ``TimmWrapper`` saves that dict as its preprocessing; the timm module inside keeps the
-    architecture's defaults (e.g. 224 px, crop 0.875), which are not what a run with ``--image_size``, ``--crop_pct``
-    or the cifar pipeline evaluated with. Recorded, the saved student reloads (:func:`timm_pretrained_cfg`), exports
-    to timm's format and preprocesses under ``AutoImageProcessor`` as its reported accuracy was measured.
-
-    Returns:
-        Whether anything was recorded (only timm wrappers with an ``eval_data_config`` are).
-    """
+    """Write ``pipeline``'s evaluation into a timm student's ``config.pretrained_cfg``, which a ``TimmWrapper``
+    saves as its preprocessing (its timm module keeps the architecture's defaults, e.g. 224 px, crop 0.875): the
+    saved student then reloads, exports and preprocesses as its accuracy was measured. Returns whether it did (only
+    timm wrappers with an ``eval_data_config`` are recorded)."""
     core = getattr(model, "module", model)
     config = getattr(core, "config", None)
     if pipeline.eval_data_config is None or getattr(core, "timm_model", None) is None or config is None:
