@@ -113,6 +113,18 @@ def probe_methods():
         yield
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: small nets on a shared CPU run several times faster than with two threads
+    waiting on each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def subset_train():
     from hf_distill.data.datasets import load_image_dataset

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 import yaml
 
 from recipes.distill import main
@@ -25,15 +24,6 @@ def test_committed_configs_equal_the_generator_output():
     )
     assert p.returncode == 0, p.stdout + p.stderr
     assert len(CONFIGS) == 14  # 7 methods x 2 pairs
-
-
-@pytest.fixture
-def one_thread():
-    """One torch thread: these nets on a shared CPU run several times faster than with spinning OpenMP threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -80,15 +80,6 @@ def cifar100_shaped(tmp_path_factory):
     return folder
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: these nets on a shared CPU run several times faster than with spinning OpenMP threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _short_run(config, dataset, out) -> list[str]:
     return [
         "--config", str(config), "--dataset", str(dataset), "--output_dir", str(out), "--max_steps", "2",
