@@ -218,14 +218,11 @@ class ImagePipeline:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     image_size: int
-    #: the evaluation transform in timm's data-config terms (``input_size``, ``interpolation``, ``crop_pct``,
-    #: ``crop_mode``, ``mean``, ``std``): what a timm student records in its config's ``pretrained_cfg`` so that
-    #: timm and ``AutoImageProcessor`` preprocess as its evaluation did (:func:`record_eval_transform`); None for a
-    #: transformers image processor, which is saved as it is.
+    #: the evaluation in timm's data-config terms (:data:`EVAL_DATA_KEYS`), which a timm student records in its
+    #: config (:func:`record_eval_transform`); None for the processor pipeline
     eval_data_config: dict[str, Any] | None = None
-    #: the processor pipeline's evaluation as a transformers image processor (the model's own, or one built for
-    #: ``--image_size`` / ``--crop_pct``): its evaluation transform *is* this processor, and the student is saved with
-    #: it (``processing_class``), so that ``AutoImageProcessor`` on the saved folder preprocesses as evaluation did
+    #: the processor pipeline's evaluation *is* this image processor (the model's own, or one for ``--image_size`` /
+    #: ``--crop_pct``); the student is saved with it (``processing_class``)
     eval_processor: Any = None
 
     def describe(self) -> dict[str, str]:
@@ -235,6 +232,19 @@ class ImagePipeline:
 
 #: the keys of timm's data config that describe an evaluation transform
 EVAL_DATA_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
+
+
+def squash_data_config(size: int, mean, std) -> dict[str, Any]:
+    """The cifar pipeline's evaluation in timm's data-config terms: the whole image resized to ``size x size``
+    (bilinear), timm's "squash" at crop 1.0."""
+    return {
+        "input_size": (3, int(size), int(size)),
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+        "crop_mode": "squash",
+        "mean": tuple(float(v) for v in mean),
+        "std": tuple(float(v) for v in std),
+    }
 
 
 def record_eval_transform(model: nn.Module, pipeline: ImagePipeline) -> bool:
@@ -349,23 +359,14 @@ def model_pipeline(
             )
         spec = input_spec(model)
         size = int(image_size or spec.image_size)
-        mean, std = tuple(float(v) for v in spec.mean), tuple(float(v) for v in spec.std)
         return ImagePipeline(
             "cifar",
             CifarTransform(spec.mean, spec.std, size, train=True),
             CifarTransform(spec.mean, spec.std, size, train=False),
-            mean,
-            std,
+            tuple(spec.mean),
+            tuple(spec.std),
             size,
-            # its evaluation resizes the whole image to size x size (bilinear): timm's "squash" at crop 1.0
-            {
-                "input_size": (3, size, size),
-                "interpolation": "bilinear",
-                "crop_pct": 1.0,
-                "crop_mode": "squash",
-                "mean": mean,
-                "std": std,
-            },
+            squash_data_config(size, spec.mean, spec.std),
         )
     if kind == "timm":
         return _timm_pipeline(model, image_size, crop_pct)
@@ -494,5 +495,6 @@ __all__ = [
     "model_pipeline",
     "record_eval_transform",
     "resolve_kind",
+    "squash_data_config",
     "seeded_rng",
 ]

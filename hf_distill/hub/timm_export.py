@@ -17,6 +17,7 @@ from typing import Any
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from ..data.labels import label_names
+from ..data.transforms import squash_data_config
 from ..models.normalization import InputSpec
 
 
@@ -35,16 +36,15 @@ def timm_data_config(spec: InputSpec, recorded: dict[str, Any] | None = None) ->
     Returns:
         A dict for :func:`timm.models.save_for_hf`'s ``data_config``.
     """
+    config = squash_data_config(spec.image_size, spec.mean, spec.std)
     recorded = recorded or {}
-    known = all(recorded.get(k) is not None for k in ("interpolation", "crop_pct"))
-    return {
-        "input_size": (3, int(spec.image_size), int(spec.image_size)),
-        "crop_pct": float(recorded["crop_pct"]) if known else 1.0,
-        "crop_mode": str(recorded.get("crop_mode") or "center") if known else "squash",
-        "interpolation": str(recorded["interpolation"]) if known else "bilinear",
-        "mean": tuple(float(v) for v in spec.mean),
-        "std": tuple(float(v) for v in spec.std),
-    }
+    if all(recorded.get(k) is not None for k in ("interpolation", "crop_pct")):
+        config.update(
+            crop_pct=float(recorded["crop_pct"]),
+            crop_mode=str(recorded.get("crop_mode") or "center"),
+            interpolation=str(recorded["interpolation"]),
+        )
+    return config
 
 
 def save_timm_folder(model: Any, folder: str | os.PathLike, spec: InputSpec) -> str:

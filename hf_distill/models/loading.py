@@ -194,9 +194,8 @@ def load_weights(model: PreTrainedModel, path: str, role: str = "model") -> PreT
     target: nn.Module = model
     keys = set(target.state_dict())
     if not keys & set(sd) and hasattr(model, "timm_model"):
-        target = (
-            model.timm_model
-        )  # a timm model's own state dict (timm's checkpoints), without the wrapper's prefix
+        # a timm model's own state dict (timm's checkpoints), without the wrapper's prefix
+        target = model.timm_model
         keys = set(target.state_dict())
         if keys != set(sd):
             sd = _timm_filtered(target, sd)

@@ -23,22 +23,17 @@ from __future__ import annotations
 
 from transformers import TrainingArguments
 
-from ..methods.base import DistillationMethod
-from ..methods.objective import DistillationObjective
+from ..methods.objective import DistillationObjective, batch_minimums
 
 
 def skippable_trainable_methods(objective: DistillationObjective) -> list[str]:
     """Names of the methods (or methods they wrap) that own trainable parameters and may be left out of a short
     batch (``min_batch_size > 1``)."""
-    names = []
-    for name, method in objective.methods.items():
-        for m in method.modules():
-            if not isinstance(m, DistillationMethod) or m.min_batch_size <= 1:
-                continue
-            if any(p.requires_grad for p in method.parameters()):
-                names.append(name)
-                break
-    return names
+    return [
+        name
+        for name, method in objective.methods.items()
+        if batch_minimums(method) and any(p.requires_grad for p in method.parameters())
+    ]
 
 
 def static_graph_obstacle(args: TrainingArguments, objective: DistillationObjective) -> str | None:
