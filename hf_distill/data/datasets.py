@@ -541,6 +541,40 @@ def check_pixel_values(x: Any, image_size: int, transform_description: str, trai
         )
 
 
+#: what every batch a DistillationTrainer trains or evaluates on carries (the user's transform or collator makes it)
+BATCH_KEYS = ("pixel_values", "labels")
+
+
+def check_batch_rows(dataset, collator, what: str) -> None:
+    """The first row of a map-style ``dataset``, through ``collator``, gives :data:`BATCH_KEYS` (streams are
+    checked when their first rows are read).
+
+    Raises:
+        DataError: a key missing, e.g. a raw ``image``/``label`` dataset without a transform (one line with the fix).
+    """
+    if (
+        dataset is None
+        or not hasattr(dataset, "__getitem__")
+        or not hasattr(dataset, "__len__")
+        or not len(dataset)
+    ):
+        return
+    row = dataset[0]
+    keys = sorted(row) if isinstance(row, dict) else [type(row).__name__]
+    batch = collator([row]) if collator is not collate and isinstance(row, dict) else row
+    missing = [k for k in BATCH_KEYS if not isinstance(batch, dict) or k not in batch]
+    if missing:
+        made_by = "collator's batches" if collator is not collate else "rows"
+        raise DataError(
+            f"The {what} dataset's {made_by} have no {' or '.join(map(repr, missing))} (its first row has "
+            f"{', '.join(keys)}): DistillationTrainer takes transformed rows, 'pixel_values' (a float image tensor) "
+            "and 'labels' (the class). Give the dataset a transform that returns them (dataset.with_transform, as "
+            "in the README's Python API), or the student's own preprocessing: prepare_split(dataset, p.mean, p.std, "
+            "p.image_size, train, transform=p.train or p.eval).dataset with p = model_pipeline(student) "
+            "(docs/preprocessing.md)."
+        )
+
+
 def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Stack a list of transformed rows (``pixel_values``, ``labels``, and ``index`` where the rows carry one)
     into a batch."""

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from transformers import ProgressCallback, Trainer, TrainingArguments
 from transformers.trainer_utils import HubStrategy, TrainOutput
 
-from ..data.datasets import IndexedRows, class_names_of, collate
+from ..data.datasets import IndexedRows, check_batch_rows, class_names_of, collate
 from ..data.streaming import StreamPosition, is_stream, stream_loader
 from ..features import LOGITS_ONLY, FeatureNeeds, Features
 from ..methods import DataInfo, DistillationObjective, StepInfo
@@ -159,6 +159,9 @@ class DistillationTrainer(Trainer):
         # The trainer reads `index` and the label columns itself; the container's forward does not name them all.
         args.remove_unused_columns = False
         data_collator = data_collator or collate
+        check_batch_rows(train_dataset, data_collator, "training")
+        for name, split in (eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}).items():
+            check_batch_rows(split, data_collator, f"evaluation{f' ({name})' if name else ''}")
         if needs.index and train_dataset is not None:
             # a per-row state (CRD's memory bank) needs the row index: added where the rows lack it
             train_dataset = IndexedRows.if_needed(train_dataset)
