@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -291,10 +292,13 @@ def network_spec(
             f, bns = batchnorm_before_maps(net, lambda: tap(net, xin, req))
         else:
             f = tap(net, xin, req)
-    except (AssertionError, RuntimeError) as e:
+    except (AssertionError, RuntimeError, ValueError) as e:
+        if isinstance(e, ValueError) and _raised_here(e):
+            raise  # our own refusals (a layer name, a tap) say what they mean
         size = "x".join(str(d) for d in xin.shape[-2:])
         fix = (
-            "pass an --image_size it accepts (or --train_transform to change the pipeline)"
+            "pass an --image_size it accepts (or --train_transform to change the pipeline; from Python, transform "
+            "the images to such a size, e.g. with model_pipeline(student))"
             if role == "student"
             else "check its input size (--teacher and its saved preprocessing)"
         )
@@ -316,6 +320,16 @@ def network_spec(
     )
 
 
+def _raised_here(e: BaseException) -> bool:
+    """Whether the innermost frame of ``e``'s traceback is hf_distill's own code (transformers' ViT refuses a
+    size with a ValueError; so do our taps for a bad layer name, which is not a size problem)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    package = Path(__file__).resolve().parents[1]
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(package)
+
+
 def _read_json(path: str) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -334,7 +348,26 @@ def _data_info(train_dataset, num_classes: int | None) -> DataInfo:
         labels = torch.as_tensor(raw[col], dtype=torch.long) if col is not None else None
     if not isinstance(labels, torch.Tensor):
         labels = None
+    check_label_range(labels, num_classes)
     return DataInfo(num_samples=len(train_dataset), num_classes=num_classes or 0, labels=labels)
+
+
+def check_label_range(labels: Tensor | None, num_classes: int | None) -> None:
+    """The training labels are class ids the student predicts, ``0 .. num_classes - 1``: checked at setup, where
+    cross-entropy would otherwise stop the first batch that holds one with "Target N is out of bounds".
+
+    Raises:
+        ValueError: a label outside that range (one line with the fix).
+    """
+    if labels is None or not labels.numel() or not num_classes:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise ValueError(
+            f"The training labels lie in {low}..{high} but the student predicts {num_classes} classes (ids 0.."
+            f"{num_classes - 1}): create the student with num_labels={max(high + 1, num_classes)} (and the teacher "
+            "alike), or map the labels to class ids from 0."
+        )
 
 
 __all__ = [
@@ -342,6 +375,7 @@ __all__ = [
     "DistillationModel",
     "InputShapeError",
     "build_distillation_model",
+    "check_label_range",
     "log_pairing",
     "network_spec",
     "pair_auto_layers",

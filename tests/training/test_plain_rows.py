@@ -82,3 +82,38 @@ def test_the_fix_the_message_names_trains(tmp_path, raw):
     trainer = _trainer(tmp_path, _prepared(raw, True), eval_dataset=_prepared(raw, False))
     trainer.train()
     assert "eval_accuracy" in trainer.evaluate()
+
+
+def _tensor_rows(size: int, classes: int):
+    return Dataset.from_dict(
+        {
+            "pixel_values": [np.zeros((3, size, size), np.float32)] * 8,
+            "labels": [i % classes for i in range(8)],
+        }
+    ).with_format("torch")
+
+
+def test_labels_beyond_the_students_classes_are_one_line_at_setup(tmp_path):
+    # plain int labels (no ClassLabel to compare): before, cross-entropy stopped the first batch with "Target 3 is out
+    # of bounds" from inside the loss
+    with pytest.raises(ValueError, match=r"^The training labels lie in 0\.\.4 but the student predicts 3 classes .*"
+                       r"num_labels=5"):  # fmt: skip
+        _trainer(tmp_path, _tensor_rows(32, 5))
+
+
+def test_a_transformers_vit_at_a_size_it_refuses_is_one_line_at_setup(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from hf_distill.training.distillation_model import InputShapeError
+
+    vit = ViTForImageClassification(
+        ViTConfig(image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=32, num_labels=3)
+    )  # fmt: skip
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, use_cpu=True, report_to="none")
+    with pytest.raises(
+        InputShapeError, match=r"^The student \(ViTForImageClassification\) cannot run on 30x30 px"
+    ):
+        DistillationTrainer(
+            model=vit, teacher=timm_model(num_labels=3), args=args, train_dataset=_tensor_rows(30, 3)
+        )
