@@ -121,6 +121,7 @@ class DistillationTrainer(Trainer):
     ) -> None:
         if model is None:
             raise ValueError("DistillationTrainer needs the student as `model=`.")
+        _refuse_names(model, teacher)
         if isinstance(model, DistillationModel):
             raise ValueError("Pass the student itself as `model=`; the trainer builds the DistillationModel.")
         if args is None:
@@ -641,6 +642,24 @@ def _streaming_build_data(train_dataset, objective, lr_milestones, teacher_cache
         return train_dataset, data_info
     check_streaming_objective(objective, lr_milestones, teacher_cache)
     return train_dataset.head(2), data_info or DataInfo(num_samples=0, num_classes=train_dataset.num_classes)
+
+
+def _refuse_names(model, teacher) -> None:
+    """The trainer takes networks, not their names: a name would need a loading policy (which head, whether a
+    teacher without trained weights is acceptable) that the recipe owns (``--teacher``, ``--allow_untrained_teacher``).
+
+    Raises:
+        ValueError: ``model`` or a teacher given as a string (one line with the loader to call).
+    """
+    teachers = list(teacher) if isinstance(teacher, list | tuple) else [teacher]
+    for role, value in (("model", model), *(("teacher", t) for t in teachers)):
+        if isinstance(value, str):
+            what = "student" if role == "model" else "teacher"
+            raise ValueError(
+                f"{role}={value!r} is a name: DistillationTrainer takes the {what} as a network. Load it first, e.g. "
+                f"hf_distill.models.loading.load_model({value!r}, role={what!r}) (a model folder, Hub id, timm or "
+                "CIFAR-zoo name), or timm.create_model / AutoModelForImageClassification.from_pretrained."
+            )
 
 
 def _trained_size(spec: InputSpec, train_dataset, collator: Callable) -> InputSpec:

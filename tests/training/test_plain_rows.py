@@ -117,3 +117,14 @@ def test_a_transformers_vit_at_a_size_it_refuses_is_one_line_at_setup(tmp_path):
         DistillationTrainer(
             model=vit, teacher=timm_model(num_labels=3), args=args, train_dataset=_tensor_rows(30, 3)
         )
+
+
+@pytest.mark.parametrize(
+    "kw", [{"teacher": "path/to/teacher"}, {"teacher": ["a", "b"]}, {"model": "resnet18"}]
+)
+def test_a_network_given_by_name_is_one_line_naming_the_loader(tmp_path, kw):
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, use_cpu=True, report_to="none")
+    nets = {"model": timm_model(num_labels=3), "teacher": timm_model(num_labels=3), **kw}
+    with pytest.raises(ValueError, match=r"is a name: DistillationTrainer takes the (student|teacher) as a network\. "
+                       r"Load it first, e\.g\. hf_distill\.models\.loading\.load_model\("):  # fmt: skip
+        DistillationTrainer(**nets, args=args, train_dataset=_tensor_rows(32, 3))
