@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -560,11 +560,14 @@ def check_batch_rows(dataset, collator, what: str) -> None:
     ):
         return
     row = dataset[0]
-    keys = sorted(row) if isinstance(row, dict) else [type(row).__name__]
-    batch = collator([row]) if collator is not collate and isinstance(row, dict) else row
-    missing = [k for k in BATCH_KEYS if not isinstance(batch, dict) or k not in batch]
+    keys = sorted(row) if isinstance(row, Mapping) else [type(row).__name__]
+    # a user's collator may make the batch from any row (a tuple) into any mapping (a BatchFeature): judge what it
+    # returns; our own collate needs the keys in the row, so judge the row (collate would stop on a KeyError)
+    custom = collator is not collate
+    batch = collator([row]) if custom else row
+    missing = [k for k in BATCH_KEYS if not isinstance(batch, Mapping) or k not in batch]
     if missing:
-        made_by = "collator's batches" if collator is not collate else "rows"
+        made_by = "collator's batches" if custom else "rows"
         raise DataError(
             f"The {what} dataset's {made_by} have no {' or '.join(map(repr, missing))} (its first row has "
             f"{', '.join(keys)}): DistillationTrainer takes transformed rows, 'pixel_values' (a float image tensor) "

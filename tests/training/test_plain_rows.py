@@ -78,6 +78,28 @@ def test_a_collator_that_drops_the_labels_is_named(tmp_path, raw):
         _trainer(tmp_path, _prepared(raw, True), data_collator=no_labels)
 
 
+class _TupleRows(torch.utils.data.Dataset):
+    """A torch dataset of ``(image, label)`` tuples, which only the user's collator turns into a batch."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int):
+        return torch.zeros(3, 32, 32), i % 3
+
+
+def _tuples_to_batch(rows) -> dict:
+    return {"pixel_values": torch.stack([r[0] for r in rows]), "labels": torch.tensor([r[1] for r in rows])}
+
+
+@pytest.mark.parametrize("as_feature", [False, True])
+def test_a_collator_that_makes_the_batch_from_tuple_rows_is_accepted(tmp_path, as_feature):
+    from transformers import BatchFeature
+
+    collator = (lambda rows: BatchFeature(_tuples_to_batch(rows))) if as_feature else _tuples_to_batch
+    _trainer(tmp_path, _TupleRows(), data_collator=collator).train()
+
+
 def test_the_fix_the_message_names_trains(tmp_path, raw):
     trainer = _trainer(tmp_path, _prepared(raw, True), eval_dataset=_prepared(raw, False))
     trainer.train()
